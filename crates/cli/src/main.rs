@@ -1,0 +1,4 @@
+//! The `oftq` command line.
+fn main() {
+    println!("oftq: not yet");
+}

@@ -1,0 +1,1 @@
+//! Skeleton: this crate is filled in by its own issue.
