@@ -1,0 +1,91 @@
+//! Input-centric application of block-diagonal rotations to activations `[tokens, d]`.
+//!
+//! Block `j` acts on features `[j·b, (j+1)·b)`: `y_j = x_j · R_j` (row vector times matrix), so
+//! `y = x · R_bd` without ever forming the `d × d` matrix. Work is split over blocks with rayon;
+//! each block is one faer product with `Par::Seq`, so results do not depend on the thread count.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::real::Real;
+
+/// Which matrix each block multiplies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `y_j = x_j · R_j`.
+    Plain,
+    /// `y_j = x_j · R_jᵀ`.
+    Transposed,
+}
+
+/// `y = x · diag(blocks[map(j)])` (or with each block transposed). `keep[j] = false` makes
+/// position `j` the identity (module dropout). Shapes are checked by the caller.
+pub(crate) fn apply_blocks<T: Real>(
+    x: MatRef<'_, T>,
+    blocks: &[Mat<T>],
+    block_size: usize,
+    shared: bool,
+    side: Side,
+    keep: Option<&[bool]>,
+) -> Mat<T> {
+    let mut y = Mat::<T>::zeros(x.nrows(), x.ncols());
+    y.as_mut()
+        .par_col_chunks_mut(block_size)
+        .enumerate()
+        .for_each(|(j, mut yj)| {
+            let xj = x.subcols(j * block_size, block_size);
+            if keep.is_some_and(|k| !k.get(j).copied().unwrap_or(true)) {
+                yj.copy_from(xj);
+                return;
+            }
+            let r = &blocks[if shared { 0 } else { j }];
+            let r = match side {
+                Side::Plain => r.as_ref(),
+                Side::Transposed => r.transpose(),
+            };
+            matmul(yj, Accum::Replace, xj, r, T::one(), Par::Seq);
+        });
+    y
+}
+
+/// Backward of [`apply_blocks`] with `Side::Plain`: returns `dx = dy · R_bdᵀ` and, per position
+/// `j`, `∂L/∂R_j = x_jᵀ · dy_j` (zero for dropped positions).
+pub(crate) fn apply_blocks_backward<T: Real>(
+    x: MatRef<'_, T>,
+    dy: MatRef<'_, T>,
+    blocks: &[Mat<T>],
+    block_size: usize,
+    shared: bool,
+    keep: Option<&[bool]>,
+) -> (Mat<T>, Vec<Mat<T>>) {
+    let n_blocks = x.ncols() / block_size;
+    let mut dx = Mat::<T>::zeros(x.nrows(), x.ncols());
+    let mut dr: Vec<Mat<T>> = (0..n_blocks)
+        .map(|_| Mat::<T>::zeros(block_size, block_size))
+        .collect();
+    dx.as_mut()
+        .par_col_chunks_mut(block_size)
+        .zip(dr.par_iter_mut())
+        .enumerate()
+        .for_each(|(j, (dxj, drj))| {
+            let dyj = dy.subcols(j * block_size, block_size);
+            if keep.is_some_and(|k| !k.get(j).copied().unwrap_or(true)) {
+                let mut dxj = dxj;
+                dxj.copy_from(dyj);
+                return;
+            }
+            let r = &blocks[if shared { 0 } else { j }];
+            matmul(dxj, Accum::Replace, dyj, r.transpose(), T::one(), Par::Seq);
+            let xj = x.subcols(j * block_size, block_size);
+            matmul(
+                drj.as_mut(),
+                Accum::Replace,
+                xj.transpose(),
+                dyj,
+                T::one(),
+                Par::Seq,
+            );
+        });
+    (dx, dr)
+}

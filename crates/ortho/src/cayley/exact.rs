@@ -1,0 +1,153 @@
+//! The exact Cayley transform of a skew block, by one LU solve, and its vector–Jacobian product.
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::lu::partial_pivoting::{factor, solve};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Conj, Mat, MatRef, Par};
+
+use crate::error::{OrthoError, Result};
+use crate::parameterization::CayleyConvention;
+use crate::real::Real;
+
+/// Exact Cayley transform of one skew block `Q` (`b × b`).
+///
+/// - [`CayleyConvention::Peft`]: `R = (I − Q)(I + Q)⁻¹` (PEFT's exact branch);
+/// - [`CayleyConvention::Textbook`]: `R = (I + Q)(I − Q)⁻¹`.
+///
+/// Both are computed from one LU factorisation of `I − Q` (faer, partial pivoting, sequential):
+/// `X = (I − Q)⁻¹(I + Q)` is the textbook `C` (the factors commute) and, because `Qᵀ = −Q`,
+/// PEFT's `R = Xᵀ`. `I − Q` is invertible for every real skew `Q` (its eigenvalues are `1 ∓ iθⱼ`).
+///
+/// # Errors
+/// [`OrthoError::Singular`] (block 0) if the result is not finite (a non-skew or non-finite `Q`).
+///
+/// ```
+/// use oftq_ortho::{CayleyConvention, cayley_exact, skew_from_packed};
+/// let q = skew_from_packed(&[0.3f64], 2).unwrap();
+/// let r = cayley_exact(q.as_ref(), CayleyConvention::Peft).unwrap();
+/// // a 2 × 2 rotation by the angle 2·atan(0.3)
+/// let (c, s) = ((2.0 * 0.3f64.atan()).cos(), (2.0 * 0.3f64.atan()).sin());
+/// assert!((r[(0, 0)] - c).abs() < 1e-15 && (r[(0, 1)] + s).abs() < 1e-15);
+/// ```
+pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
+    let b = q.nrows();
+    // A = I − Q, X = I + Q.
+    let mut a = Mat::<T>::from_fn(b, b, |i, j| if i == j { T::one() } else { -q[(i, j)] });
+    let mut x = Mat::<T>::from_fn(b, b, |i, j| if i == j { T::one() } else { q[(i, j)] });
+    let mut perm = vec![0usize; b];
+    let mut perm_inv = vec![0usize; b];
+    let mut mem = MemBuffer::new(
+        factor::lu_in_place_scratch::<usize, T>(b, b, Par::Seq, Default::default())
+            .or(solve::solve_in_place_scratch::<usize, T>(b, b, Par::Seq)),
+    );
+    let stack = MemStack::new(&mut mem);
+    let (_, p) = factor::lu_in_place(
+        a.as_mut(),
+        &mut perm,
+        &mut perm_inv,
+        Par::Seq,
+        stack,
+        Default::default(),
+    );
+    solve::solve_in_place_with_conj(
+        a.as_ref(),
+        a.as_ref(),
+        p,
+        Conj::No,
+        x.as_mut(),
+        Par::Seq,
+        stack,
+    );
+    if !x.as_ref().is_all_finite() {
+        return Err(OrthoError::Singular { block: 0 });
+    }
+    Ok(match convention {
+        CayleyConvention::Textbook => x,
+        CayleyConvention::Peft => x.transpose().to_owned(),
+    })
+}
+
+/// Vector–Jacobian product of [`cayley_exact`]: given `R` and `G = ∂L/∂R`, returns `∂L/∂Q`.
+///
+/// From `dC = ½(C + I)·dQ·(C + I)` for the textbook `C = (I + Q)(I − Q)⁻¹` (oft-numerics F3):
+/// - textbook: `∂L/∂Q = ½ (R + I)ᵀ G (R + I)ᵀ`;
+/// - PEFT (`R = C(−Q)`): `∂L/∂Q = −½ (R + I)ᵀ G (R + I)ᵀ`.
+///
+/// Only `R` is needed: no second solve. The result is not projected onto skew matrices; use the
+/// packed gradient (`G[i][j] − G[j][i]`) to reach the parameters.
+pub fn cayley_exact_vjp<T: Real>(
+    r: MatRef<'_, T>,
+    convention: CayleyConvention,
+    g: MatRef<'_, T>,
+) -> Mat<T> {
+    let b = r.nrows();
+    // P = (R + I)ᵀ
+    let p = Mat::<T>::from_fn(b, b, |i, j| {
+        r[(j, i)] + if i == j { T::one() } else { T::zero() }
+    });
+    let mut pg = Mat::<T>::zeros(b, b);
+    matmul(
+        pg.as_mut(),
+        Accum::Replace,
+        p.as_ref(),
+        g,
+        T::one(),
+        Par::Seq,
+    );
+    let half = match convention {
+        CayleyConvention::Textbook => T::c(0.5),
+        CayleyConvention::Peft => T::c(-0.5),
+    };
+    let mut out = Mat::<T>::zeros(b, b);
+    matmul(
+        out.as_mut(),
+        Accum::Replace,
+        pg.as_ref(),
+        p.as_ref(),
+        half,
+        Par::Seq,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packing::skew_from_packed;
+
+    #[test]
+    fn peft_vector_b4() {
+        // PEFT 0.21.2 test vector (peft-oft.md §9).
+        let v = [0.1f64, -0.2, 0.3, 0.05, -0.15, 0.25];
+        let q = skew_from_packed(&v, 4).unwrap();
+        let r = cayley_exact(q.as_ref(), CayleyConvention::Peft).unwrap();
+        let want: [[f64; 4]; 4] = [
+            [0.77174976, -0.07738677, 0.20935158, -0.59547084],
+            [0.25659824, 0.94281525, 0.00733138, 0.21260997],
+            [-0.43743891, 0.18002607, 0.82877159, -0.29895732],
+            [0.38367546, -0.26963180, 0.51889866, 0.71472792],
+        ];
+        for i in 0..4 {
+            for j in 0..4 {
+                assert!((r[(i, j)] - want[i][j]).abs() < 1e-8, "({i},{j})");
+            }
+        }
+        let t = cayley_exact(q.as_ref(), CayleyConvention::Textbook).unwrap();
+        assert!((t.transpose() - &r).norm_max() < 1e-15);
+    }
+
+    #[test]
+    fn zero_gives_identity_exactly() {
+        let q = Mat::<f32>::zeros(7, 7);
+        let r = cayley_exact(q.as_ref(), CayleyConvention::Peft).unwrap();
+        assert_eq!(r, Mat::<f32>::identity(7, 7));
+    }
+
+    #[test]
+    fn non_finite_is_an_error() {
+        let mut q = Mat::<f64>::zeros(3, 3);
+        q[(0, 1)] = f64::NAN;
+        q[(1, 0)] = f64::NAN;
+        assert!(cayley_exact(q.as_ref(), CayleyConvention::Peft).is_err());
+    }
+}

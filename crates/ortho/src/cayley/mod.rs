@@ -1,0 +1,33 @@
+//! Skew block → rotation block maps: exact Cayley and Cayley–Neumann, forward and backward.
+
+mod exact;
+mod neumann;
+
+pub use exact::{cayley_exact, cayley_exact_vjp};
+pub use neumann::{neumann_polynomial, neumann_vjp};
+pub(crate) use neumann::{neumann_vjp_with_tape, neumann_with_tape};
+
+use faer::{Mat, MatRef};
+
+use crate::error::Result;
+use crate::parameterization::Parameterization;
+use crate::real::Real;
+
+/// The rotation block `R(Q)` for a parameterization (exact Cayley or a Neumann polynomial).
+///
+/// # Errors
+/// Those of [`cayley_exact`] for the exact parameterization; Neumann never fails.
+pub fn rotation_block<T: Real>(
+    q: MatRef<'_, T>,
+    parameterization: Parameterization,
+) -> Result<Mat<T>> {
+    match parameterization {
+        Parameterization::Exact(conv) => cayley_exact(q, conv),
+        Parameterization::Neumann { .. } => {
+            let coeffs = parameterization
+                .neumann_coefficients()
+                .unwrap_or_else(|| vec![1.0]);
+            Ok(neumann_polynomial(q, &coeffs))
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Truncated Cayley–Neumann polynomials `R = Σₖ cₖ Qᵏ` and their vector–Jacobian product.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+
+use crate::real::Real;
+
+/// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` by Horner's rule, `Hₚ = cₚI`, `Hₖ = cₖI + Q·Hₖ₊₁`, `R = H₀`.
+///
+/// Returns `R` and the Horner intermediates `H₁ … Hₚ` the backward pass needs.
+/// Costs `p − 1` matrix products (`H_{p−1}` is formed without one).
+pub(crate) fn neumann_with_tape<T: Real>(
+    q: MatRef<'_, T>,
+    coeffs: &[f64],
+) -> (Mat<T>, Vec<Mat<T>>) {
+    let b = q.nrows();
+    let p = coeffs.len().saturating_sub(1);
+    let scaled_identity =
+        |c: f64| Mat::<T>::from_fn(b, b, |i, j| if i == j { T::c(c) } else { T::zero() });
+    if p == 0 {
+        return (
+            scaled_identity(coeffs.first().copied().unwrap_or(1.0)),
+            Vec::new(),
+        );
+    }
+    let mut tape: Vec<Mat<T>> = Vec::with_capacity(p);
+    // H_p = c_p I, stored first; we build downwards then reverse.
+    let mut h = scaled_identity(coeffs[p]);
+    for k in (0..p).rev() {
+        let mut next = scaled_identity(coeffs[k]);
+        if k + 1 == p {
+            // Q·(c_p I) without a product.
+            let cp = T::c(coeffs[p]);
+            for j in 0..b {
+                for i in 0..b {
+                    next[(i, j)] += cp * q[(i, j)];
+                }
+            }
+        } else {
+            matmul(next.as_mut(), Accum::Add, q, h.as_ref(), T::one(), Par::Seq);
+        }
+        tape.push(h);
+        h = next;
+    }
+    tape.reverse(); // tape[k] = H_{k+1}
+    (h, tape)
+}
+
+/// Cayley–Neumann polynomial `R = Σ_{k=0}^{p} cₖ Qᵏ` of one block (coefficients from
+/// [`Parameterization::neumann_coefficients`](crate::Parameterization::neumann_coefficients)).
+///
+/// ```
+/// use oftq_ortho::{neumann_polynomial, skew_from_packed};
+/// let q = skew_from_packed(&[0.1f64, -0.2, 0.3, 0.05, -0.15, 0.25], 4).unwrap();
+/// let r = neumann_polynomial(q.as_ref(), &[1.0, 2.0, 2.0, 2.0, 1.0]);
+/// assert!((r[(0, 0)] - 0.75175).abs() < 1e-12); // PEFT 0.21.2, t = 5
+/// ```
+pub fn neumann_polynomial<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> Mat<T> {
+    neumann_with_tape(q, coeffs).0
+}
+
+/// Vector–Jacobian product of [`neumann_polynomial`] at `Q`: returns `∂L/∂Q` for `G = ∂L/∂R`.
+///
+/// Reverse mode through Horner's rule: with `G₀ = G`, for `k = 0 … p−1`:
+/// `∂L/∂Q += Gₖ·Hₖ₊₁ᵀ` and `Gₖ₊₁ = Qᵀ·Gₖ`.
+pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) -> Mat<T> {
+    let (_, tape) = neumann_with_tape(q, coeffs);
+    neumann_vjp_with_tape(q, &tape, g)
+}
+
+pub(crate) fn neumann_vjp_with_tape<T: Real>(
+    q: MatRef<'_, T>,
+    tape: &[Mat<T>],
+    g: MatRef<'_, T>,
+) -> Mat<T> {
+    let b = q.nrows();
+    let mut dq = Mat::<T>::zeros(b, b);
+    let mut gk = g.to_owned();
+    let mut next = Mat::<T>::zeros(b, b);
+    for (k, h) in tape.iter().enumerate() {
+        matmul(
+            dq.as_mut(),
+            Accum::Add,
+            gk.as_ref(),
+            h.transpose(),
+            T::one(),
+            Par::Seq,
+        );
+        if k + 1 < tape.len() {
+            matmul(
+                next.as_mut(),
+                Accum::Replace,
+                q.transpose(),
+                gk.as_ref(),
+                T::one(),
+                Par::Seq,
+            );
+            std::mem::swap(&mut gk, &mut next);
+        }
+    }
+    dq
+}

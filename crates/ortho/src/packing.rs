@@ -1,0 +1,210 @@
+//! Skew packing: PEFT's `[r, b(b−1)/2]` parameter rows ↔ skew-symmetric `b × b` blocks.
+//!
+//! The packed order is the strict upper triangle in row-major order, exactly
+//! `torch.triu_indices(b, b, offset=1)`: `(0,1), (0,2), …, (0,b−1), (1,2), …, (b−2,b−1)`.
+//! Entry `k` of a row holds `Q[i][j] = v[k]` and `Q[j][i] = −v[k]` for `i < j`, i.e. `Q = U − Uᵀ`
+//! with `U` the strictly upper-triangular matrix holding `v`.
+
+use faer::{Mat, MatRef};
+
+use crate::error::{OrthoError, Result, shape_err};
+use crate::real::Real;
+
+/// Number of packed parameters of one `b × b` skew block: `b(b−1)/2`.
+///
+/// ```
+/// assert_eq!(oftq_ortho::n_elements(32), 496);
+/// ```
+pub const fn n_elements(block_size: usize) -> usize {
+    block_size * block_size.saturating_sub(1) / 2
+}
+
+/// Inverts [`n_elements`]: the block size `b` with `b(b−1)/2 = n`.
+///
+/// `n = 0` gives `b = 1` (a 1 × 1 block, `R = I`; PEFT's prime-`in_features` case).
+///
+/// # Errors
+/// [`OrthoError::NotTriangular`] when `n` is not a triangular number.
+pub fn block_size_from_n_elements(n: usize) -> Result<usize> {
+    // b = (1 + sqrt(1 + 8n)) / 2, verified exactly in integers.
+    let disc = 1u128 + 8 * n as u128;
+    let mut s = (disc as f64).sqrt() as u128;
+    while s * s > disc {
+        s -= 1;
+    }
+    while (s + 1) * (s + 1) <= disc {
+        s += 1;
+    }
+    if s * s != disc {
+        return Err(OrthoError::NotTriangular(n));
+    }
+    let b = usize::try_from(s.div_ceil(2)).map_err(|_| OrthoError::NotTriangular(n))?;
+    if n_elements(b) == n {
+        Ok(b)
+    } else {
+        Err(OrthoError::NotTriangular(n))
+    }
+}
+
+/// Flat index of `(i, j)`, `i < j`, in the packed row: `k = i·b − i(i+1)/2 + (j − i − 1)`.
+#[inline]
+pub const fn packed_index(block_size: usize, i: usize, j: usize) -> usize {
+    i * block_size - i * (i + 1) / 2 + (j - i - 1)
+}
+
+/// Builds the skew-symmetric block `Q = U − Uᵀ` from one packed row `v` of length `b(b−1)/2`.
+///
+/// # Errors
+/// [`OrthoError::ShapeMismatch`] if `v.len() != b(b−1)/2`.
+///
+/// ```
+/// use oftq_ortho::skew_from_packed;
+/// let q = skew_from_packed(&[1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0], 4).unwrap();
+/// assert_eq!((q[(0, 1)], q[(1, 0)], q[(2, 3)], q[(3, 2)]), (1.0, -1.0, 6.0, -6.0));
+/// ```
+pub fn skew_from_packed<T: Real>(v: &[T], block_size: usize) -> Result<Mat<T>> {
+    let b = block_size;
+    if v.len() != n_elements(b) {
+        return Err(shape_err(
+            "packed skew row",
+            format!("{} = b(b-1)/2 for b = {b}", n_elements(b)),
+            v.len().to_string(),
+        ));
+    }
+    let mut q = Mat::<T>::zeros(b, b);
+    let mut k = 0;
+    for i in 0..b {
+        for j in i + 1..b {
+            q[(i, j)] = v[k];
+            q[(j, i)] = -v[k];
+            k += 1;
+        }
+    }
+    Ok(q)
+}
+
+/// Reads the packed row of a (skew) block: `v[k] = Q[i][j]` for `i < j` in `triu_indices` order.
+///
+/// The lower triangle and diagonal are ignored, as in PEFT's `_pytorch_skew_symmetric_inv`.
+///
+/// # Errors
+/// [`OrthoError::ShapeMismatch`] if `q` is not square.
+pub fn packed_from_skew<T: Real>(q: MatRef<'_, T>) -> Result<Vec<T>> {
+    let b = q.nrows();
+    if q.ncols() != b {
+        return Err(shape_err(
+            "skew block",
+            "square".into(),
+            format!("{}x{}", q.nrows(), q.ncols()),
+        ));
+    }
+    let mut v = Vec::with_capacity(n_elements(b));
+    for i in 0..b {
+        for j in i + 1..b {
+            v.push(q[(i, j)]);
+        }
+    }
+    Ok(v)
+}
+
+/// Pulls a gradient with respect to `Q` back to the packed parameters.
+///
+/// With `Q = U − Uᵀ`, `∂L/∂v_k = G[i][j] − G[j][i]` for the `k`-th pair `i < j` of
+/// `G = ∂L/∂Q` (an arbitrary, not necessarily skew, `b × b` matrix). The result is appended to `out`.
+pub(crate) fn packed_grad_from_skew_grad<T: Real>(g: MatRef<'_, T>, out: &mut [T]) {
+    let b = g.nrows();
+    let mut k = 0;
+    for i in 0..b {
+        for j in i + 1..b {
+            out[k] = g[(i, j)] - g[(j, i)];
+            k += 1;
+        }
+    }
+}
+
+/// Unpacks a whole `[r, b(b−1)/2]` parameter matrix into `r` skew blocks.
+///
+/// # Errors
+/// [`OrthoError::ShapeMismatch`] if `packed.ncols() != b(b−1)/2`.
+pub fn skew_blocks<T: Real>(packed: MatRef<'_, T>, block_size: usize) -> Result<Vec<Mat<T>>> {
+    if packed.ncols() != n_elements(block_size) {
+        return Err(shape_err(
+            "packed parameters",
+            format!(
+                "[r, {}] for block size {block_size}",
+                n_elements(block_size)
+            ),
+            format!("[{}, {}]", packed.nrows(), packed.ncols()),
+        ));
+    }
+    let mut row = vec![T::zero(); packed.ncols()];
+    (0..packed.nrows())
+        .map(|i| {
+            for (k, slot) in row.iter_mut().enumerate() {
+                *slot = packed[(i, k)];
+            }
+            skew_from_packed(&row, block_size)
+        })
+        .collect()
+}
+
+/// Packs `r` skew blocks into a `[r, b(b−1)/2]` parameter matrix (upper triangles, row-major).
+///
+/// # Errors
+/// [`OrthoError::ShapeMismatch`] if the blocks are not square of one size.
+pub fn pack_blocks<T: Real>(blocks: &[Mat<T>]) -> Result<Mat<T>> {
+    let b = blocks.first().map_or(0, |q| q.nrows());
+    let mut out = Mat::<T>::zeros(blocks.len(), n_elements(b));
+    for (i, q) in blocks.iter().enumerate() {
+        if q.nrows() != b || q.ncols() != b {
+            return Err(shape_err(
+                "skew blocks",
+                format!("{b}x{b}"),
+                format!("{}x{} at block {i}", q.nrows(), q.ncols()),
+            ));
+        }
+        for (k, v) in packed_from_skew(q.as_ref())?.into_iter().enumerate() {
+            out[(i, k)] = v;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_order_b4() {
+        let v: Vec<f64> = (1..=6).map(f64::from).collect();
+        let q = skew_from_packed(&v, 4).unwrap();
+        let want = [
+            [0.0, 1.0, 2.0, 3.0],
+            [-1.0, 0.0, 4.0, 5.0],
+            [-2.0, -4.0, 0.0, 6.0],
+            [-3.0, -5.0, -6.0, 0.0],
+        ];
+        for i in 0..4 {
+            for j in 0..4 {
+                assert_eq!(q[(i, j)], want[i][j]);
+            }
+        }
+        assert_eq!(packed_from_skew(q.as_ref()).unwrap(), v);
+        assert_eq!(packed_index(4, 1, 3), 4);
+    }
+
+    #[test]
+    fn inverse_of_n_elements() {
+        for b in 1..300 {
+            assert_eq!(block_size_from_n_elements(n_elements(b)).unwrap(), b.max(1));
+        }
+        assert!(block_size_from_n_elements(5).is_err());
+        assert!(block_size_from_n_elements(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn shape_errors() {
+        assert!(skew_from_packed(&[1.0f32; 5], 4).is_err());
+        assert!(skew_blocks(Mat::<f32>::zeros(2, 5).as_ref(), 4).is_err());
+    }
+}

@@ -1,0 +1,318 @@
+//! [`BlockRotation`]: rotation blocks built from packed parameters, applied forward and backward.
+
+use faer::{Mat, MatRef};
+use rayon::prelude::*;
+
+use crate::apply::{Side, apply_blocks, apply_blocks_backward};
+use crate::cayley::{cayley_exact, cayley_exact_vjp, neumann_vjp_with_tape, neumann_with_tape};
+use crate::diagnostics::{
+    DivergencePolicy, check_neumann_convergence, orthogonality_error, skew_norm_bound,
+};
+use crate::error::{OrthoError, Result, shape_err};
+use crate::packing::{packed_grad_from_skew_grad, skew_blocks};
+use crate::parameterization::Parameterization;
+use crate::real::Real;
+use crate::spec::RotationSpec;
+
+/// A block-diagonal rotation `R_bd = diag(R₁, …, R_r)` built from packed skew parameters.
+///
+/// Holds, per stored block, the skew block `Q`, the rotation block `R(Q)` and what the backward
+/// pass needs. Applied input-centrically: `forward(x) = x · R_bd` for activations `x [tokens, d]`
+/// (each length-`b` slice of a row times its block), exactly PEFT's `OFTRotationModule.forward`.
+///
+/// ```
+/// use faer::Mat;
+/// use oftq_ortho::{BlockRotation, Parameterization, RotationSpec};
+/// let spec = RotationSpec::new(8, 4, false, Parameterization::default()).unwrap();
+/// let packed = Mat::<f64>::from_fn(2, 6, |i, k| 0.05 * (i + k) as f64);
+/// let rot = BlockRotation::build(&spec, packed.as_ref()).unwrap();
+/// let x = Mat::<f64>::from_fn(3, 8, |t, f| (t * 8 + f) as f64);
+/// let y = rot.forward(x.as_ref()).unwrap();
+/// let dense = rot.to_dense();
+/// assert!((&y - &x * &dense).norm_max() < 1e-12);
+/// let grad = rot.backward(x.as_ref(), Mat::<f64>::ones(3, 8).as_ref()).unwrap();
+/// assert_eq!((grad.params.nrows(), grad.params.ncols()), (2, 6));
+/// ```
+#[derive(Debug, Clone)]
+pub struct BlockRotation<T: Real> {
+    spec: RotationSpec,
+    skew: Vec<Mat<T>>,
+    blocks: Vec<Mat<T>>,
+    /// Horner intermediates per stored block (Neumann only).
+    tapes: Vec<Vec<Mat<T>>>,
+}
+
+/// Gradients returned by [`BlockRotation::backward`].
+#[derive(Debug, Clone)]
+pub struct RotationGrad<T: Real> {
+    /// `∂L/∂x = ∂L/∂y · R_bdᵀ`, shape `[tokens, d]`.
+    pub input: Mat<T>,
+    /// `∂L/∂(packed parameters)`, shape `(stored blocks, b(b−1)/2)`; with block sharing, the sum
+    /// over all positions.
+    pub params: Mat<T>,
+}
+
+impl<T: Real> BlockRotation<T> {
+    /// Builds every stored block `R(Q)` from packed parameters `[stored blocks, b(b−1)/2]`
+    /// (parallel over blocks).
+    ///
+    /// COFT is not applied here: project the parameters first with
+    /// [`project_coft`](crate::project_coft), as PEFT does at the start of each forward.
+    ///
+    /// # Errors
+    /// [`OrthoError::ShapeMismatch`] for a wrong parameter shape, [`OrthoError::NonFinite`] for
+    /// NaN/∞ parameters, [`OrthoError::Singular`] if an exact solve fails.
+    pub fn build(spec: &RotationSpec, packed: MatRef<'_, T>) -> Result<Self> {
+        let (rows, cols) = spec.param_shape();
+        if packed.nrows() != rows || packed.ncols() != cols {
+            return Err(shape_err(
+                "packed rotation parameters",
+                format!("[{rows}, {cols}]"),
+                format!("[{}, {}]", packed.nrows(), packed.ncols()),
+            ));
+        }
+        if let Some(block) = (0..rows).find(|&i| (0..cols).any(|k| !packed[(i, k)].is_finite())) {
+            return Err(OrthoError::NonFinite {
+                what: "rotation parameters",
+                block,
+            });
+        }
+        let skew = skew_blocks(packed, spec.block_size())?;
+        type Built<T> = Result<(Mat<T>, Vec<Mat<T>>)>;
+        let built: Vec<Built<T>> = skew
+            .par_iter()
+            .enumerate()
+            .map(|(i, q)| match spec.parameterization() {
+                Parameterization::Exact(conv) => cayley_exact(q.as_ref(), conv)
+                    .map(|r| (r, Vec::new()))
+                    .map_err(|_| OrthoError::Singular { block: i }),
+                p @ Parameterization::Neumann { .. } => {
+                    let coeffs = p.neumann_coefficients().unwrap_or_else(|| vec![1.0]);
+                    Ok(neumann_with_tape(q.as_ref(), &coeffs))
+                }
+            })
+            .collect();
+        let mut blocks = Vec::with_capacity(rows);
+        let mut tapes = Vec::with_capacity(rows);
+        for b in built {
+            let (r, tape) = b?;
+            blocks.push(r);
+            tapes.push(tape);
+        }
+        Ok(Self {
+            spec: *spec,
+            skew,
+            blocks,
+            tapes,
+        })
+    }
+
+    /// The identity rotation (`Q = 0`), PEFT's `init_weights=True`.
+    pub fn identity(spec: &RotationSpec) -> Self {
+        let (rows, cols) = spec.param_shape();
+        match Self::build(spec, Mat::<T>::zeros(rows, cols).as_ref()) {
+            Ok(r) => r,
+            // Unreachable: zero parameters are finite, well-shaped and never singular.
+            Err(_) => Self {
+                spec: *spec,
+                skew: Vec::new(),
+                blocks: Vec::new(),
+                tapes: Vec::new(),
+            },
+        }
+    }
+
+    /// The geometry and parameterization.
+    pub fn spec(&self) -> &RotationSpec {
+        &self.spec
+    }
+
+    /// The stored rotation blocks `R₁ … R_s` (`s` = stored blocks), each `b × b`.
+    pub fn blocks(&self) -> &[Mat<T>] {
+        &self.blocks
+    }
+
+    /// The stored skew blocks `Q₁ … Q_s`.
+    pub fn skew_blocks(&self) -> &[Mat<T>] {
+        &self.skew
+    }
+
+    fn check_input(&self, what: &'static str, x: MatRef<'_, T>) -> Result<()> {
+        if x.ncols() != self.spec.in_features() {
+            return Err(shape_err(
+                what,
+                format!("[tokens, {}]", self.spec.in_features()),
+                format!("[{}, {}]", x.nrows(), x.ncols()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_mask(&self, keep: Option<&[bool]>) -> Result<()> {
+        match keep {
+            Some(k) if k.len() != self.spec.n_blocks() => Err(shape_err(
+                "block mask",
+                format!("{} entries (one per block)", self.spec.n_blocks()),
+                k.len().to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `y = x · R_bd` for `x [tokens, d]`.
+    ///
+    /// # Errors
+    /// [`OrthoError::ShapeMismatch`] if `x.ncols() != d`.
+    pub fn forward(&self, x: MatRef<'_, T>) -> Result<Mat<T>> {
+        self.forward_masked(x, None)
+    }
+
+    /// `y = x · R̃_bd` where position `j` uses `R_j` if `keep[j]`, else `I` (module dropout: blocks
+    /// replaced by the identity, no rescaling).
+    ///
+    /// # Errors
+    /// [`OrthoError::ShapeMismatch`] for a wrong `x` shape or mask length.
+    pub fn forward_masked(&self, x: MatRef<'_, T>, keep: Option<&[bool]>) -> Result<Mat<T>> {
+        self.check_input("rotation input", x)?;
+        self.check_mask(keep)?;
+        Ok(apply_blocks(
+            x,
+            &self.blocks,
+            self.spec.block_size(),
+            self.spec.block_share(),
+            Side::Plain,
+            keep,
+        ))
+    }
+
+    /// `y = x · R_bdᵀ` for `x [tokens, d]`; with `x = W` this is the merged weight `W · R_bdᵀ`.
+    ///
+    /// # Errors
+    /// [`OrthoError::ShapeMismatch`] if `x.ncols() != d`.
+    pub fn forward_transposed(&self, x: MatRef<'_, T>) -> Result<Mat<T>> {
+        self.check_input("rotation input", x)?;
+        Ok(apply_blocks(
+            x,
+            &self.blocks,
+            self.spec.block_size(),
+            self.spec.block_share(),
+            Side::Transposed,
+            None,
+        ))
+    }
+
+    /// Backward of [`forward`](Self::forward): from `x` and `dy = ∂L/∂y`, returns `∂L/∂x = dy · R_bdᵀ`
+    /// and the gradient of the packed parameters.
+    ///
+    /// Per position, `∂L/∂R_j = x_jᵀ · dy_j`; with sharing these are summed over positions in
+    /// ascending order. Then, per stored block, `∂L/∂Q` by [`cayley_exact_vjp`] (no second solve) or
+    /// by reverse mode through the Neumann polynomial, and `∂L/∂v_k = G[i][j] − G[j][i]`.
+    ///
+    /// # Errors
+    /// [`OrthoError::ShapeMismatch`] if `x` and `dy` are not both `[tokens, d]`.
+    pub fn backward(&self, x: MatRef<'_, T>, dy: MatRef<'_, T>) -> Result<RotationGrad<T>> {
+        self.backward_masked(x, dy, None)
+    }
+
+    /// Backward of [`forward_masked`](Self::forward_masked): dropped positions pass the gradient
+    /// through unchanged and contribute nothing to the parameter gradient.
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward), plus a wrong mask length.
+    pub fn backward_masked(
+        &self,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        keep: Option<&[bool]>,
+    ) -> Result<RotationGrad<T>> {
+        self.check_input("rotation input", x)?;
+        self.check_mask(keep)?;
+        if dy.nrows() != x.nrows() || dy.ncols() != x.ncols() {
+            return Err(shape_err(
+                "rotation output gradient",
+                format!("[{}, {}] (the input's shape)", x.nrows(), x.ncols()),
+                format!("[{}, {}]", dy.nrows(), dy.ncols()),
+            ));
+        }
+        let b = self.spec.block_size();
+        let (dx, mut dr) =
+            apply_blocks_backward(x, dy, &self.blocks, b, self.spec.block_share(), keep);
+        if self.spec.block_share() {
+            let mut acc = Mat::<T>::zeros(b, b);
+            for g in &dr {
+                acc += g;
+            }
+            dr = vec![acc];
+        }
+        let (rows, cols) = self.spec.param_shape();
+        let mut params = Mat::<T>::zeros(rows, cols);
+        let rows_grad: Vec<Vec<T>> = dr
+            .par_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let dq = self.skew_grad(i, g.as_ref());
+                let mut out = vec![T::zero(); cols];
+                packed_grad_from_skew_grad(dq.as_ref(), &mut out);
+                out
+            })
+            .collect();
+        for (i, row) in rows_grad.iter().enumerate() {
+            for (k, v) in row.iter().enumerate() {
+                params[(i, k)] = *v;
+            }
+        }
+        Ok(RotationGrad { input: dx, params })
+    }
+
+    /// `∂L/∂Q` of stored block `i` given `∂L/∂R_i`.
+    fn skew_grad(&self, i: usize, g: MatRef<'_, T>) -> Mat<T> {
+        match self.spec.parameterization() {
+            Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks[i].as_ref(), conv, g),
+            Parameterization::Neumann { .. } => {
+                neumann_vjp_with_tape(self.skew[i].as_ref(), &self.tapes[i], g)
+            }
+        }
+    }
+
+    /// Orthogonality error `‖R_iᵀR_i − I‖₂` of every stored block.
+    pub fn orthogonality_errors(&self) -> Vec<T> {
+        self.blocks
+            .par_iter()
+            .map(|r| orthogonality_error(r.as_ref()))
+            .collect()
+    }
+
+    /// Certified upper bounds on `‖Q_i‖₂` of every stored block ([`skew_norm_bound`]).
+    pub fn skew_norm_bounds(&self) -> Vec<T> {
+        self.skew
+            .par_iter()
+            .map(|q| skew_norm_bound(q.as_ref()))
+            .collect()
+    }
+
+    /// For a Neumann parameterization, checks that every block's certified `‖Q‖₂` bound is below 1
+    /// (see [`check_neumann_convergence`]); exact parameterizations always pass.
+    ///
+    /// # Errors
+    /// [`OrthoError::NeumannDivergence`] under [`DivergencePolicy::Error`].
+    pub fn check_convergence(&self, policy: DivergencePolicy) -> Result<Option<usize>> {
+        match self.spec.parameterization() {
+            Parameterization::Exact(_) => Ok(None),
+            Parameterization::Neumann { .. } => {
+                check_neumann_convergence(&self.skew_norm_bounds(), policy)
+            }
+        }
+    }
+
+    /// The dense `d × d` block-diagonal matrix `R_bd` (for tests and small merges only; the
+    /// forward pass never builds it).
+    pub fn to_dense(&self) -> Mat<T> {
+        let (d, b) = (self.spec.in_features(), self.spec.block_size());
+        let mut out = Mat::<T>::zeros(d, d);
+        for j in 0..self.spec.n_blocks() {
+            let r = &self.blocks[self.spec.stored_index(j)];
+            out.as_mut().submatrix_mut(j * b, j * b, b, b).copy_from(r);
+        }
+        out
+    }
+}
