@@ -22,12 +22,16 @@ pub enum CoftRadius {
 impl CoftRadius {
     /// PEFT's radius: `eps/√(stored blocks)` per block on `‖Q‖_F` (`stored_blocks = 1` with block sharing).
     ///
+    /// Reproduces PEFT's rounding: it computes `eps * 1 / torch.sqrt(torch.tensor(r))`, an `f32`
+    /// tensor, i.e. `ρ = fl32(fl32(1/fl32(√r)) · fl32(eps))`, whatever the parameter dtype.
+    ///
     /// ```
     /// use oftq_ortho::CoftRadius;
-    /// assert_eq!(CoftRadius::peft(1e-2, 4), CoftRadius::PerBlock(5e-3));
+    /// assert_eq!(CoftRadius::peft(1e-2, 4), CoftRadius::PerBlock(f64::from(0.5f32 * 1e-2f32)));
     /// ```
     pub fn peft(eps: f64, stored_blocks: usize) -> Self {
-        Self::PerBlock(eps / (stored_blocks.max(1) as f64).sqrt())
+        let root = (stored_blocks.max(1) as f32).sqrt();
+        Self::PerBlock(f64::from((1.0f32 / root) * eps as f32))
     }
 
     /// The official OFT code's constraint (`Zeju1997/oft`): the raw `b × b` parameter `B` (with
@@ -96,17 +100,18 @@ pub fn project_coft<T: Real>(mut packed: MatMut<'_, T>, radius: CoftRadius) -> R
             *s += v.f64() * v.f64();
         }
     }
-    let scale_of = |fro: f64| if fro <= rho { None } else { Some(rho / fro) };
-    // ‖Q‖_F = √2 ‖v‖₂, computed as in PEFT: on Q itself, in the parameter dtype. Doing it in f64 from
-    // the packed row agrees to rounding; the comparison `nrm <= eps'` decides only exactly at the boundary.
+    // ‖Q‖_F = √2‖v‖₂ (accumulated in f64). Outside the ball PEFT computes `eps' * (Q / ‖Q‖_F)`:
+    // divide first, then scale, as below.
+    let scale_of = |fro: f64| if fro <= rho { None } else { Some(fro) };
     let scales: Vec<Option<f64>> = match radius {
         CoftRadius::PerBlock(_) => sq.iter().map(|s| scale_of((2.0 * s).sqrt())).collect(),
         CoftRadius::Global(_) => vec![scale_of((2.0 * sq.iter().sum::<f64>()).sqrt()); rows],
     };
     for (i, s) in scales.into_iter().enumerate() {
-        if let Some(s) = s {
+        if let Some(fro) = s {
+            let (fro, rho) = (T::c(fro), T::c(rho));
             for k in 0..cols {
-                packed[(i, k)] = T::c(s * packed[(i, k)].f64());
+                packed[(i, k)] = rho * (packed[(i, k)] / fro);
             }
         }
     }
