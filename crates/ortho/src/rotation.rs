@@ -334,8 +334,14 @@ mod tests {
             Parameterization::Exact(CayleyConvention::Textbook),
         ];
         for t in 0..8 {
-            v.push(Parameterization::Neumann { terms: t, flavor: NeumannFlavor::Peft });
-            v.push(Parameterization::Neumann { terms: t, flavor: NeumannFlavor::OddPower });
+            v.push(Parameterization::Neumann {
+                terms: t,
+                flavor: NeumannFlavor::Peft,
+            });
+            v.push(Parameterization::Neumann {
+                terms: t,
+                flavor: NeumannFlavor::OddPower,
+            });
         }
         v
     }
@@ -347,10 +353,19 @@ mod tests {
         let x = random(3, spec.in_features(), 1.0, seed + 1);
         let g = random(3, spec.in_features(), 1.0, seed + 2);
         let loss = |w: &Mat<f64>, x: &Mat<f64>| {
-            let y = BlockRotation::build(spec, w.as_ref()).unwrap().forward(x.as_ref()).unwrap();
-            (0..y.nrows()).flat_map(|i| (0..y.ncols()).map(move |j| (i, j))).map(|(i, j)| y[(i, j)] * g[(i, j)]).sum::<f64>()
+            let y = BlockRotation::build(spec, w.as_ref())
+                .unwrap()
+                .forward(x.as_ref())
+                .unwrap();
+            (0..y.nrows())
+                .flat_map(|i| (0..y.ncols()).map(move |j| (i, j)))
+                .map(|(i, j)| y[(i, j)] * g[(i, j)])
+                .sum::<f64>()
         };
-        let grad = BlockRotation::build(spec, w.as_ref()).unwrap().backward(x.as_ref(), g.as_ref()).unwrap();
+        let grad = BlockRotation::build(spec, w.as_ref())
+            .unwrap()
+            .backward(x.as_ref(), g.as_ref())
+            .unwrap();
         let h = 1e-6;
         for i in 0..rows {
             for k in 0..cols {
@@ -358,7 +373,11 @@ mod tests {
                 wp[(i, k)] += h;
                 wm[(i, k)] -= h;
                 let fd = (loss(&wp, &x) - loss(&wm, &x)) / (2.0 * h);
-                assert!((fd - grad.params[(i, k)]).abs() < 1e-7 * (1.0 + fd.abs()), "{spec:?} param ({i},{k}): fd {fd} vs {}", grad.params[(i, k)]);
+                assert!(
+                    (fd - grad.params[(i, k)]).abs() < 1e-7 * (1.0 + fd.abs()),
+                    "{spec:?} param ({i},{k}): fd {fd} vs {}",
+                    grad.params[(i, k)]
+                );
             }
         }
         for i in 0..x.nrows() {
@@ -367,7 +386,10 @@ mod tests {
                 xp[(i, j)] += h;
                 xm[(i, j)] -= h;
                 let fd = (loss(&w, &xp) - loss(&w, &xm)) / (2.0 * h);
-                assert!((fd - grad.input[(i, j)]).abs() < 1e-7 * (1.0 + fd.abs()), "{spec:?} input ({i},{j})");
+                assert!(
+                    (fd - grad.input[(i, j)]).abs() < 1e-7 * (1.0 + fd.abs()),
+                    "{spec:?} input ({i},{j})"
+                );
             }
         }
     }
@@ -376,7 +398,10 @@ mod tests {
     fn gradients_match_finite_differences() {
         for (n, p) in all_params().into_iter().enumerate() {
             fd_check(&RotationSpec::new(12, 4, false, p).unwrap(), 10 * n as u64);
-            fd_check(&RotationSpec::new(10, 5, true, p).unwrap(), 10 * n as u64 + 5);
+            fd_check(
+                &RotationSpec::new(10, 5, true, p).unwrap(),
+                10 * n as u64 + 5,
+            );
         }
     }
 
@@ -387,11 +412,20 @@ mod tests {
             let plain = RotationSpec::new(12, 3, false, p).unwrap();
             let w = random(1, 3, 0.3, 7);
             let w4 = Mat::from_fn(4, 3, |_, k| w[(0, k)]);
-            let (a, b) = (BlockRotation::build(&shared, w.as_ref()).unwrap(), BlockRotation::build(&plain, w4.as_ref()).unwrap());
+            let (a, b) = (
+                BlockRotation::build(&shared, w.as_ref()).unwrap(),
+                BlockRotation::build(&plain, w4.as_ref()).unwrap(),
+            );
             let x = random(5, 12, 1.0, 8);
             let dy = random(5, 12, 1.0, 9);
-            assert!((a.forward(x.as_ref()).unwrap() - b.forward(x.as_ref()).unwrap()).norm_max() < 1e-15);
-            let (ga, gb) = (a.backward(x.as_ref(), dy.as_ref()).unwrap(), b.backward(x.as_ref(), dy.as_ref()).unwrap());
+            assert!(
+                (a.forward(x.as_ref()).unwrap() - b.forward(x.as_ref()).unwrap()).norm_max()
+                    < 1e-15
+            );
+            let (ga, gb) = (
+                a.backward(x.as_ref(), dy.as_ref()).unwrap(),
+                b.backward(x.as_ref(), dy.as_ref()).unwrap(),
+            );
             assert!((&ga.input - &gb.input).norm_max() < 1e-15);
             for k in 0..3 {
                 let sum: f64 = (0..4).map(|i| gb.params[(i, k)]).sum();
@@ -414,7 +448,9 @@ mod tests {
                 assert_eq!(y[(t, f)], want);
             }
         }
-        let g = rot.backward_masked(x.as_ref(), x.as_ref(), Some(&keep)).unwrap();
+        let g = rot
+            .backward_masked(x.as_ref(), x.as_ref(), Some(&keep))
+            .unwrap();
         assert_eq!((g.params[(1, 0)], g.params[(3, 0)]), (0.0, 0.0));
         assert!(rot.forward_masked(x.as_ref(), Some(&[true])).is_err());
     }
@@ -435,10 +471,16 @@ mod tests {
         assert!(BlockRotation::<f64>::build(&spec, Mat::zeros(2, 5).as_ref()).is_err());
         let mut w = Mat::<f64>::zeros(2, 6);
         w[(1, 3)] = f64::INFINITY;
-        assert!(matches!(BlockRotation::build(&spec, w.as_ref()), Err(OrthoError::NonFinite { block: 1, .. })));
+        assert!(matches!(
+            BlockRotation::build(&spec, w.as_ref()),
+            Err(OrthoError::NonFinite { block: 1, .. })
+        ));
         let rot = BlockRotation::<f64>::identity(&spec);
         assert!(rot.forward(Mat::zeros(2, 7).as_ref()).is_err());
-        assert!(rot.backward(Mat::zeros(2, 8).as_ref(), Mat::zeros(3, 8).as_ref()).is_err());
+        assert!(
+            rot.backward(Mat::zeros(2, 8).as_ref(), Mat::zeros(3, 8).as_ref())
+                .is_err()
+        );
         assert!(RotationSpec::new(10, 4, false, Parameterization::default()).is_err());
         assert!(RotationSpec::new(10, 0, false, Parameterization::default()).is_err());
     }
@@ -447,10 +489,20 @@ mod tests {
     fn divergence_guard_fires_for_large_q() {
         let spec = RotationSpec::new(4, 2, false, Parameterization::default()).unwrap();
         let rot = BlockRotation::build(&spec, faer::mat![[0.5f64], [1.5]].as_ref()).unwrap();
-        assert_eq!(rot.check_convergence(DivergencePolicy::Ignore).unwrap(), Some(1));
+        assert_eq!(
+            rot.check_convergence(DivergencePolicy::Ignore).unwrap(),
+            Some(1)
+        );
         assert!(rot.check_convergence(DivergencePolicy::Error).is_err());
-        let exact = BlockRotation::build(&spec.with_parameterization(Parameterization::Exact(CayleyConvention::Peft)), faer::mat![[0.5f64], [1.5]].as_ref()).unwrap();
-        assert_eq!(exact.check_convergence(DivergencePolicy::Error).unwrap(), None);
+        let exact = BlockRotation::build(
+            &spec.with_parameterization(Parameterization::Exact(CayleyConvention::Peft)),
+            faer::mat![[0.5f64], [1.5]].as_ref(),
+        )
+        .unwrap();
+        assert_eq!(
+            exact.check_convergence(DivergencePolicy::Error).unwrap(),
+            None
+        );
         assert!(exact.orthogonality_errors().iter().all(|&e| e < 1e-15));
     }
 }
