@@ -1,4 +1,5 @@
 //! Criterion benches of oftq-ortho with an in-run baseline (faer's own f32 GEMM).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // a bench is not a public API
 //!
 //! Throughput is reported in FLOP (criterion's "elements"), so `elem/s` reads as FLOP/s.
 //! Bench ids are the keys of `docs/bench/results.json` (see `shared/DESIGN.md`).
