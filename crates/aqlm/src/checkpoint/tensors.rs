@@ -1,0 +1,147 @@
+//! Conversions between safetensors byte buffers and the in-memory values of an AQLM layer.
+
+use safetensors::Dtype;
+
+use crate::storage::{CodeDtype, FloatDtype, pack_code, unpack_code};
+
+/// A tensor kept exactly as it was read (dtype, shape, little-endian bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    /// The safetensors dtype.
+    pub dtype: Dtype,
+    /// The shape (row-major).
+    pub shape: Vec<usize>,
+    /// The raw little-endian data, `shape.product() · dtype size` bytes.
+    pub data: Vec<u8>,
+}
+
+/// The [`FloatDtype`] for a safetensors dtype, if it is one of F32/F16/BF16.
+pub(crate) fn float_dtype(d: Dtype) -> Option<FloatDtype> {
+    match d {
+        Dtype::F32 => Some(FloatDtype::F32),
+        Dtype::F16 => Some(FloatDtype::F16),
+        Dtype::BF16 => Some(FloatDtype::BF16),
+        _ => None,
+    }
+}
+
+/// The [`CodeDtype`] for a safetensors dtype, if it is one of I8/I16/I32.
+pub(crate) fn code_dtype(d: Dtype) -> Option<CodeDtype> {
+    match d {
+        Dtype::I8 => Some(CodeDtype::I8),
+        Dtype::I16 => Some(CodeDtype::I16),
+        Dtype::I32 => Some(CodeDtype::I32),
+        _ => None,
+    }
+}
+
+/// The safetensors dtype of a [`FloatDtype`].
+pub(crate) fn st_float(d: FloatDtype) -> Dtype {
+    match d {
+        FloatDtype::F32 => Dtype::F32,
+        FloatDtype::F16 => Dtype::F16,
+        FloatDtype::BF16 => Dtype::BF16,
+    }
+}
+
+/// The safetensors dtype of a [`CodeDtype`].
+pub(crate) fn st_code(d: CodeDtype) -> Dtype {
+    match d {
+        CodeDtype::I8 => Dtype::I8,
+        CodeDtype::I16 => Dtype::I16,
+        CodeDtype::I32 => Dtype::I32,
+    }
+}
+
+/// Decodes little-endian floats of dtype `d` to `f32` (exact for all three dtypes).
+pub(crate) fn floats_from_bytes(d: FloatDtype, bytes: &[u8]) -> Vec<f32> {
+    match d {
+        FloatDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        FloatDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        FloatDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+    }
+}
+
+/// Encodes `f32` values as little-endian dtype `d` (round to nearest even for f16/bf16).
+pub(crate) fn floats_to_bytes(d: FloatDtype, v: &[f32]) -> Vec<u8> {
+    match d {
+        FloatDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        FloatDtype::F16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        FloatDtype::BF16 => v
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Reads stored codes and unpacks them (aqlm `unpack_int_data`). On a value aqlm could not
+/// have written, returns `Err((flat index, stored value))`.
+pub(crate) fn codes_from_bytes(
+    d: CodeDtype,
+    bytes: &[u8],
+    nbits: u32,
+) -> Result<Vec<u16>, (usize, i64)> {
+    let stored: Vec<i64> = match d {
+        CodeDtype::I8 => bytes.iter().map(|&b| i64::from(b as i8)).collect(),
+        CodeDtype::I16 => bytes
+            .chunks_exact(2)
+            .map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        CodeDtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    };
+    stored
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| unpack_code(s, nbits).ok_or((i, s)))
+        .collect()
+}
+
+/// Packs unsigned codes the aqlm way into little-endian dtype `d` (caller checked the width).
+pub(crate) fn codes_to_bytes(d: CodeDtype, codes: &[u16], nbits: u32) -> Vec<u8> {
+    let packed = codes.iter().map(|&c| pack_code(c, nbits));
+    match d {
+        CodeDtype::I8 => packed.map(|p| (p as i8) as u8).collect(),
+        CodeDtype::I16 => packed.flat_map(|p| (p as i16).to_le_bytes()).collect(),
+        CodeDtype::I32 => packed.flat_map(i32::to_le_bytes).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_and_code_round_trips() {
+        let v = [1.0f32, -2.5, 0.1, 65504.0];
+        for d in [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16] {
+            let r: Vec<f32> = v.iter().map(|&x| d.round(x)).collect();
+            assert_eq!(floats_from_bytes(d, &floats_to_bytes(d, &r)), r);
+        }
+        let codes = [0u16, 127, 128, 255];
+        let b = codes_to_bytes(CodeDtype::I8, &codes, 8);
+        assert_eq!(b, [0, 127, 128, 255]); // 128 → −128, 255 → −1 as i8
+        assert_eq!(codes_from_bytes(CodeDtype::I8, &b, 8).unwrap(), codes);
+        let codes = [0u16, 40000, 65535];
+        let b = codes_to_bytes(CodeDtype::I16, &codes, 16);
+        assert_eq!(i16::from_le_bytes([b[2], b[3]]), -25536);
+        assert_eq!(codes_from_bytes(CodeDtype::I16, &b, 16).unwrap(), codes);
+        let b = codes_to_bytes(CodeDtype::I32, &[5, 40], 6);
+        assert_eq!(codes_from_bytes(CodeDtype::I32, &b, 6).unwrap(), [5, 40]);
+        assert_eq!(codes_from_bytes(CodeDtype::I8, &[100], 6), Err((0, 100)));
+    }
+}

@@ -1,0 +1,200 @@
+//! Lookup-table kernels (the port of aqlm's numba `numba_gemm_lut`, made deterministic).
+//!
+//! Forward: for input group `j`, `lut[m][a][c][t] = Σ_{b asc} cb[m][c][a][b] · x[t, j·ig + b]`,
+//! then `acc[o·og + a][t] += lut[m][a][codes[o][j][m]][t]` for `j` ascending, `m` ascending, and
+//! finally `y = acc · s_o`. The tables are built one block of input groups at a time (block
+//! ≤ 256 KiB, so it stays in L2), each block shared by all output-row tasks.
+//!
+//! Input gradient: for input group `j`, the scaled upstream gradient is scattered by code,
+//! `acc[m][c][a][t] = Σ_{o asc, codes[o][j][m] = c} s_o · dy[t, o·og + a]`, then
+//! `dx[t, j·ig + b] = Σ_{m asc} Σ_{c asc} Σ_{a asc} acc[m][c][a][t] · cb[m][c][a][b]`.
+
+use faer::{Mat, MatRef};
+use rayon::prelude::*;
+
+use super::layout::{feature_major, feature_major_scaled, from_feature_major};
+use crate::layer::AqlmLayer;
+
+/// Target size of one block of tables, in `f32` (256 KiB).
+const LUT_BLOCK_FLOATS: usize = 1 << 16;
+/// Output rows per gather task (rounded to whole output groups).
+const ROWS_PER_TASK: usize = 128;
+/// Input groups per scatter task.
+const GROUPS_PER_TASK: usize = 4;
+
+/// Floats in the tables of one input group: `M · og · 2^B · tokens`.
+pub(crate) fn lut_floats_per_group(layer: &AqlmLayer, tokens: usize) -> usize {
+    let s = &layer.scheme;
+    s.num_codebooks * s.out_group_size * s.codebook_size() * tokens
+}
+
+/// Input groups per block of tables (at least 1).
+pub(crate) fn block_groups(layer: &AqlmLayer, tokens: usize) -> usize {
+    (LUT_BLOCK_FLOATS / lut_floats_per_group(layer, tokens).max(1)).clamp(1, layer.in_groups())
+}
+
+/// Builds the tables of input group `j` into `lut` (`[m][a][c][t]`).
+fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
+    let s = &layer.scheme;
+    let (m, k, og, ig) = (
+        s.num_codebooks,
+        s.codebook_size(),
+        s.out_group_size,
+        s.in_group_size,
+    );
+    lut.fill(0.0);
+    if t == 1 {
+        // Vectorize over codewords with the transposed codebook [m][a][b][c].
+        let cbt = layer.codebooks_by_entry();
+        for ma in 0..m * og {
+            let e = &mut lut[ma * k..][..k];
+            for b in 0..ig {
+                let xb = xf[j * ig + b];
+                let row = &cbt[(ma * ig + b) * k..][..k];
+                for (d, &w) in e.iter_mut().zip(row) {
+                    *d += w * xb;
+                }
+            }
+        }
+    } else {
+        // Vectorize over tokens.
+        for mm in 0..m {
+            for a in 0..og {
+                for c in 0..k {
+                    let e = &mut lut[((mm * og + a) * k + c) * t..][..t];
+                    let w = &layer.codebooks[((mm * k + c) * og + a) * ig..][..ig];
+                    for (b, &wb) in w.iter().enumerate() {
+                        for (d, &xv) in e.iter_mut().zip(&xf[(j * ig + b) * t..][..t]) {
+                            *d += wb * xv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the contributions of input groups `j0..j1` (tables in `lut`) to the accumulators of
+/// output groups starting at `o0` (`acc [rows][t]`).
+fn gather(
+    layer: &AqlmLayer,
+    lut: &[f32],
+    t: usize,
+    j0: usize,
+    j1: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    let s = &layer.scheme;
+    let (m, k, og) = (s.num_codebooks, s.codebook_size(), s.out_group_size);
+    let n_ig = layer.in_groups();
+    let per_j = m * og * k * t;
+    for (go, acc_o) in acc.chunks_mut(og * t).enumerate() {
+        let o = o0 + go;
+        let codes = &layer.codes[(o * n_ig + j0) * m..(o * n_ig + j1) * m];
+        for a in 0..og {
+            if t == 1 {
+                let mut sum = acc_o[a];
+                for (dj, cj) in codes.chunks_exact(m).enumerate() {
+                    let lj = &lut[dj * per_j..][..per_j];
+                    for (mm, &c) in cj.iter().enumerate() {
+                        sum += lj[(mm * og + a) * k + usize::from(c)];
+                    }
+                }
+                acc_o[a] = sum;
+            } else {
+                let dst = &mut acc_o[a * t..(a + 1) * t];
+                for (dj, cj) in codes.chunks_exact(m).enumerate() {
+                    let lj = &lut[dj * per_j..][..per_j];
+                    for (mm, &c) in cj.iter().enumerate() {
+                        let src = &lj[((mm * og + a) * k + usize::from(c)) * t..][..t];
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `x·Wᵀ` (no bias).
+pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
+    let t = x.nrows();
+    let og = layer.scheme.out_group_size;
+    let n_ig = layer.in_groups();
+    let xf = feature_major(x);
+    let per_j = lut_floats_per_group(layer, t);
+    let jb = block_groups(layer, t);
+    let groups = (ROWS_PER_TASK / og).max(1);
+    let mut acc = vec![0f32; layer.out_features * t];
+    let mut lut = vec![0f32; jb * per_j];
+    let mut j0 = 0;
+    while j0 < n_ig {
+        let j1 = (j0 + jb).min(n_ig);
+        let block = &mut lut[..(j1 - j0) * per_j];
+        block
+            .par_chunks_mut(per_j)
+            .enumerate()
+            .for_each(|(dj, lj)| build(layer, &xf, t, j0 + dj, lj));
+        let block = &*block;
+        acc.par_chunks_mut(groups * og * t)
+            .enumerate()
+            .for_each(|(ci, a)| gather(layer, block, t, j0, j1, ci * groups, a));
+        j0 = j1;
+    }
+    for (r, row) in acc.chunks_mut(t).enumerate() {
+        let s = layer.scales[r / og];
+        for v in row {
+            *v *= s;
+        }
+    }
+    from_feature_major(&acc, t, layer.out_features)
+}
+
+/// `dy·W`.
+pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
+    let t = dy.nrows();
+    let s = &layer.scheme;
+    let (m, k, og, ig) = (
+        s.num_codebooks,
+        s.codebook_size(),
+        s.out_group_size,
+        s.in_group_size,
+    );
+    let n_og = layer.out_groups();
+    let sdy = feature_major_scaled(dy, &layer.scales, og);
+    let codes_t = layer.codes_by_input();
+    let mut out = vec![0f32; layer.in_features * t];
+    out.par_chunks_mut(GROUPS_PER_TASK * ig * t)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let mut acc = vec![0f32; m * k * og * t];
+            for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
+                let j = ci * GROUPS_PER_TASK + dj;
+                acc.fill(0.0);
+                let codes = &codes_t[j * n_og * m..(j + 1) * n_og * m];
+                for (o, co) in codes.chunks_exact(m).enumerate() {
+                    for a in 0..og {
+                        let src = &sdy[(o * og + a) * t..][..t];
+                        for (mm, &c) in co.iter().enumerate() {
+                            let dst = &mut acc[((mm * k + usize::from(c)) * og + a) * t..][..t];
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+                for (e, src) in acc.chunks_exact(t).enumerate() {
+                    // e = (mm·k + c)·og + a; its codebook row is cb[mm][c][a][..ig].
+                    let w = &layer.codebooks[e * ig..][..ig];
+                    for (b, &wb) in w.iter().enumerate() {
+                        for (d, &v) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
+                            *d += wb * v;
+                        }
+                    }
+                }
+            }
+        });
+    from_feature_major(&out, t, layer.in_features)
+}

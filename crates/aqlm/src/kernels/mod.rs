@@ -1,0 +1,189 @@
+//! Forward (`y = x·Wᵀ + bias`) and input-gradient (`dx = dy·W`) kernels of an [`AqlmLayer`].
+//!
+//! Every kernel is deterministic: work is split into chunks whose size depends only on the
+//! layer shape and the token count (never on the thread count), each output element is
+//! computed by exactly one task with a fixed summation order, so the result has identical bits
+//! for 1, 2 or N rayon threads and across runs.
+//!
+//! Summation orders (all in `f32`):
+//! - [`Kernel::Lut`] and [`Kernel::DecodeDot`]: `y[t, r] = s_o · Σ_{j ascending} Σ_{m ascending}
+//!   ⟨cb_m[c], x_j⟩` (or the dot of the summed tile), scale last, then `+ bias`;
+//! - [`Kernel::TiledGemm`] and [`Kernel::Reference`]: the exactly decoded `W` (bit-identical to
+//!   [`AqlmLayer::decode`]) times `x` with faer's sequential GEMM.
+
+mod decode_dot;
+mod layout;
+mod lut;
+mod reference;
+mod tiled_gemm;
+
+use faer::{Mat, MatRef};
+
+use crate::error::AqlmError;
+use crate::layer::AqlmLayer;
+
+/// Which kernel computes a forward or input-gradient product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Decode the whole `W [out, in]`, then one dense product. Memory `O(out·in)`; the oracle.
+    Reference,
+    /// Lookup tables of input·codeword dot products (best for `2^B ≤ 256`, few tokens).
+    /// Forward: per input group `j`, `lut[m][c][t] = ⟨cb_m[c], x[t, j-group]⟩`, gathered by
+    /// code. Input gradient: per input group, the scaled `dy` is scattered into per-code
+    /// accumulators, which are then contracted with the codebooks.
+    Lut,
+    /// Decode one tile at a time and dot it with the input (or axpy it into the gradient):
+    /// best for large codebooks (1x16) and few tokens.
+    DecodeDot,
+    /// Decode a cache-sized block of `W` at a time and multiply it with faer: best for many
+    /// tokens; memory `O(tile)`.
+    TiledGemm,
+}
+
+impl Kernel {
+    /// All kernels, for tests and benches.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Reference,
+        Kernel::Lut,
+        Kernel::DecodeDot,
+        Kernel::TiledGemm,
+    ];
+}
+
+/// From this many tokens on, [`AqlmLayer::forward`] and [`AqlmLayer::backward_input`] use
+/// [`Kernel::TiledGemm`].
+pub const TILED_GEMM_MIN_TOKENS: usize = 32;
+
+impl AqlmLayer {
+    /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows: [`Kernel::TiledGemm`] from
+    /// [`TILED_GEMM_MIN_TOKENS`] tokens on; otherwise [`Kernel::Lut`] when building the tables
+    /// (`M·2^B·og` entries per input group) is cheaper than the dot products it replaces
+    /// (`out` per input group), else [`Kernel::DecodeDot`].
+    pub fn auto_kernel(&self, tokens: usize) -> Kernel {
+        let s = &self.scheme;
+        if tokens >= TILED_GEMM_MIN_TOKENS {
+            Kernel::TiledGemm
+        } else if s.codebook_size() <= 256
+            && s.num_codebooks * s.codebook_size() * s.out_group_size <= self.out_features
+        {
+            Kernel::Lut
+        } else {
+            Kernel::DecodeDot
+        }
+    }
+
+    /// Forward `y = x·Wᵀ + bias` (`x [tokens, in]` → `y [tokens, out]`) with the kernel chosen
+    /// by [`AqlmLayer::auto_kernel`].
+    ///
+    /// # Errors
+    /// [`AqlmError::InputShape`] if `x.ncols() != in_features`.
+    pub fn forward(&self, x: MatRef<'_, f32>) -> Result<Mat<f32>, AqlmError> {
+        self.forward_with(x, self.auto_kernel(x.nrows()))
+    }
+
+    /// Forward with an explicit kernel (every kernel supports every scheme).
+    ///
+    /// # Errors
+    /// [`AqlmError::InputShape`] if `x.ncols() != in_features`.
+    pub fn forward_with(&self, x: MatRef<'_, f32>, kernel: Kernel) -> Result<Mat<f32>, AqlmError> {
+        if x.ncols() != self.in_features {
+            return Err(AqlmError::InputShape {
+                op: "forward",
+                what: "x",
+                expected: self.in_features,
+                got: x.ncols(),
+            });
+        }
+        if x.nrows() == 0 {
+            return Ok(Mat::zeros(0, self.out_features));
+        }
+        let mut y = match kernel {
+            Kernel::Reference => reference::forward(self, x),
+            Kernel::Lut => lut::forward(self, x),
+            Kernel::DecodeDot => decode_dot::forward(self, x),
+            Kernel::TiledGemm => tiled_gemm::forward(self, x),
+        };
+        if let Some(b) = &self.bias {
+            for (r, &bv) in b.iter().enumerate() {
+                for v in y.col_mut(r).iter_mut() {
+                    *v += bv;
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// Input gradient `dx = dy·W` (`dy [tokens, out]` → `dx [tokens, in]`) with the kernel
+    /// chosen by [`AqlmLayer::auto_kernel`].
+    ///
+    /// # Errors
+    /// [`AqlmError::InputShape`] if `dy.ncols() != out_features`.
+    pub fn backward_input(&self, dy: MatRef<'_, f32>) -> Result<Mat<f32>, AqlmError> {
+        self.backward_input_with(dy, self.auto_kernel(dy.nrows()))
+    }
+
+    /// Input gradient with an explicit kernel (every kernel supports every scheme).
+    ///
+    /// # Errors
+    /// [`AqlmError::InputShape`] if `dy.ncols() != out_features`.
+    pub fn backward_input_with(
+        &self,
+        dy: MatRef<'_, f32>,
+        kernel: Kernel,
+    ) -> Result<Mat<f32>, AqlmError> {
+        if dy.ncols() != self.out_features {
+            return Err(AqlmError::InputShape {
+                op: "backward_input",
+                what: "dy",
+                expected: self.out_features,
+                got: dy.ncols(),
+            });
+        }
+        if dy.nrows() == 0 {
+            return Ok(Mat::zeros(0, self.in_features));
+        }
+        Ok(match kernel {
+            Kernel::Reference => reference::backward(self, dy),
+            Kernel::Lut => lut::backward(self, dy),
+            Kernel::DecodeDot => decode_dot::backward(self, dy),
+            Kernel::TiledGemm => tiled_gemm::backward(self, dy),
+        })
+    }
+
+    /// Peak extra memory in bytes (beyond the layer, the input and the returned output) of a
+    /// forward or input-gradient with `kernel` on `tokens` rows, with `threads` tasks running
+    /// concurrently (e.g. `rayon::current_num_threads()`).
+    ///
+    /// - Lut forward: one block of tables (≤ 256 KiB, at least one input group) + the
+    ///   `[out, tokens]` accumulator + a feature-major copy of `x`;
+    /// - Lut backward: the scaled `dy` + `threads ×` per-group accumulators (`M·2^B·og·tokens`);
+    /// - DecodeDot: a copy of `x` (or scaled `dy`) + one tile per thread;
+    /// - TiledGemm: `threads ×` one decoded tile (≤ 1 MiB, at least one group);
+    /// - Reference: the whole `W` (`out·in·4` bytes).
+    pub fn workspace_bytes(&self, kernel: Kernel, tokens: usize, threads: usize) -> usize {
+        let f = std::mem::size_of::<f32>();
+        let s = &self.scheme;
+        let (o, i, t) = (self.out_features, self.in_features, tokens);
+        let threads = threads.max(1);
+        let floats = match kernel {
+            Kernel::Reference => o * i,
+            Kernel::Lut => {
+                let fwd =
+                    lut::block_groups(self, t) * lut::lut_floats_per_group(self, t) + o * t + i * t;
+                let bwd = o * t + threads * lut::lut_floats_per_group(self, t);
+                fwd.max(bwd)
+            }
+            Kernel::DecodeDot => {
+                o.max(i) * t
+                    + threads * (s.group_len() + s.out_group_size * t + s.in_group_size * t)
+            }
+            Kernel::TiledGemm => {
+                threads * tiled_gemm::tile_floats(self).max(tiled_gemm::col_tile_floats(self))
+            }
+        };
+        floats * f
+    }
+}
+
+#[cfg(test)]
+mod tests;

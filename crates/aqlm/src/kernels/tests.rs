@@ -1,0 +1,201 @@
+//! Every kernel against decode-then-matmul, on random shapes; determinism across thread pools.
+
+use faer::Mat;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::{AqlmLayer, AqlmScheme, Kernel};
+
+pub(crate) fn random_layer(
+    rng: &mut StdRng,
+    m: usize,
+    nbits: u32,
+    ig: usize,
+    og: usize,
+    n_ig: usize,
+    n_og: usize,
+    bias: bool,
+) -> AqlmLayer {
+    let s = AqlmScheme::new(m, nbits, ig, og).unwrap();
+    let k = s.codebook_size();
+    let codes = (0..n_og * n_ig * m)
+        .map(|_| rng.random_range(0..k) as u16)
+        .collect();
+    let cb = (0..m * k * og * ig)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let scales = (0..n_og).map(|_| rng.random_range(0.1f32..2.0)).collect();
+    let bias = bias.then(|| {
+        (0..n_og * og)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect()
+    });
+    AqlmLayer::new(n_ig * ig, n_og * og, s, codes, cb, scales, bias).unwrap()
+}
+
+fn random_mat(rng: &mut StdRng, r: usize, c: usize) -> Mat<f32> {
+    Mat::from_fn(r, c, |_, _| rng.random_range(-1.0f32..1.0))
+}
+
+fn rel_err(a: &Mat<f32>, b: &Mat<f32>) -> f32 {
+    assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
+    (a - b).norm_l2() / b.norm_l2().max(1e-30)
+}
+
+fn same_bits(a: &Mat<f32>, b: &Mat<f32>) -> bool {
+    a.nrows() == b.nrows()
+        && a.ncols() == b.ncols()
+        && (0..a.ncols())
+            .all(|j| (0..a.nrows()).all(|i| a[(i, j)].to_bits() == b[(i, j)].to_bits()))
+}
+
+/// (M, B, ig, og) schemes covering Kx8, 1x16, odd widths and out_group > 1.
+const SCHEMES: [(usize, u32, usize, usize); 8] = [
+    (2, 8, 8, 1),
+    (1, 8, 8, 1),
+    (1, 16, 8, 1),
+    (4, 6, 4, 2),
+    (3, 5, 3, 1),
+    (1, 1, 1, 1),
+    (2, 12, 2, 3),
+    (8, 8, 32, 1),
+];
+
+#[test]
+fn every_kernel_matches_decode_then_matmul() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (case, &(m, nbits, ig, og)) in SCHEMES.iter().enumerate() {
+        for &tokens in &[1usize, 2, 5, 17, 40] {
+            let n_ig = rng.random_range(1..6usize);
+            let n_og = rng.random_range(1..40usize);
+            let layer = random_layer(&mut rng, m, nbits, ig, og, n_ig, n_og, case % 2 == 0);
+            let x = random_mat(&mut rng, tokens, layer.in_features());
+            let dy = random_mat(&mut rng, tokens, layer.out_features());
+            let w = layer.decode();
+            let mut want = &x * w.transpose();
+            if let Some(b) = layer.bias() {
+                for r in 0..layer.out_features() {
+                    for t in 0..tokens {
+                        want[(t, r)] += b[r];
+                    }
+                }
+            }
+            let want_dx = &dy * &w;
+            for kernel in Kernel::ALL {
+                let y = layer.forward_with(x.as_ref(), kernel).unwrap();
+                let e = rel_err(&y, &want);
+                assert!(
+                    e < 2e-6,
+                    "{kernel:?} forward {m}x{nbits} ig{ig} og{og} t{tokens}: {e}"
+                );
+                let dx = layer.backward_input_with(dy.as_ref(), kernel).unwrap();
+                let e = rel_err(&dx, &want_dx);
+                assert!(
+                    e < 2e-6,
+                    "{kernel:?} backward {m}x{nbits} ig{ig} og{og} t{tokens}: {e}"
+                );
+            }
+            let y = layer.forward(x.as_ref()).unwrap();
+            assert!(rel_err(&y, &want) < 2e-6);
+            let dx = layer.backward_input(dy.as_ref()).unwrap();
+            assert!(rel_err(&dx, &want_dx) < 2e-6);
+        }
+    }
+}
+
+#[test]
+fn strided_inputs_and_shape_errors() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let layer = random_layer(&mut rng, 2, 8, 8, 1, 4, 20, true);
+    let xt = random_mat(&mut rng, 32, 3); // x = xtᵀ has row stride 1, column stride 32
+    let x = xt.transpose();
+    let dense = x.to_owned();
+    for kernel in Kernel::ALL {
+        let a = layer.forward_with(x, kernel).unwrap();
+        let b = layer.forward_with(dense.as_ref(), kernel).unwrap();
+        assert!(same_bits(&a, &b), "{kernel:?}");
+    }
+    let bad = Mat::<f32>::zeros(2, 31);
+    for kernel in Kernel::ALL {
+        assert!(matches!(
+            layer.forward_with(bad.as_ref(), kernel),
+            Err(crate::AqlmError::InputShape {
+                expected: 32,
+                got: 31,
+                ..
+            })
+        ));
+        assert!(matches!(
+            layer.backward_input_with(bad.as_ref(), kernel),
+            Err(crate::AqlmError::InputShape {
+                expected: 20,
+                got: 31,
+                ..
+            })
+        ));
+    }
+    let empty = Mat::<f32>::zeros(0, 32);
+    assert_eq!(layer.forward(empty.as_ref()).unwrap().shape(), (0, 20));
+    let empty = Mat::<f32>::zeros(0, 20);
+    assert_eq!(
+        layer.backward_input(empty.as_ref()).unwrap().shape(),
+        (0, 32)
+    );
+}
+
+#[test]
+fn identical_bits_for_1_2_4_threads() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let pools: Vec<rayon::ThreadPool> = [1, 2, 4]
+        .iter()
+        .map(|&n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for &(m, nbits, ig, og) in &[(2usize, 8u32, 8usize, 1usize), (1, 16, 8, 1), (4, 6, 4, 2)] {
+        // Big enough for several tasks per kernel and several table blocks.
+        let layer = random_layer(&mut rng, m, nbits, ig, og, 96, 300 / og, true);
+        for &tokens in &[1usize, 3, 33] {
+            let x = random_mat(&mut rng, tokens, layer.in_features());
+            let dy = random_mat(&mut rng, tokens, layer.out_features());
+            for kernel in Kernel::ALL {
+                let run = |p: &rayon::ThreadPool| {
+                    p.install(|| {
+                        (
+                            layer.forward_with(x.as_ref(), kernel).unwrap(),
+                            layer.backward_input_with(dy.as_ref(), kernel).unwrap(),
+                        )
+                    })
+                };
+                let (y1, dx1) = run(&pools[0]);
+                for p in &pools[1..] {
+                    for _ in 0..2 {
+                        let (y, dx) = run(p);
+                        assert!(
+                            same_bits(&y, &y1),
+                            "{kernel:?} forward {m}x{nbits} t{tokens}"
+                        );
+                        assert!(
+                            same_bits(&dx, &dx1),
+                            "{kernel:?} backward {m}x{nbits} t{tokens}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn workspace_is_small_on_fast_paths() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let layer = random_layer(&mut rng, 2, 8, 8, 1, 256, 2048, false);
+    let full = layer.workspace_bytes(Kernel::Reference, 1, 2);
+    assert_eq!(full, 2048 * 2048 * 4);
+    for k in [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm] {
+        assert!(layer.workspace_bytes(k, 1, 2) < full / 4, "{k:?}");
+    }
+}
