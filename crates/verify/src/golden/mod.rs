@@ -1,11 +1,13 @@
 //! The golden harness of `shared/DESIGN.md`: every case folder and `rotations.safetensors` of a
 //! folder produced by the real torch + PEFT + aqlm stack.
 
+mod cases;
 mod rotations;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use cases::{GRAD_TOL, PROJECTED_TOL, ROTATION_BLOCK_TOL, Y_TOL, check_case};
 pub use rotations::check_rotations;
 
 use crate::error::GoldenError;
@@ -68,7 +70,10 @@ pub fn check_folder(dir: &Path) -> Result<Summary, GoldenError> {
     if !found {
         return Err(GoldenError::Empty(dir.into()));
     }
-    // Layer cases are checked once oftq-layer can load them (see the layer issue).
+    for case in &cases {
+        check_case(case)?;
+        summary.layer_cases += 1;
+    }
     Ok(summary)
 }
 
