@@ -31,6 +31,7 @@ pub mod config;
 pub mod dense;
 pub mod error;
 pub mod load;
+pub mod merge;
 pub mod oft_linear;
 pub mod peft_io;
 

@@ -35,6 +35,8 @@ pub struct OftLinear<B: BaseLinear> {
     adapters: Vec<(String, OftAdapter)>,
     active: Vec<String>,
     disabled: bool,
+    /// Adapters folded into the base weights, in merge order.
+    pub(crate) merged: Vec<String>,
 }
 
 /// What [`OftLinear::backward`] needs from a forward pass.
@@ -70,6 +72,7 @@ impl<B: BaseLinear> OftLinear<B> {
             adapters: Vec::new(),
             active: Vec::new(),
             disabled: false,
+            merged: Vec::new(),
         }
     }
 
@@ -135,6 +138,12 @@ impl<B: BaseLinear> OftLinear<B> {
     /// Unknown name.
     pub fn delete_adapter(&mut self, name: &str) -> Result<OftAdapter> {
         let pos = self.position(name)?;
+        if self.merged.iter().any(|m| m == name) {
+            return Err(LayerError::Adapter {
+                name: name.into(),
+                why: "is merged; unmerge it first".into(),
+            });
+        }
         self.active.retain(|a| a != name);
         Ok(self.adapters.remove(pos).1)
     }
@@ -201,8 +210,17 @@ impl<B: BaseLinear> OftLinear<B> {
         let on = !self.disabled;
         self.active
             .iter()
-            .filter(move |_| on)
+            .filter(move |n| on && !self.merged.contains(n))
             .filter_map(|n| self.adapter(n).map(|a| (n, a)))
+    }
+
+    /// Adapters currently folded into the base weights, in merge order.
+    pub fn merged_adapters(&self) -> &[String] {
+        &self.merged
+    }
+
+    pub(crate) fn base_mut(&mut self) -> &mut B {
+        &mut self.base
     }
 
     /// Inference forward: `y = base(x·R₁·R₂⋯)` over the active adapters (no dropout).
