@@ -179,11 +179,11 @@ pub fn nearest_divisor(n: usize, p: usize) -> usize {
         return n;
     }
     let mut hi = p.max(1);
-    while hi <= n && n % hi != 0 {
+    while hi <= n && !n.is_multiple_of(hi) {
         hi += 1;
     }
     let mut lo = p.max(1);
-    while lo > 1 && n % lo != 0 {
+    while lo > 1 && !n.is_multiple_of(lo) {
         lo -= 1;
     }
     if p - lo <= hi - p { lo } else { hi }
@@ -246,7 +246,7 @@ impl OftConfig {
         }
         if self.r == 0 {
             let mut b = self.oft_block_size;
-            if in_features % b != 0 || b > in_features {
+            if !in_features.is_multiple_of(b) || b > in_features {
                 let old = b;
                 b = nearest_divisor(in_features, b);
                 log::warn!("Invalid `oft_block_size` ({old})! Adjusted `oft_block_size` to ({b}).");
@@ -254,7 +254,7 @@ impl OftConfig {
             Ok((in_features / b, b))
         } else {
             let mut r = self.r;
-            if in_features % r != 0 || r > in_features {
+            if !in_features.is_multiple_of(r) || r > in_features {
                 let old = r;
                 r = nearest_divisor(in_features, r);
                 log::warn!("Invalid `r` ({old})! Adjusted `r` to ({r}).");

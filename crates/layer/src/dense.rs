@@ -45,6 +45,15 @@ impl DenseLinear {
         })
     }
 
+    /// A `0 × 0` layer (a placeholder while a module is moved).
+    pub(crate) fn empty() -> Self {
+        Self {
+            weight: Mat::zeros(0, 0),
+            bias: None,
+            fan_in_fan_out: false,
+        }
+    }
+
     /// `W` as `[out, in]` (a transposed view when stored `[in, out]`).
     pub fn weight(&self) -> MatRef<'_, f32> {
         if self.fan_in_fan_out {

@@ -159,7 +159,7 @@ impl OftLinear<AqlmLayer> {
                 why: "unknown".into(),
             })?;
             let b = a.spec().block_size();
-            if !a.spec().block_share() || ig % b != 0 {
+            if !a.spec().block_share() || !ig.is_multiple_of(b) {
                 return Err(LayerError::Merge(format!(
                     "adapter {n:?} (block size {b}, block_share {}) cannot be folded into AQLM codebooks exactly: \
                      only a shared block whose size divides in_group_size {ig} can; keep the adapter unmerged",

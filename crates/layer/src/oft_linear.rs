@@ -64,6 +64,13 @@ pub struct OftGrad {
     pub adapters: Vec<(String, Mat<f32>)>,
 }
 
+/// Seed for an adapter's random initialisation, derived from its name (FNV-1a).
+pub(crate) fn name_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 impl<B: BaseLinear> OftLinear<B> {
     /// A wrapper with no adapters yet.
     pub fn new(base: B) -> Self {
@@ -102,10 +109,7 @@ impl<B: BaseLinear> OftLinear<B> {
     /// # Errors
     /// An existing name; invalid config.
     pub fn add_adapter(&mut self, name: &str, config: &OftConfig) -> Result<()> {
-        let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        let adapter = OftAdapter::new(config, self.base.in_features(), seed)?;
+        let adapter = OftAdapter::new(config, self.base.in_features(), name_seed(name))?;
         self.insert_adapter(name, adapter)
     }
 
