@@ -35,6 +35,7 @@ pub mod load;
 pub mod merge;
 pub mod oft_linear;
 pub mod peft_io;
+pub mod train;
 
 pub use adapter::OftAdapter;
 pub use base::BaseLinear;

@@ -1,0 +1,98 @@
+//! Losses: value and gradient with respect to the model output.
+
+use faer::{Mat, MatRef};
+
+use crate::error::{Result, shape};
+
+/// A training loss over a batch of `tokens` rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loss {
+    /// Mean squared error `L = (1/(n·m)) Σ (y − t)²` against a target of the output's shape.
+    Mse(Mat<f32>),
+    /// Cross-entropy of `softmax(y)` against one class index per row, averaged over rows:
+    /// `L = −(1/n) Σᵢ log softmax(yᵢ)[cᵢ]`.
+    CrossEntropy(Vec<usize>),
+}
+
+impl Loss {
+    /// `(L, ∂L/∂y)`, accumulated in `f64`.
+    ///
+    /// # Errors
+    /// [`crate::LayerError::Shape`] for a target of the wrong shape or a class index out of range.
+    pub fn value_and_grad(&self, y: MatRef<'_, f32>) -> Result<(f64, Mat<f32>)> {
+        let (n, m) = (y.nrows(), y.ncols());
+        match self {
+            Self::Mse(t) => {
+                if t.nrows() != n || t.ncols() != m {
+                    return Err(shape(
+                        "MSE target",
+                        format!("[{n}, {m}]"),
+                        format!("[{}, {}]", t.nrows(), t.ncols()),
+                    ));
+                }
+                let scale = 1.0 / (n * m).max(1) as f64;
+                let mut loss = 0.0f64;
+                let g = Mat::from_fn(n, m, |i, j| {
+                    let d = f64::from(y[(i, j)]) - f64::from(t[(i, j)]);
+                    loss += d * d;
+                    (2.0 * d * scale) as f32
+                });
+                Ok((loss * scale, g))
+            }
+            Self::CrossEntropy(labels) => {
+                if labels.len() != n || labels.iter().any(|&c| c >= m) {
+                    return Err(shape(
+                        "cross-entropy labels",
+                        format!("{n} labels in 0..{m}"),
+                        format!("{} labels", labels.len()),
+                    ));
+                }
+                let mut g = Mat::<f32>::zeros(n, m);
+                let mut loss = 0.0f64;
+                for i in 0..n {
+                    let mx = (0..m)
+                        .map(|j| f64::from(y[(i, j)]))
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = (0..m).map(|j| (f64::from(y[(i, j)]) - mx).exp()).sum();
+                    loss -= f64::from(y[(i, labels[i])]) - mx - z.ln();
+                    for j in 0..m {
+                        let p = (f64::from(y[(i, j)]) - mx).exp() / z;
+                        g[(i, j)] =
+                            ((p - if j == labels[i] { 1.0 } else { 0.0 }) / n as f64) as f32;
+                    }
+                }
+                Ok((loss / n.max(1) as f64, g))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_and_gradients() {
+        let y = faer::mat![[1.0f32, 2.0], [0.5, -1.0]];
+        let (l, g) = Loss::Mse(Mat::zeros(2, 2))
+            .value_and_grad(y.as_ref())
+            .unwrap();
+        assert!((l - 6.25 / 4.0).abs() < 1e-12 && (g[(0, 1)] - 1.0).abs() < 1e-7);
+        let ce = Loss::CrossEntropy(vec![1, 0]);
+        let (l, g) = ce.value_and_grad(y.as_ref()).unwrap();
+        let h = 1e-3f32;
+        let mut p = y.clone();
+        p[(1, 1)] += h;
+        let mut m = y.clone();
+        m[(1, 1)] -= h;
+        let fd = (ce.value_and_grad(p.as_ref()).unwrap().0
+            - ce.value_and_grad(m.as_ref()).unwrap().0)
+            / (2.0 * f64::from(h));
+        assert!((fd - f64::from(g[(1, 1)])).abs() < 1e-4 && l > 0.0);
+        assert!(
+            Loss::CrossEntropy(vec![2, 0])
+                .value_and_grad(y.as_ref())
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! AdamW over adapter parameters, learning-rate schedules and gradient clipping.
+
+use std::collections::BTreeMap;
+
+use faer::Mat;
+
+/// Identifies one adapter's parameters in a model: layer name and adapter name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParamKey {
+    /// The layer (module) name.
+    pub layer: String,
+    /// The adapter name.
+    pub adapter: String,
+}
+
+impl ParamKey {
+    /// A key.
+    pub fn new(layer: &str, adapter: &str) -> Self {
+        Self {
+            layer: layer.into(),
+            adapter: adapter.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ParamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.layer, self.adapter)
+    }
+}
+
+/// Learning rate as a function of the step (0-based) for `total` steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    /// The base rate at every step.
+    Constant,
+    /// Linear warm-up over `warmup` steps, then cosine decay from the base rate to
+    /// `min_ratio ×` the base rate at the last step.
+    Cosine {
+        /// Warm-up steps.
+        warmup: usize,
+        /// Final rate as a fraction of the base rate.
+        min_ratio: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate at `step` of `total` for base rate `lr`.
+    pub fn at(&self, lr: f64, step: usize, total: usize) -> f64 {
+        match *self {
+            Self::Constant => lr,
+            Self::Cosine { warmup, min_ratio } => {
+                if step < warmup {
+                    return lr * (step + 1) as f64 / warmup as f64;
+                }
+                let span = total.saturating_sub(warmup).max(2) - 1;
+                let t = ((step - warmup) as f64 / span as f64).min(1.0);
+                lr * (min_ratio
+                    + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+            }
+        }
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping (computed in `f64`, in key order: deterministic).
+pub fn clip_grad_norm(grads: &mut BTreeMap<ParamKey, Mat<f32>>, max_norm: Option<f64>) -> f64 {
+    let norm = grads
+        .values()
+        .map(|g| {
+            (0..g.ncols())
+                .flat_map(|j| (0..g.nrows()).map(move |i| f64::from(g[(i, j)]).powi(2)))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        .sqrt();
+    if let Some(max) = max_norm
+        && norm > max
+        && norm.is_finite()
+    {
+        let s = (max / norm) as f32;
+        for g in grads.values_mut() {
+            *g *= faer::Scale(s);
+        }
+    }
+    norm
+}
+
+/// AdamW (decoupled weight decay, Loshchilov & Hutter) with bias correction, as `torch.optim.AdamW`.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    /// Base learning rate.
+    pub lr: f64,
+    /// `(β₁, β₂)`.
+    pub betas: (f64, f64),
+    /// `ε` added to `√v̂`.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    state: BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>,
+    t: u64,
+}
+
+impl AdamW {
+    /// AdamW with PyTorch's defaults for everything but the rate (`β = (0.9, 0.999)`, `ε = 1e-8`,
+    /// weight decay `0.01`).
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+            state: BTreeMap::new(),
+            t: 0,
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// Computes the updated parameters for one step at rate `lr` without touching anything:
+    /// `p ← p − lr·(wd·p + m̂/(√v̂ + ε))`. The caller applies them (all or none) and then
+    /// [`commit`](Self::commit)s the new moments.
+    pub fn propose(
+        &self,
+        params: &BTreeMap<ParamKey, Mat<f32>>,
+        grads: &BTreeMap<ParamKey, Mat<f32>>,
+        lr: f64,
+    ) -> (
+        BTreeMap<ParamKey, Mat<f32>>,
+        BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>,
+    ) {
+        let t = self.t + 1;
+        let (b1, b2) = self.betas;
+        let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        let mut new_params = BTreeMap::new();
+        let mut new_state = BTreeMap::new();
+        for (key, p) in params {
+            let Some(g) = grads.get(key) else { continue };
+            let (r, c) = (p.nrows(), p.ncols());
+            let (m0, v0) = self
+                .state
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| (Mat::zeros(r, c), Mat::zeros(r, c)));
+            let m = Mat::<f64>::from_fn(r, c, |i, j| {
+                b1 * m0[(i, j)] + (1.0 - b1) * f64::from(g[(i, j)])
+            });
+            let v = Mat::<f64>::from_fn(r, c, |i, j| {
+                b2 * v0[(i, j)] + (1.0 - b2) * f64::from(g[(i, j)]).powi(2)
+            });
+            let np = Mat::<f32>::from_fn(r, c, |i, j| {
+                let w = f64::from(p[(i, j)]);
+                let step = (m[(i, j)] / c1) / ((v[(i, j)] / c2).sqrt() + self.eps);
+                (w - lr * (self.weight_decay * w + step)) as f32
+            });
+            new_params.insert(key.clone(), np);
+            new_state.insert(key.clone(), (m, v));
+        }
+        (new_params, new_state)
+    }
+
+    /// Keeps the moments of a step whose parameters were applied.
+    pub fn commit(&mut self, state: BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>) {
+        self.state.extend(state);
+        self.t += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adamw_first_step_is_lr_times_sign() {
+        let key = ParamKey::new("l", "a");
+        let p = BTreeMap::from([(key.clone(), faer::mat![[1.0f32, -1.0]])]);
+        let g = BTreeMap::from([(key.clone(), faer::mat![[0.5f32, -2.0]])]);
+        let mut opt = AdamW::new(0.1);
+        opt.weight_decay = 0.0;
+        let (np, st) = opt.propose(&p, &g, 0.1);
+        assert!((np[&key][(0, 0)] - 0.9).abs() < 1e-6 && (np[&key][(0, 1)] + 0.9).abs() < 1e-6);
+        opt.commit(st);
+        assert_eq!(opt.steps(), 1);
+    }
+
+    #[test]
+    fn schedules_and_clipping() {
+        let s = LrSchedule::Cosine {
+            warmup: 2,
+            min_ratio: 0.1,
+        };
+        assert!((s.at(1.0, 0, 12) - 0.5).abs() < 1e-12 && (s.at(1.0, 2, 12) - 1.0).abs() < 1e-12);
+        assert!((s.at(1.0, 11, 12) - 0.1).abs() < 1e-12);
+        let mut g = BTreeMap::from([(ParamKey::new("l", "a"), faer::mat![[3.0f32, 4.0]])]);
+        assert!((clip_grad_norm(&mut g, Some(1.0)) - 5.0).abs() < 1e-12);
+        assert!((clip_grad_norm(&mut g, None) - 1.0).abs() < 1e-6);
+    }
+}
