@@ -86,6 +86,9 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<ParamKey, Mat<f32>>, max_norm: Option
     norm
 }
 
+/// First and second moments of every parameter, `(m, v)`, in `f64`.
+pub type Moments = BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>;
+
 /// AdamW (decoupled weight decay, Loshchilov & Hutter) with bias correction, as `torch.optim.AdamW`.
 #[derive(Debug, Clone)]
 pub struct AdamW {
@@ -97,7 +100,7 @@ pub struct AdamW {
     pub eps: f64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
-    state: BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>,
+    state: Moments,
     t: u64,
 }
 
@@ -128,10 +131,7 @@ impl AdamW {
         params: &BTreeMap<ParamKey, Mat<f32>>,
         grads: &BTreeMap<ParamKey, Mat<f32>>,
         lr: f64,
-    ) -> (
-        BTreeMap<ParamKey, Mat<f32>>,
-        BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>,
-    ) {
+    ) -> (BTreeMap<ParamKey, Mat<f32>>, Moments) {
         let t = self.t + 1;
         let (b1, b2) = self.betas;
         let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
@@ -163,7 +163,7 @@ impl AdamW {
     }
 
     /// Keeps the moments of a step whose parameters were applied.
-    pub fn commit(&mut self, state: BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>) {
+    pub fn commit(&mut self, state: Moments) {
         self.state.extend(state);
         self.t += 1;
     }
