@@ -15,6 +15,6 @@ mod trainer;
 
 pub use activation::Activation;
 pub use loss::Loss;
-pub use optim::{AdamW, LrSchedule, ParamKey, clip_grad_norm};
+pub use optim::{AdamW, LrSchedule, Moments, ParamKey, clip_grad_norm};
 pub use sequential::{SeqCache, SeqGrad, Sequential};
 pub use trainer::{StepStats, TrainReport, Trainer};
