@@ -596,3 +596,23 @@ fn inspect_errors_and_unwired_commands() {
     // A usage error is one line too.
     assert_one_line_error(&["forward".as_ref()], "--model");
 }
+
+#[test]
+fn quiet_suppresses_the_summary_and_unwritable_output_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = cases().into_iter().next().unwrap();
+    let out = tmp.path().join("y.safetensors");
+    let mut args = forward_args(&case.model(), case.module(), &[], &case.io(), &out);
+    let loud = oftq(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert_ok(&loud, "loud");
+    assert!(String::from_utf8_lossy(&loud.stderr).starts_with("wrote y "));
+    args.insert(0, "--quiet".into());
+    let quiet = oftq(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+    assert_ok(&quiet, "quiet");
+    assert!(quiet.stderr.is_empty() && quiet.stdout.is_empty());
+    let nodir = tmp.path().join("no-such-dir/y.safetensors");
+    fails(
+        forward_args(&case.model(), case.module(), &[], &case.io(), &nodir),
+        "no-such-dir",
+    );
+}
