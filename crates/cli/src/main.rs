@@ -155,6 +155,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The error chain on one line, joined by ": ". A cause whose text already ends its parent's
+/// message (error types that print `"{path}: {source}"` and also expose `source`) is skipped.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.ends_with(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -185,7 +202,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}").replace('\n', " ");
+            let line = one_line(&e);
             eprintln!("error: {line}");
             if e.is::<Unavailable>() {
                 ExitCode::from(2)
@@ -193,5 +210,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_is_one_line_without_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = anyhow::Error::new(oftq_aqlm::AqlmError::Io {
+            path: "a/b.safetensors".into(),
+            source: io,
+        })
+        .context("loading\nlayer");
+        assert_eq!(one_line(&e), "loading layer: a/b.safetensors: gone");
     }
 }
