@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub(crate) mod forward;
+pub(crate) mod inspect;
