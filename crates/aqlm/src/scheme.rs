@@ -40,7 +40,12 @@ impl AqlmScheme {
         in_group_size: usize,
         out_group_size: usize,
     ) -> Result<Self, AqlmError> {
-        let s = Self { num_codebooks, nbits, in_group_size, out_group_size };
+        let s = Self {
+            num_codebooks,
+            nbits,
+            in_group_size,
+            out_group_size,
+        };
         s.validate()?;
         Ok(s)
     }
@@ -55,7 +60,10 @@ impl AqlmScheme {
             return bad("num_codebooks must be at least 1".into());
         }
         if self.nbits == 0 || self.nbits > Self::MAX_NBITS {
-            return bad(format!("nbits_per_codebook must be in 1..=16, got {}", self.nbits));
+            return bad(format!(
+                "nbits_per_codebook must be in 1..=16, got {}",
+                self.nbits
+            ));
         }
         if self.in_group_size == 0 || self.out_group_size == 0 {
             return bad(format!(
@@ -81,7 +89,11 @@ impl std::fmt::Display for AqlmScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}x{}", self.num_codebooks, self.nbits)?;
         if self.in_group_size != 8 || self.out_group_size != 1 {
-            write!(f, " (in_group {}, out_group {})", self.in_group_size, self.out_group_size)?;
+            write!(
+                f,
+                " (in_group {}, out_group {})",
+                self.in_group_size, self.out_group_size
+            )?;
         }
         Ok(())
     }
@@ -92,7 +104,8 @@ impl std::str::FromStr for AqlmScheme {
 
     /// Parses `"MxB"` (e.g. `"2x8"`, `"1x16"`) with the default groups `ig = 8`, `og = 1`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || AqlmError::InvalidScheme(format!("expected MxB such as 2x8 or 1x16, got {s:?}"));
+        let err =
+            || AqlmError::InvalidScheme(format!("expected MxB such as 2x8 or 1x16, got {s:?}"));
         let (m, b) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
         let m: usize = m.parse().map_err(|_| err())?;
         let b: u32 = b.parse().map_err(|_| err())?;
@@ -112,6 +125,9 @@ mod tests {
         assert!("2x17".parse::<AqlmScheme>().is_err());
         assert!("2by8".parse::<AqlmScheme>().is_err());
         assert!(AqlmScheme::new(2, 8, 0, 1).is_err());
-        assert_eq!(AqlmScheme::new(4, 6, 8, 2).unwrap().to_string(), "4x6 (in_group 8, out_group 2)");
+        assert_eq!(
+            AqlmScheme::new(4, 6, 8, 2).unwrap().to_string(),
+            "4x6 (in_group 8, out_group 2)"
+        );
     }
 }

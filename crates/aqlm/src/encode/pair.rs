@@ -1,0 +1,156 @@
+//! Exact joint code search for two codebooks (the 2x8 fast path).
+//!
+//! For a group `x = w_g/s_o` and codebooks `C₁, C₂` with `K ≤ 256` entries each,
+//! `‖x − C₁[k₁] − C₂[k₂]‖² = ‖x‖² + T[k₁][k₂] − 2x·C₁[k₁] − 2x·C₂[k₂]` with the pair table
+//! `T[k₁][k₂] = ‖C₁[k₁] + C₂[k₂]‖²` computed once per round. Every group then scans all `K²`
+//! pairs: per row `k₁` the minimum over `k₂` of `T[k₁][k₂] − 2x·C₂[k₂]` (a SIMD min-reduction over
+//! four groups at a time, so each table row is loaded once per four groups), then the best row.
+//! This is the global optimum for the codes, not a coordinate-descent step.
+
+use rayon::prelude::*;
+
+use super::beam::Transposed;
+use super::kernels::{argmin, dist_scores};
+use super::problem::{GROUP_CHUNK, Layout, State};
+
+/// Lanes per SIMD block of the pair table.
+const LANES: usize = 8;
+/// Groups scanned together against one pass over the table.
+const BATCH: usize = 4;
+
+type Block = [f32; LANES];
+
+/// Whether the exact pair search applies: two codebooks of at most 256 entries.
+pub(crate) fn applicable(l: &Layout) -> bool {
+    l.m == 2 && l.k <= 256
+}
+
+/// Replaces every group's codes by the best pair (kept when no pair is strictly better).
+pub(crate) fn search_pairs(w: &[f32], st: &mut State, l: &Layout) {
+    let (k, d) = (l.k, l.d);
+    let kc = k.div_ceil(LANES);
+    let c1 = &st.codebooks[..k * d];
+    let c2 = &st.codebooks[k * d..2 * k * d];
+    // Pair table, each row padded with +inf to a whole number of blocks.
+    let mut table = vec![[f32::INFINITY; LANES]; k * kc];
+    for k1 in 0..k {
+        for k2 in 0..k {
+            let e1 = &c1[k1 * d..][..d];
+            let e2 = &c2[k2 * d..][..d];
+            let s: f64 = e1
+                .iter()
+                .zip(e2)
+                .map(|(&a, &b)| f64::from(a + b).powi(2))
+                .sum();
+            table[k1 * kc + k2 / LANES][k2 % LANES] = s as f32;
+        }
+    }
+    let tr = Transposed::new(st, l);
+    let zeros = vec![0.0f32; k];
+    let scales = &st.scales;
+    st.codes
+        .par_chunks_mut(GROUP_CHUNK * 2)
+        .enumerate()
+        .for_each(|(c, codes)| {
+            let n = codes.len() / 2;
+            let mut x = vec![0.0f32; d];
+            let mut a = vec![vec![0.0f32; k]; BATCH];
+            let mut b = vec![vec![[f32::INFINITY; LANES]; kc]; BATCH];
+            let mut bflat = vec![0.0f32; k];
+            let mut rowmin = vec![vec![0.0f32; k]; BATCH];
+            for start in (0..n).step_by(BATCH) {
+                for t in 0..BATCH {
+                    let g = c * GROUP_CHUNK + (start + t).min(n - 1);
+                    let s = scales[g / l.n_in];
+                    let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+                    for (xv, &v) in x.iter_mut().zip(&w[g * d..][..d]) {
+                        *xv = v * inv;
+                    }
+                    // a[k1] = −2x·C₁[k1], b[k2] = −2x·C₂[k2].
+                    dist_scores(&x, &tr.t[0], &zeros, &mut a[t]);
+                    dist_scores(&x, &tr.t[1], &zeros, &mut bflat);
+                    for (i, &v) in bflat.iter().enumerate() {
+                        b[t][i / LANES][i % LANES] = v;
+                    }
+                }
+                row_mins(&table, kc, &b, &mut rowmin);
+                for t in 0..BATCH.min(n - start) {
+                    let i = start + t;
+                    let g = c * GROUP_CHUNK + i;
+                    if scales[g / l.n_in] == 0.0 {
+                        continue;
+                    }
+                    let (cur1, cur2) = (codes[2 * i] as usize, codes[2 * i + 1] as usize);
+                    let cur = (table[cur1 * kc + cur2 / LANES][cur2 % LANES]
+                        + b[t][cur2 / LANES][cur2 % LANES])
+                        + a[t][cur1];
+                    let mut best = (0usize, f32::INFINITY);
+                    for (k1, (&r, &av)) in rowmin[t].iter().zip(&a[t]).enumerate() {
+                        let v = r + av;
+                        if v < best.1 {
+                            best = (k1, v);
+                        }
+                    }
+                    if best.1 < cur {
+                        let k1 = best.0;
+                        let row = &table[k1 * kc..][..kc];
+                        let mut vals = vec![f32::INFINITY; kc * LANES];
+                        for (j, (tb, bb)) in row.iter().zip(&b[t]).enumerate() {
+                            for lane in 0..LANES {
+                                vals[j * LANES + lane] = tb[lane] + bb[lane];
+                            }
+                        }
+                        let (k2, _) = argmin(&vals);
+                        codes[2 * i] = k1 as u16;
+                        codes[2 * i + 1] = k2 as u16;
+                    }
+                }
+            }
+        });
+}
+
+/// `out[t][k1] = min_{k2} (T[k1][k2] + b[t][k2])` for the `BATCH` groups `t`.
+fn row_mins(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { row_mins_avx2(table, kc, b, out) };
+            return;
+        }
+    }
+    row_mins_impl(table, kc, b, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_mins_avx2(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
+    row_mins_impl(table, kc, b, out);
+}
+
+#[inline(always)]
+fn row_mins_impl(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
+    let [b0, b1, b2, b3] = b else { return };
+    let [o0, o1, o2, o3] = out else { return };
+    for (k1, row) in table.chunks_exact(kc).enumerate() {
+        let mut acc = [[f32::INFINITY; LANES]; BATCH];
+        for ((((tc, x0), x1), x2), x3) in row.iter().zip(b0).zip(b1).zip(b2).zip(b3) {
+            for (acc, x) in acc.iter_mut().zip([x0, x1, x2, x3]) {
+                for lane in 0..LANES {
+                    let v = tc[lane] + x[lane];
+                    acc[lane] = if v < acc[lane] { v } else { acc[lane] };
+                }
+            }
+        }
+        for (o, a) in [&mut *o0, &mut *o1, &mut *o2, &mut *o3]
+            .into_iter()
+            .zip(&acc)
+        {
+            let mut m = a[0];
+            for &v in &a[1..] {
+                m = if v < m { v } else { m };
+            }
+            o[k1] = m;
+        }
+    }
+}

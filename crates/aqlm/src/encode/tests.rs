@@ -1,0 +1,312 @@
+//! End-to-end tests of the encoder on small shapes.
+
+use super::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn gaussian(o: usize, i: usize, seed: u64) -> Mat<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Mat::from_fn(o, i, |_, _| StandardNormal.sample(&mut rng))
+}
+
+/// The AQLM decode written independently of the encoder.
+fn decode(e: &Encoded) -> Mat<f32> {
+    let s = e.scheme;
+    let (og, ig, m, k) = (
+        s.out_group_size,
+        s.in_group_size,
+        s.num_codebooks,
+        s.codebook_size(),
+    );
+    let n_in = e.in_features / ig;
+    Mat::from_fn(e.out_features, e.in_features, |r, c| {
+        let (o, a, j, b) = (r / og, r % og, c / ig, c % ig);
+        let mut acc = 0.0f32;
+        for mm in 0..m {
+            let code = e.codes[(o * n_in + j) * m + mm] as usize;
+            acc += e.codebooks[((mm * k + code) * og + a) * ig + b];
+        }
+        acc * e.scales[o]
+    })
+}
+
+fn rel_err(w: &Mat<f32>, e: &Encoded) -> f64 {
+    let d = decode(e);
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for r in 0..w.nrows() {
+        for c in 0..w.ncols() {
+            let x = f64::from(w[(r, c)]);
+            num += (x - f64::from(d[(r, c)])).powi(2);
+            den += x * x;
+        }
+    }
+    num / den
+}
+
+fn check_history(e: &Encoded) {
+    for pair in e.history.windows(2) {
+        assert!(
+            pair[1].relative_error <= pair[0].relative_error,
+            "{:?}",
+            e.history
+        );
+    }
+    assert_eq!(e.history.last().unwrap().relative_error, e.relative_error);
+}
+
+#[test]
+fn round_trip_2x8_joint_search() {
+    let w = gaussian(64, 128, 1);
+    let scheme = AqlmScheme::new(2, 8, 8, 1).unwrap();
+    let e = quantize(w.as_ref(), scheme, &QuantizeOptions::default()).unwrap();
+    assert_eq!(e.codes.len(), 64 * 16 * 2);
+    assert_eq!(e.codebooks.len(), 2 * 256 * 8);
+    assert_eq!(e.scales.len(), 64);
+    assert!((rel_err(&w, &e) - e.relative_error).abs() < 1e-9);
+    check_history(&e);
+    // 1024 groups of 8 dims with 2x256 codewords: the codebooks almost memorise the data.
+    assert!(e.relative_error < 0.05, "{}", e.relative_error);
+    assert!(e.relative_error < e.history[0].relative_error);
+}
+
+#[test]
+fn round_trip_general_shapes() {
+    // (M, B, ig, og, beam, bound)
+    let cases = [
+        (1, 4, 4, 1, 1, 0.35),
+        (3, 3, 4, 2, 1, 0.25),
+        (2, 5, 8, 1, 3, 0.25),
+        (2, 4, 2, 2, 1, 0.1),
+    ];
+    for (m, b, ig, og, beam, bound) in cases {
+        let w = gaussian(32, 48, 7);
+        let scheme = AqlmScheme::new(m, b, ig, og).unwrap();
+        let opts = QuantizeOptions {
+            beam_size: beam,
+            max_rounds: 15,
+            ..QuantizeOptions::default()
+        };
+        let e = quantize(w.as_ref(), scheme, &opts).unwrap();
+        assert!(
+            e.codes
+                .iter()
+                .all(|&c| (c as usize) < scheme.codebook_size())
+        );
+        assert_eq!(e.codes.len(), (32 / og) * (48 / ig) * m);
+        assert_eq!(e.codebooks.len(), m * scheme.codebook_size() * og * ig);
+        let direct = rel_err(&w, &e);
+        assert!(
+            (direct - e.relative_error).abs() < 1e-9,
+            "{scheme}: {direct} vs {}",
+            e.relative_error
+        );
+        assert!(
+            e.relative_error < bound,
+            "{scheme} beam {beam}: {}",
+            e.relative_error
+        );
+        check_history(&e);
+    }
+}
+
+#[test]
+fn beam_search_path_matches_quality_of_pairs() {
+    let w = gaussian(32, 64, 3);
+    let scheme = AqlmScheme::new(2, 6, 8, 1).unwrap();
+    let joint = quantize(w.as_ref(), scheme, &QuantizeOptions::default()).unwrap();
+    let opts = QuantizeOptions {
+        joint_pair_search: false,
+        beam_size: 4,
+        ..QuantizeOptions::default()
+    };
+    let beam = quantize(w.as_ref(), scheme, &opts).unwrap();
+    check_history(&beam);
+    assert!(joint.relative_error <= beam.relative_error * 1.05);
+}
+
+#[test]
+fn deterministic_across_thread_counts() {
+    let w = gaussian(48, 64, 5);
+    let h = {
+        let x = gaussian(80, 64, 6);
+        xtx_from_inputs(x.as_ref()).unwrap()
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let o = QuantizeOptions {
+                max_rounds: 4,
+                seed: 11,
+                ..QuantizeOptions::default()
+            };
+            let a = quantize(w.as_ref(), AqlmScheme::new(2, 8, 8, 1).unwrap(), &o).unwrap();
+            let o2 = QuantizeOptions {
+                beam_size: 2,
+                ..o.clone()
+            };
+            let b = quantize(w.as_ref(), AqlmScheme::new(3, 4, 4, 2).unwrap(), &o2).unwrap();
+            let c = quantize_with(
+                w.as_ref(),
+                Some(h.as_ref()),
+                AqlmScheme::new(2, 5, 8, 1).unwrap(),
+                &o,
+                |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+            (a, b, c)
+        })
+    };
+    let (a1, b1, c1) = run(1);
+    let (a2, b2, c2) = run(2);
+    let bits = |e: &Encoded| {
+        (
+            e.codes.clone(),
+            e.codebooks.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            e.scales.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(bits(&a1), bits(&a2));
+    assert_eq!(bits(&b1), bits(&b2));
+    assert_eq!(bits(&c1), bits(&c2));
+    assert_eq!(a1.relative_error.to_bits(), a2.relative_error.to_bits());
+    let o = QuantizeOptions {
+        max_rounds: 4,
+        seed: 12,
+        ..QuantizeOptions::default()
+    };
+    let a3 = quantize(w.as_ref(), AqlmScheme::new(2, 8, 8, 1).unwrap(), &o).unwrap();
+    assert_ne!(bits(&a1), bits(&a3), "the seed must matter");
+}
+
+#[test]
+fn calibrated_objective_beats_plain_on_its_own_metric() {
+    let w = gaussian(32, 64, 9);
+    // Strongly anisotropic inputs: a few features dominate.
+    let mut rng = StdRng::seed_from_u64(10);
+    let x = Mat::<f32>::from_fn(256, 64, |_, c| {
+        let v: f32 = StandardNormal.sample(&mut rng);
+        v * if c % 8 == 0 { 6.0 } else { 0.5 }
+    });
+    let h = xtx_from_inputs(x.as_ref()).unwrap();
+    let scheme = AqlmScheme::new(2, 4, 8, 1).unwrap();
+    let opts = QuantizeOptions {
+        max_rounds: 10,
+        relative_tolerance: 0.0,
+        ..QuantizeOptions::default()
+    };
+    let cal = quantize_with(w.as_ref(), Some(h.as_ref()), scheme, &opts, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    check_history(&cal);
+    for beam in [1, 3] {
+        let o = QuantizeOptions {
+            beam_size: beam,
+            ..opts.clone()
+        };
+        let c = quantize_with(w.as_ref(), Some(h.as_ref()), scheme, &o, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        check_history(&c);
+    }
+    let plain = quantize(w.as_ref(), scheme, &opts).unwrap();
+    // Output-aware error of the plain encoding.
+    let d = decode(&plain);
+    let delta = Mat::<f64>::from_fn(32, 64, |r, c| f64::from(w[(r, c)]) - f64::from(d[(r, c)]));
+    let wd = Mat::<f64>::from_fn(32, 64, |r, c| f64::from(w[(r, c)]));
+    let tr = |a: &Mat<f64>| {
+        let ah = a * &h;
+        (0..32)
+            .map(|r| (0..64).map(|c| ah[(r, c)] * a[(r, c)]).sum::<f64>())
+            .sum::<f64>()
+    };
+    let plain_out = tr(&delta) / tr(&wd);
+    assert!(
+        cal.relative_error < plain_out * 0.9,
+        "calibrated {} vs plain {}",
+        cal.relative_error,
+        plain_out
+    );
+    assert!(cal.history.len() > 2);
+}
+
+#[test]
+fn progress_and_cancellation() {
+    let w = gaussian(16, 32, 2);
+    let scheme = AqlmScheme::new(2, 4, 8, 1).unwrap();
+    let mut seen = Vec::new();
+    let opts = QuantizeOptions {
+        max_rounds: 10,
+        relative_tolerance: 0.0,
+        ..QuantizeOptions::default()
+    };
+    let e = quantize_with(w.as_ref(), None, scheme, &opts, |s| {
+        seen.push(s.round);
+        if s.round == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(seen, vec![0, 1, 2]);
+    assert_eq!(e.history.len(), 3);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let scheme = AqlmScheme::new(2, 8, 8, 1).unwrap();
+    let o = QuantizeOptions::default();
+    let w = gaussian(4, 12, 1);
+    assert!(matches!(
+        quantize(w.as_ref(), scheme, &o),
+        Err(EncodeError::Shape { what: "weight", .. })
+    ));
+    let mut w = gaussian(4, 16, 1);
+    w[(2, 3)] = f32::NAN;
+    assert!(matches!(
+        quantize(w.as_ref(), scheme, &o),
+        Err(EncodeError::NonFinite { row: 2, col: 3, .. })
+    ));
+    let w = gaussian(4, 16, 1);
+    let bad = QuantizeOptions {
+        beam_size: 0,
+        ..o.clone()
+    };
+    assert!(matches!(
+        quantize(w.as_ref(), scheme, &bad),
+        Err(EncodeError::Option {
+            name: "beam_size",
+            ..
+        })
+    ));
+    let h = Mat::<f64>::identity(8, 8);
+    let r = quantize_with(w.as_ref(), Some(h.as_ref()), scheme, &o, |_| {
+        ControlFlow::Continue(())
+    });
+    assert!(matches!(r, Err(EncodeError::Shape { what: "xtx", .. })));
+    let z = Mat::<f32>::zeros(4, 16);
+    let h = Mat::<f64>::identity(16, 16);
+    let r = quantize_with(z.as_ref(), Some(h.as_ref()), scheme, &o, |_| {
+        ControlFlow::Continue(())
+    });
+    assert!(matches!(r, Err(EncodeError::Degenerate(_))));
+    let bad_scheme = AqlmScheme {
+        num_codebooks: 0,
+        nbits: 8,
+        in_group_size: 8,
+        out_group_size: 1,
+    };
+    assert!(matches!(
+        quantize(w.as_ref(), bad_scheme, &o),
+        Err(EncodeError::Scheme(_))
+    ));
+    // Zero weight with the plain objective is fine: error 0.
+    let e = quantize(z.as_ref(), scheme, &o).unwrap();
+    assert_eq!(e.relative_error, 0.0);
+}
