@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{argmin, dist_scores, transpose_with_norms};
+use super::kernels::{nearest, transpose_with_norms};
 use super::problem::{GROUP_CHUNK, Layout};
 use super::rng::SplitMix64;
 
@@ -65,8 +65,7 @@ fn assign_all(data: &[f32], d: usize, cent: &[f32], k: usize, assign: &mut [u16]
             let mut scores = vec![0.0f32; k];
             for (i, a) in out.iter_mut().enumerate() {
                 let p = c * GROUP_CHUNK + i;
-                dist_scores(&data[p * d..][..d], &t, &nrm, &mut scores);
-                *a = argmin(&scores).0 as u16;
+                *a = nearest(&data[p * d..][..d], &t, &nrm, &mut scores).0 as u16;
             }
         });
 }

@@ -10,11 +10,11 @@
 use rayon::prelude::*;
 
 use super::beam::Transposed;
-use super::kernels::{argmin, dist_scores};
+use super::kernels::{argmin, dist_scores, multiversion};
 use super::problem::{GROUP_CHUNK, Layout, State};
 
 /// Lanes per SIMD block of the pair table.
-const LANES: usize = 8;
+const LANES: usize = 16;
 /// Groups scanned together against one pass over the table.
 const BATCH: usize = 4;
 
@@ -109,48 +109,51 @@ pub(crate) fn search_pairs(w: &[f32], st: &mut State, l: &Layout) {
         });
 }
 
-/// `out[t][k1] = min_{k2} (T[k1][k2] + b[t][k2])` for the `BATCH` groups `t`.
-fn row_mins(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { row_mins_avx2(table, kc, b, out) };
-            return;
-        }
-    }
-    row_mins_impl(table, kc, b, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn row_mins_avx2(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
-    row_mins_impl(table, kc, b, out);
+multiversion! {
+    /// `out[t][k1] = min_{k2} (T[k1][k2] + b[t][k2])` for the `BATCH` groups `t`.
+    fn row_mins(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) => row_mins_impl
 }
 
 #[inline(always)]
 fn row_mins_impl(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
     let [b0, b1, b2, b3] = b else { return };
     let [o0, o1, o2, o3] = out else { return };
-    for (k1, row) in table.chunks_exact(kc).enumerate() {
-        let mut acc = [[f32::INFINITY; LANES]; BATCH];
+    let rows = table.chunks_exact(kc);
+    let outs = o0
+        .iter_mut()
+        .zip(o1.iter_mut())
+        .zip(o2.iter_mut())
+        .zip(o3.iter_mut());
+    for (row, (((r0, r1), r2), r3)) in rows.zip(outs) {
+        let mut a0 = [f32::INFINITY; LANES];
+        let mut a1 = [f32::INFINITY; LANES];
+        let mut a2 = [f32::INFINITY; LANES];
+        let mut a3 = [f32::INFINITY; LANES];
         for ((((tc, x0), x1), x2), x3) in row.iter().zip(b0).zip(b1).zip(b2).zip(b3) {
-            for (acc, x) in acc.iter_mut().zip([x0, x1, x2, x3]) {
-                for lane in 0..LANES {
-                    let v = tc[lane] + x[lane];
-                    acc[lane] = if v < acc[lane] { v } else { acc[lane] };
-                }
+            for lane in 0..LANES {
+                let t = tc[lane];
+                let v0 = t + x0[lane];
+                let v1 = t + x1[lane];
+                let v2 = t + x2[lane];
+                let v3 = t + x3[lane];
+                a0[lane] = if v0 < a0[lane] { v0 } else { a0[lane] };
+                a1[lane] = if v1 < a1[lane] { v1 } else { a1[lane] };
+                a2[lane] = if v2 < a2[lane] { v2 } else { a2[lane] };
+                a3[lane] = if v3 < a3[lane] { v3 } else { a3[lane] };
             }
         }
-        for (o, a) in [&mut *o0, &mut *o1, &mut *o2, &mut *o3]
-            .into_iter()
-            .zip(&acc)
-        {
-            let mut m = a[0];
-            for &v in &a[1..] {
-                m = if v < m { v } else { m };
-            }
-            o[k1] = m;
-        }
+        *r0 = hmin(&a0);
+        *r1 = hmin(&a1);
+        *r2 = hmin(&a2);
+        *r3 = hmin(&a3);
     }
+}
+
+#[inline(always)]
+fn hmin(a: &Block) -> f32 {
+    let mut m = a[0];
+    for &v in &a[1..] {
+        m = if v < m { v } else { m };
+    }
+    m
 }

@@ -310,3 +310,49 @@ fn bad_inputs_are_typed_errors() {
     let e = quantize(z.as_ref(), scheme, &o).unwrap();
     assert_eq!(e.relative_error, 0.0);
 }
+
+/// The quality table of the encoder brief: 1024×1024 Gaussian and Student-t(4) weights, 2x8,
+/// in_group 8, plain objective. Run with
+/// `cargo test --release -p oftq-aqlm quality_table -- --ignored --nocapture`.
+#[test]
+#[ignore = "heavy (≈ 1 min): prints the encoder quality table"]
+fn quality_table() {
+    use rand_distr::StudentT;
+    let n = 1024;
+    let mut rng = StdRng::seed_from_u64(20261126);
+    let gauss = Mat::<f32>::from_fn(n, n, |_, _| StandardNormal.sample(&mut rng));
+    let t4 = StudentT::new(4.0f32).unwrap();
+    let student = Mat::<f32>::from_fn(n, n, |_, _| t4.sample(&mut rng));
+    let scheme = AqlmScheme::new(2, 8, 8, 1).unwrap();
+    let max_rounds: usize = std::env::var("OFTQ_ENCODE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let opts = QuantizeOptions {
+        max_rounds,
+        ..QuantizeOptions::default()
+    };
+    println!("| weights | residual k-means | time | final | time | rounds | gap to 0.0625 (dB) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, w) in [("Gaussian", &gauss), ("Student-t(4)", &student)] {
+        let e = quantize_with(w.as_ref(), None, scheme, &opts, |s| {
+            eprintln!(
+                "{name} round {:>2}: rel err {:.5} ({:.2} s, total {:.2} s)",
+                s.round, s.relative_error, s.seconds, s.elapsed
+            );
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let init = e.history[0];
+        let last = e.history[e.history.len() - 1];
+        println!(
+            "| {name} 1024x1024 | {:.4} | {:.1} s | {:.4} | {:.1} s | {} | {:.2} |",
+            init.relative_error,
+            init.elapsed,
+            e.relative_error,
+            last.elapsed,
+            last.round,
+            10.0 * (e.relative_error / 0.0625).log10()
+        );
+    }
+}
