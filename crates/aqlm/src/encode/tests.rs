@@ -328,10 +328,16 @@ fn quality_table() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let opts = QuantizeOptions {
+    let mut opts = QuantizeOptions {
         max_rounds,
         ..QuantizeOptions::default()
     };
+    if let Some(k) = std::env::var("OFTQ_ENCODE_KMEANS_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.kmeans_iters = k;
+    }
     println!("| weights | residual k-means | time | final | time | rounds | gap to 0.0625 (dB) |");
     println!("|---|---|---|---|---|---|---|");
     for (name, w) in [("Gaussian", &gauss), ("Student-t(4)", &student)] {
