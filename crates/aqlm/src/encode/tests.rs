@@ -362,3 +362,81 @@ fn quality_table() {
         );
     }
 }
+
+#[test]
+fn accepts_any_strides_and_f64() {
+    let w = gaussian(16, 32, 4);
+    let scheme = AqlmScheme::new(2, 4, 8, 1).unwrap();
+    let o = QuantizeOptions {
+        max_rounds: 3,
+        ..QuantizeOptions::default()
+    };
+    let a = quantize(w.as_ref(), scheme, &o).unwrap();
+    // The same matrix stored transposed (column stride 1 ↔ row stride 1) and as f64.
+    let wt = Mat::<f64>::from_fn(32, 16, |i, j| f64::from(w[(j, i)]));
+    let b = quantize(wt.as_ref().transpose(), scheme, &o).unwrap();
+    assert_eq!(
+        (&a.codes, &a.codebooks, &a.scales),
+        (&b.codes, &b.codebooks, &b.scales)
+    );
+    assert_eq!(a.relative_error, b.relative_error);
+}
+
+/// Output-aware encoding of a 1024×1024 Gaussian weight with anisotropic calibration inputs
+/// (2x8, in_group 8): prints the time and both objectives for the plain and calibrated encoders.
+/// `cargo test --release -p oftq-aqlm calibrated_table -- --ignored --nocapture`.
+#[test]
+#[ignore = "heavy (≈ 1 min): prints the calibrated-encoder figures"]
+fn calibrated_table() {
+    let n = 1024;
+    let mut rng = StdRng::seed_from_u64(20261127);
+    let w = Mat::<f32>::from_fn(n, n, |_, _| StandardNormal.sample(&mut rng));
+    let x = Mat::<f32>::from_fn(2048, n, |_, c| {
+        let v: f32 = StandardNormal.sample(&mut rng);
+        v * (1.0 + 4.0 * ((c % 97) as f32 / 97.0).powi(4))
+    });
+    let h = xtx_from_inputs(x.as_ref()).unwrap();
+    let scheme = AqlmScheme::new(2, 8, 8, 1).unwrap();
+    let max_rounds = std::env::var("OFTQ_ENCODE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let opts = QuantizeOptions {
+        max_rounds,
+        ..QuantizeOptions::default()
+    };
+    let t = std::time::Instant::now();
+    let cal = quantize_with(w.as_ref(), Some(h.as_ref()), scheme, &opts, |s| {
+        eprintln!(
+            "calibrated round {:>2}: output rel err {:.5} ({:.2} s)",
+            s.round, s.relative_error, s.seconds
+        );
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let t_cal = t.elapsed().as_secs_f64();
+    let plain = quantize(w.as_ref(), scheme, &opts).unwrap();
+    // Output-aware error of the plain encoding, through the crate's own objective.
+    let out_err_plain = {
+        let l = layout(n, n, scheme).unwrap();
+        let st = State {
+            codes: plain.codes.clone(),
+            codebooks: plain.codebooks.clone(),
+            scales: plain.scales.clone(),
+        };
+        let dense: Vec<f32> = (0..n * n).map(|i| w[(i / n, i % n)]).collect();
+        let hv: Vec<f64> = (0..n * n).map(|i| h[(i / n, i % n)]).collect();
+        Calib::new(dense, hv, &l).relative_error(&st, &l)
+    };
+    println!("| encoder | output-aware rel err | plain rel err | time |");
+    println!("|---|---|---|---|");
+    println!(
+        "| plain | {out_err_plain:.4} | {:.4} | - |",
+        plain.relative_error
+    );
+    println!(
+        "| calibrated (XᵀX) | {:.4} | {:.4} | {t_cal:.1} s |",
+        cal.relative_error,
+        rel_err(&w, &cal)
+    );
+}
