@@ -157,3 +157,33 @@ fn hmin(a: &Block) -> f32 {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::rng::SplitMix64;
+
+    #[test]
+    fn dispatched_scan_is_bit_identical_to_portable() {
+        let mut rng = SplitMix64::new(3);
+        let mut r = || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let (k, kc) = (40, 3);
+        let table: Vec<Block> = (0..k * kc).map(|_| std::array::from_fn(|_| r())).collect();
+        let b: Vec<Vec<Block>> = (0..BATCH)
+            .map(|_| (0..kc).map(|_| std::array::from_fn(|_| r())).collect())
+            .collect();
+        let mut fast = vec![vec![0.0f32; k]; BATCH];
+        let mut port = vec![vec![0.0f32; k]; BATCH];
+        row_mins(&table, kc, &b, &mut fast);
+        row_mins_impl(&table, kc, &b, &mut port);
+        assert_eq!(fast, port);
+        for t in 0..BATCH {
+            for k1 in 0..k {
+                let direct = (0..kc * LANES)
+                    .map(|i| table[k1 * kc + i / LANES][i % LANES] + b[t][i / LANES][i % LANES])
+                    .fold(f32::INFINITY, f32::min);
+                assert_eq!(port[t][k1], direct);
+            }
+        }
+    }
+}
