@@ -58,6 +58,7 @@ pub(crate) fn search_pairs(w: &[f32], st: &mut State, l: &Layout) {
             let mut b = vec![vec![[f32::INFINITY; LANES]; kc]; BATCH];
             let mut bflat = vec![0.0f32; k];
             let mut rowmin = vec![vec![0.0f32; k]; BATCH];
+            let mut vals = vec![f32::INFINITY; kc * LANES];
             for start in (0..n).step_by(BATCH) {
                 for t in 0..BATCH {
                     let g = c * GROUP_CHUNK + (start + t).min(n - 1);
@@ -94,7 +95,6 @@ pub(crate) fn search_pairs(w: &[f32], st: &mut State, l: &Layout) {
                     if best.1 < cur {
                         let k1 = best.0;
                         let row = &table[k1 * kc..][..kc];
-                        let mut vals = vec![f32::INFINITY; kc * LANES];
                         for (j, (tb, bb)) in row.iter().zip(&b[t]).enumerate() {
                             for lane in 0..LANES {
                                 vals[j * LANES + lane] = tb[lane] + bb[lane];
