@@ -22,7 +22,7 @@ pub fn neumann_coefficients(terms: usize, flavor: Flavor) -> Vec<f64> {
         Flavor::Peft => terms.max(4) - 1,
         Flavor::OddPower => {
             let p = terms - 1;
-            if p % 2 == 0 { p + 1 } else { p }
+            if p.is_multiple_of(2) { p + 1 } else { p }
         }
     };
     (0..=p)

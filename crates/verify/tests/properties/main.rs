@@ -6,6 +6,9 @@
 //! error against its bound; the last test, `zz_report`, waits for the others and prints the table
 //! (and writes it to the file named by `OFTQ_VERIFY_REPORT`, if set).
 
+// Test code: helpers outside `#[test]` functions may unwrap and panic (a failure is the point).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod agreement;
 mod coft;
 mod common;

@@ -276,7 +276,7 @@ fn terms_for_eps_suffice() {
     check(name, strat, |(eps, theta, case)| {
         let t = neumann_terms_for(eps, theta).unwrap();
         let tol = f5_tol(case.b);
-        ensure_that(name, "even t (odd p)", t % 2 == 0 && t >= 2)?;
+        ensure_that(name, "even t (odd p)", t.is_multiple_of(2) && t >= 2)?;
         for flavor in flavors() {
             let coeffs = Parameterization::Neumann { terms: t, flavor }
                 .neumann_coefficients()
