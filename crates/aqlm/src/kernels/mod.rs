@@ -15,6 +15,7 @@ mod decode_dot;
 mod layout;
 mod lut;
 mod reference;
+mod simd;
 mod tiled_gemm;
 
 use faer::{Mat, MatRef};
