@@ -16,8 +16,8 @@ use super::layout::{feature_major, feature_major_scaled, from_feature_major};
 use super::simd::multiversion;
 use crate::layer::AqlmLayer;
 
-/// Target size of one block of tables, in `f32` (256 KiB).
-const LUT_BLOCK_FLOATS: usize = 1 << 16;
+/// Target size of one block of tables, in `f32` (1 MiB, half an L2).
+const LUT_BLOCK_FLOATS: usize = 1 << 18;
 /// Output rows per gather task (rounded to whole output groups).
 const ROWS_PER_TASK: usize = 128;
 /// Input groups per scatter task.
@@ -166,6 +166,67 @@ fn gather_t1_k256(
 }
 }
 
+multiversion! {
+/// Fast path for `2^B = 256`, `og = 1` and a token count that is a multiple of 8: eight rows
+/// at a time, tokens in register tiles of 8, so the sums stay in registers and sixty-four
+/// independent chains interleave. Per (row, token) the order is the same as [`gather`]'s.
+fn gather_k256_t8(
+    codes: &[u8],
+    lut: &[f32],
+    t: usize,
+    m: usize,
+    n_ig: usize,
+    j0: usize,
+    j1: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    const R: usize = 8;
+    let span = (j1 - j0) * m;
+    let row = |o: usize| &codes[(o * n_ig + j0) * m..][..span];
+    let (tables, _) = lut.as_chunks::<8>(); // tables[(i·256 + c)·t/8 + tile]
+    let tiles = t / 8;
+    let mut o = o0;
+    let mut chunks = acc.chunks_exact_mut(R * t);
+    for accr in &mut chunks {
+        let rows: [&[u8]; R] = std::array::from_fn(|r| row(o + r));
+        for tile in 0..tiles {
+            let mut sum = [[0f32; 8]; R];
+            for r in 0..R {
+                sum[r].copy_from_slice(&accr[r * t + tile * 8..][..8]);
+            }
+            for i in 0..span {
+                for r in 0..R {
+                    let src = &tables[(i * 256 + usize::from(rows[r][i])) * tiles + tile];
+                    for l in 0..8 {
+                        sum[r][l] += src[l];
+                    }
+                }
+            }
+            for r in 0..R {
+                accr[r * t + tile * 8..][..8].copy_from_slice(&sum[r]);
+            }
+        }
+        o += R;
+    }
+    for a in chunks.into_remainder().chunks_exact_mut(t) {
+        let codes = row(o);
+        for tile in 0..tiles {
+            let mut sum = [0f32; 8];
+            sum.copy_from_slice(&a[tile * 8..][..8]);
+            for (i, &c) in codes.iter().enumerate() {
+                let src = &tables[(i * 256 + usize::from(c)) * tiles + tile];
+                for l in 0..8 {
+                    sum[l] += src[l];
+                }
+            }
+            a[tile * 8..][..8].copy_from_slice(&sum);
+        }
+        o += 1;
+    }
+}
+}
+
 /// `x·Wᵀ` (no bias).
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let t = x.nrows();
@@ -175,8 +236,10 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let per_j = lut_floats_per_group(layer, t);
     let jb = block_groups(layer, t);
     let groups = (ROWS_PER_TASK / og).max(1);
-    let fast = t == 1 && og == 1 && layer.scheme.codebook_size() == 256;
-    let codes_u8: &[u8] = if fast { layer.codes_u8() } else { &[] };
+    let k256 = og == 1 && layer.scheme.codebook_size() == 256;
+    let fast = k256 && t == 1;
+    let fast8 = k256 && t.is_multiple_of(8);
+    let codes_u8: &[u8] = if fast || fast8 { layer.codes_u8() } else { &[] };
     let mut acc = vec![0f32; layer.out_features * t];
     let mut lut = vec![0f32; jb * per_j];
     let mut j0 = 0;
@@ -194,6 +257,13 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             acc.par_chunks_mut(groups).enumerate().for_each(|(ci, a)| {
                 gather_t1_k256(codes_u8, tables, m, n_ig, j0, j1, ci * groups, a)
             });
+        } else if fast8 {
+            let m = layer.scheme.num_codebooks;
+            acc.par_chunks_mut(groups * t)
+                .enumerate()
+                .for_each(|(ci, a)| {
+                    gather_k256_t8(codes_u8, block, t, m, n_ig, j0, j1, ci * groups, a)
+                });
         } else {
             acc.par_chunks_mut(groups * og * t)
                 .enumerate()
@@ -246,8 +316,18 @@ fn scatter_task(
                 let src = &sdy[(o * og + a) * t..][..t];
                 for (mm, &c) in co.iter().enumerate() {
                     let dst = &mut acc[((mm * k + usize::from(c)) * og + a) * t..][..t];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d += v;
+                    if t.is_multiple_of(8) {
+                        let (d8, _) = dst.as_chunks_mut::<8>();
+                        let (s8, _) = src.as_chunks::<8>();
+                        for (d, s) in d8.iter_mut().zip(s8) {
+                            for l in 0..8 {
+                                d[l] += s[l];
+                            }
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d += v;
+                        }
                     }
                 }
             }
