@@ -253,3 +253,34 @@ fn timing_probe() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Random M, B, groups and tokens: every kernel agrees with decode-then-matmul, forward
+    /// and input gradient, and the automatic choice is one of them.
+    #[test]
+    fn prop_kernels_agree(
+        m in 1usize..4,
+        nbits in 1u32..=12,
+        ig in 1usize..10,
+        og in 1usize..4,
+        n_ig in 1usize..5,
+        n_og in 1usize..12,
+        tokens in 1usize..20,
+        seed in 0u64..1000,
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let layer = random_layer(&mut rng, m, nbits, ig, og, n_ig, n_og, seed % 2 == 0);
+        let x = random_mat(&mut rng, tokens, layer.in_features());
+        let dy = random_mat(&mut rng, tokens, layer.out_features());
+        let want = layer.forward_with(x.as_ref(), Kernel::Reference).unwrap();
+        let want_dx = layer.backward_input_with(dy.as_ref(), Kernel::Reference).unwrap();
+        for kernel in Kernel::ALL {
+            let y = layer.forward_with(x.as_ref(), kernel).unwrap();
+            proptest::prop_assert!(rel_err(&y, &want) < 2e-6, "{:?} forward", kernel);
+            let dx = layer.backward_input_with(dy.as_ref(), kernel).unwrap();
+            proptest::prop_assert!(rel_err(&dx, &want_dx) < 2e-6, "{:?} backward", kernel);
+        }
+    }
+}
