@@ -332,6 +332,28 @@ fn scatter_task(
                 }
             }
         }
+        if ig == 8 && t.is_multiple_of(8) {
+            // Register-tiled contraction: 8 inputs × 8 tokens stay in registers; same order
+            // (entries e ascending, from 0) as the general loop below.
+            let tiles = t / 8;
+            let (acc8, _) = acc.as_chunks::<8>();
+            let (cb8, _) = layer.codebooks.as_chunks::<8>();
+            for tile in 0..tiles {
+                let mut d = [[0f32; 8]; 8];
+                for (e, w) in cb8[..acc8.len() / tiles].iter().enumerate() {
+                    let v = &acc8[e * tiles + tile];
+                    for b in 0..8 {
+                        for l in 0..8 {
+                            d[b][l] += w[b] * v[l];
+                        }
+                    }
+                }
+                for b in 0..8 {
+                    dxj[b * t + tile * 8..][..8].copy_from_slice(&d[b]);
+                }
+            }
+            continue;
+        }
         for (e, src) in acc.chunks_exact(t).enumerate() {
             // e = (mm·k + c)·og + a; its codebook row is cb[mm][c][a][..ig].
             let w = &layer.codebooks[e * ig..][..ig];
