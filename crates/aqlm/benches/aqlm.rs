@@ -57,10 +57,11 @@ fn benches(c: &mut Criterion) {
         for t in [1usize, 16, 64] {
             for k in [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm] {
                 println!(
-                    "workspace {name} t{t} {:>10}: {:>10} bytes ({threads} threads; auto = {:?})",
+                    "workspace {name} t{t} {:>10}: {:>10} bytes ({threads} threads; auto = {:?} / {:?})",
                     kernel_name(k),
                     l.workspace_bytes(k, t, threads),
-                    l.auto_kernel(t)
+                    l.auto_kernel(t),
+                    l.auto_backward_kernel(t)
                 );
             }
         }
@@ -120,7 +121,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| black_box(l.backward_input(dy.as_ref()).unwrap()))
         });
         for k in [Kernel::Lut, Kernel::TiledGemm] {
-            if k == l.auto_kernel(t) {
+            if k == l.auto_backward_kernel(t) {
                 continue;
             }
             g.bench_function(

@@ -53,6 +53,10 @@ fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut 
         forward_1x_g8_t1(layer, xt, o0, chunk);
         return;
     }
+    if og == 1 && ig == 8 {
+        forward_g8(layer, xt, t, o0, chunk);
+        return;
+    }
     let (n_in, n_ig) = (layer.in_features, layer.in_groups());
     let mut tile = vec![0f32; g];
     let mut lanes = vec![0f32; og * t * ig];
@@ -84,6 +88,32 @@ fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut 
         }
     }
 }
+}
+
+/// The `og = 1`, `ig = 8` case of [`forward_task`] for any `M` and token count: fixed-size
+/// lanes; same arithmetic, same order.
+#[inline(always)]
+fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
+    let n_ig = layer.in_groups();
+    let (x8, _) = xt.as_chunks::<8>(); // x8[tt·n_ig + j]
+    let mut lanes = vec![[0f32; 8]; t];
+    for (go, dst) in chunk.chunks_mut(t).enumerate() {
+        let o = o0 + go;
+        lanes.fill([0f32; 8]);
+        for j in 0..n_ig {
+            let tile = layer.group_sum_fixed::<8>(o, j);
+            for (tt, l) in lanes.iter_mut().enumerate() {
+                let xr = &x8[tt * n_ig + j];
+                for b in 0..8 {
+                    l[b] += tile[b] * xr[b];
+                }
+            }
+        }
+        let s = layer.scales[o];
+        for (d, l) in dst.iter_mut().zip(&lanes) {
+            *d = lane_sum(l) * s;
+        }
+    }
 }
 
 /// The 1x16 / 1x8 `ig = 8` one-token case of [`forward_task`], four rows interleaved;
@@ -130,46 +160,83 @@ fn forward_1x_g8_t1(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32])
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let t = dy.nrows();
-    let sch = &layer.scheme;
-    let (m, k, og, ig, g) = (
-        sch.num_codebooks,
-        sch.codebook_size(),
-        sch.out_group_size,
-        sch.in_group_size,
-        sch.group_len(),
-    );
-    let n_og = layer.out_groups();
+    let (og, ig) = (layer.scheme.out_group_size, layer.scheme.in_group_size);
     let sdy = feature_major_scaled(dy, &layer.scales, og);
     let codes_t = layer.codes_by_input();
     let groups = (COLS_PER_TASK / ig).max(1);
     let mut out = vec![0f32; layer.in_features * t];
     out.par_chunks_mut(groups * ig * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
-            let j0 = ci * groups;
-            let mut tile = vec![0f32; g];
-            for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
-                let j = j0 + dj;
-                for o in 0..n_og {
-                    let codes = &codes_t[(j * n_og + o) * m..][..m];
-                    tile.fill(0.0);
-                    for (mm, &c) in codes.iter().enumerate() {
-                        let e = &layer.codebooks[(mm * k + usize::from(c)) * g..][..g];
-                        for (d, &v) in tile.iter_mut().zip(e) {
-                            *d += v;
-                        }
+        .for_each(|(ci, chunk)| backward_task(layer, &sdy, codes_t, t, ci * groups, chunk));
+    from_feature_major(&out, t, layer.in_features)
+}
+
+multiversion! {
+/// Input groups `j0..` of the input gradient into `chunk` (`[j][b][t]`).
+fn backward_task(
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    codes_t: &[u16],
+    t: usize,
+    j0: usize,
+    chunk: &mut [f32],
+) {
+    let sch = &layer.scheme;
+    let (m, k, og, ig, g) =
+        (sch.num_codebooks, sch.codebook_size(), sch.out_group_size, sch.in_group_size, sch.group_len());
+    let n_og = layer.out_groups();
+    if og == 1 && ig == 8 {
+        // Fixed-size lanes[t][b]; same order (o ascending, from 0) as the general loop.
+        let (cb8, _) = layer.codebooks.as_chunks::<8>();
+        let mut lanes = vec![[0f32; 8]; t];
+        for (dj, dxj) in chunk.chunks_mut(8 * t).enumerate() {
+            let j = j0 + dj;
+            lanes.fill([0f32; 8]);
+            for o in 0..n_og {
+                let codes = &codes_t[(j * n_og + o) * m..][..m];
+                let mut tile = [0f32; 8];
+                for (mm, &c) in codes.iter().enumerate() {
+                    let e = &cb8[mm * k + usize::from(c)];
+                    for b in 0..8 {
+                        tile[b] += e[b];
                     }
-                    for a in 0..og {
-                        let src = &sdy[(o * og + a) * t..][..t];
-                        for b in 0..ig {
-                            let w = tile[a * ig + b];
-                            for (d, &sv) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
-                                *d += w * sv;
-                            }
-                        }
+                }
+                for (l, &sv) in lanes.iter_mut().zip(&sdy[o * t..(o + 1) * t]) {
+                    for b in 0..8 {
+                        l[b] += tile[b] * sv;
                     }
                 }
             }
-        });
-    from_feature_major(&out, t, layer.in_features)
+            for (tt, l) in lanes.iter().enumerate() {
+                for b in 0..8 {
+                    dxj[b * t + tt] = l[b];
+                }
+            }
+        }
+        return;
+    }
+    let mut tile = vec![0f32; g];
+    for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
+        let j = j0 + dj;
+        for o in 0..n_og {
+            let codes = &codes_t[(j * n_og + o) * m..][..m];
+            tile.fill(0.0);
+            for (mm, &c) in codes.iter().enumerate() {
+                let e = &layer.codebooks[(mm * k + usize::from(c)) * g..][..g];
+                for (d, &v) in tile.iter_mut().zip(e) {
+                    *d += v;
+                }
+            }
+            for a in 0..og {
+                let src = &sdy[(o * og + a) * t..][..t];
+                for b in 0..ig {
+                    let w = tile[a * ig + b];
+                    for (d, &sv) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
+                        *d += w * sv;
+                    }
+                }
+            }
+        }
+    }
+}
 }

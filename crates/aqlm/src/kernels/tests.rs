@@ -205,11 +205,21 @@ fn workspace_is_small_on_fast_paths() {
 fn timing_probe() {
     // Min over interleaved runs: robust to other processes on a shared machine.
     let mut rng = StdRng::seed_from_u64(1);
-    let layer = random_layer(&mut rng, 2, 8, 8, 1, 512, 4096, false);
+    let (m, nbits): (usize, u32) = match std::env::var("PROBE_SCHEME").as_deref() {
+        Ok("1x16") => (1, 16),
+        Ok("1x8") => (1, 8),
+        _ => (2, 8),
+    };
+    let fast = if m == 1 && nbits == 16 {
+        Kernel::DecodeDot
+    } else {
+        Kernel::Lut
+    };
+    let layer = random_layer(&mut rng, m, nbits, 8, 1, 512, 4096, false);
     let w = random_mat(&mut rng, 4096, 4096);
     let ts: Vec<usize> = std::env::var("PROBE_T")
         .map(|v| vec![v.parse().unwrap()])
-        .unwrap_or(vec![1, 16, 64]);
+        .unwrap_or(vec![1, 4, 8, 16, 64]);
     for t in ts {
         let x = random_mat(&mut rng, t, 4096);
         let mut y = Mat::<f32>::zeros(t, 4096);
@@ -231,13 +241,13 @@ fn timing_probe() {
                 )
             });
             time(1, &mut || {
-                drop(layer.forward_with(x.as_ref(), Kernel::Lut).unwrap())
+                drop(layer.forward_with(x.as_ref(), fast).unwrap())
             });
             time(2, &mut || {
                 drop(layer.forward_with(x.as_ref(), Kernel::TiledGemm).unwrap())
             });
             time(3, &mut || {
-                drop(layer.backward_input_with(x.as_ref(), Kernel::Lut).unwrap())
+                drop(layer.backward_input_with(x.as_ref(), fast).unwrap())
             });
             time(4, &mut || {
                 drop(
@@ -248,7 +258,7 @@ fn timing_probe() {
             });
         }
         println!(
-            "t{t} dense {:.2} ms | fwd lut {:.2} tiled {:.2} | bwd lut {:.2} tiled {:.2}",
+            "{m}x{nbits} t{t} dense {:.2} ms | fwd {fast:?} {:.2} tiled {:.2} | bwd {fast:?} {:.2} tiled {:.2}",
             best[0], best[1], best[2], best[3], best[4]
         );
     }
