@@ -10,9 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod agreement;
+mod aqlm;
 mod coft;
 mod common;
 mod exact_cayley;
+mod fixtures;
 mod gradients;
 mod neumann;
 mod packing;
