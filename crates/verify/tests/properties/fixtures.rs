@@ -207,7 +207,6 @@ pub(crate) fn affine(x: &DMatrix<f64>, w: &DMatrix<f64>, bias: Option<&[f32]>) -
 
 /// A dense base layer with `W [out, in]` (entries in `[−1, 1)`), optional bias, stored
 /// `[in, out]` when `fan_in_fan_out`. Returns the layer and `W` as `f64`.
-#[allow(dead_code)] // used by layer.rs (next commit)
 pub(crate) fn dense_base(
     rng: &mut SplitMix,
     out: usize,
