@@ -4,11 +4,15 @@
 //!   forward (and backward when `grad_y` is given) on tensors from a safetensors file.
 //! - `oftq inspect PATH`: describes an AQLM checkpoint folder, a PEFT adapter folder or a
 //!   safetensors file.
-//! - `oftq demo`, `oftq quantize`, `oftq train`: defined, not wired yet (exit code 2).
+//! - `oftq demo`: the main job — quantize a small model to ~2 bits, attach OFT, train, save.
+//! - `oftq quantize`: dense weights (safetensors) → HF AQLM checkpoint folder.
+//! - `oftq train`: fit OFT adapters on AQLM layers from input/target tensors.
 //!
 //! Every failure prints one line `error: …` naming the file and the problem, and exits non-zero.
 
 mod commands;
+mod plot;
+mod progress;
 mod tensor_io;
 
 use std::path::PathBuf;
@@ -31,17 +35,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the end-to-end demo (quantize, fine-tune with OFT, compare).
+    /// The main job: quantize a model to ~2 bits with AQLM, attach OFT, train through the frozen
+    /// quantized weights towards planted rotations, save files PEFT and aqlm load.
     Demo {
         /// Output folder.
         #[arg(long, default_value = "oftq-demo")]
         out: PathBuf,
         /// Training steps.
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+        /// Random seed (teacher, planted rotations, data, encoder).
+        #[arg(long, default_value_t = 20261126)]
+        seed: u64,
+        /// AQLM scheme `MxB` (in_group 8).
+        #[arg(long, default_value = "2x8")]
+        scheme: String,
+        /// OFT block size.
+        #[arg(long, default_value_t = 32)]
+        block_size: usize,
+        /// Exact Cayley instead of Cayley-Neumann.
         #[arg(long)]
-        steps: Option<usize>,
-        /// Random seed.
-        #[arg(long)]
-        seed: Option<u64>,
+        exact: bool,
+        /// Layer widths, input first.
+        #[arg(long, default_value = "512,1024,512,256")]
+        dims: String,
+        /// Inputs per training step.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Encoder rounds per layer.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
     },
     /// Quantizes the 2-D float `.weight` tensors of a safetensors file into an HF-style AQLM folder.
     Quantize {
@@ -55,14 +78,20 @@ enum Command {
         #[arg(long)]
         scheme: String,
         /// Input group size.
-        #[arg(long)]
-        in_group: Option<usize>,
+        #[arg(long, default_value_t = 8)]
+        in_group: usize,
         /// Output group size.
-        #[arg(long)]
-        out_group: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        out_group: usize,
         /// Quantize only the tensors whose names match this regular expression.
         #[arg(long)]
         tensors: Option<String>,
+        /// Encoder rounds (code search + codebook update) per tensor.
+        #[arg(long, default_value_t = 12)]
+        rounds: usize,
+        /// Encoder seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Describes an AQLM checkpoint folder, a PEFT adapter folder or a safetensors file.
     Inspect {
@@ -88,40 +117,135 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Fine-tunes OFT adapters on an AQLM layer.
+    /// Fits OFT adapters on layers of an AQLM checkpoint from input/target tensors.
     Train {
         /// HF-style AQLM checkpoint folder.
         #[arg(long)]
-        model: Option<PathBuf>,
-        /// Output adapter folder.
+        model: PathBuf,
+        /// Modules to adapt (names or `.`-suffixes, comma-separated), as PEFT's target_modules.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target_modules: Vec<String>,
+        /// Safetensors file with `x` and `y` (one module) or `<module>.x` and `<module>.y`.
         #[arg(long)]
-        output: Option<PathBuf>,
+        data: PathBuf,
+        /// Output PEFT adapter folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// OFT block size.
+        #[arg(long, default_value_t = 32)]
+        block_size: usize,
+        /// Exact Cayley instead of Cayley-Neumann.
+        #[arg(long)]
+        exact: bool,
+        /// Constrained OFT with this eps (PEFT's radius eps/sqrt(blocks)).
+        #[arg(long)]
+        coft_eps: Option<f64>,
+        /// Training steps (full batch).
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// AdamW learning rate.
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
-/// An error that is not a failure of the input but of the build: exit code 2.
-#[derive(Debug)]
-struct Unavailable(String);
-
-impl std::fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unavailable {}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { .. } => Err(Unavailable(
-            "oftq demo: not yet implemented: the demo lands with issue 7".into(),
-        )
-        .into()),
-        Command::Quantize { .. } => {
-            Err(Unavailable("oftq quantize: not yet available in this build".into()).into())
+        Command::Demo {
+            out,
+            steps,
+            seed,
+            scheme,
+            block_size,
+            exact,
+            dims,
+            batch,
+            rounds,
+        } => {
+            let scheme: oftq_aqlm::AqlmScheme = scheme.parse()?;
+            let dims = commands::demo::parse_dims(&dims)
+                .map_err(|e| anyhow::anyhow!("--dims: expected widths like 512,1024,256: {e}"))?;
+            let args = commands::demo::DemoArgs {
+                out,
+                steps,
+                seed,
+                scheme,
+                block_size,
+                exact,
+                dims,
+                batch,
+                rounds,
+                quiet: cli.quiet,
+            };
+            commands::demo::run(&args)
         }
-        Command::Train { .. } => {
-            Err(Unavailable("oftq train: not yet available in this build".into()).into())
+        Command::Quantize {
+            input,
+            output,
+            scheme,
+            in_group,
+            out_group,
+            tensors,
+            rounds,
+            seed,
+        } => {
+            let base: oftq_aqlm::AqlmScheme = scheme.parse()?;
+            let scheme =
+                oftq_aqlm::AqlmScheme::new(base.num_codebooks, base.nbits, in_group, out_group)?;
+            let args = commands::quantize::QuantizeArgs {
+                input,
+                output,
+                scheme,
+                tensors,
+                rounds,
+                seed,
+                quiet: cli.quiet,
+            };
+            let table = commands::quantize::run(&args)?;
+            if !cli.quiet {
+                print!("{table}");
+                println!("wrote {}", args.output.display());
+            }
+            Ok(())
+        }
+        Command::Train {
+            model,
+            target_modules,
+            data,
+            out,
+            block_size,
+            exact,
+            coft_eps,
+            steps,
+            lr,
+            seed,
+        } => {
+            let config = oftq_layer::OftConfig {
+                oft_block_size: block_size,
+                use_cayley_neumann: !exact,
+                coft: coft_eps.is_some(),
+                eps: coft_eps.unwrap_or(6e-5),
+                ..oftq_layer::OftConfig::default()
+            };
+            let args = commands::train::TrainArgs {
+                model,
+                target_modules,
+                data,
+                out,
+                config,
+                steps,
+                lr,
+                seed,
+                quiet: cli.quiet,
+            };
+            let summary = commands::train::run(&args)?;
+            if !cli.quiet {
+                print!("{summary}");
+            }
+            Ok(())
         }
         Command::Inspect { path } => {
             print!("{}", commands::inspect::run(&path)?);
@@ -204,11 +328,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let line = one_line(&e);
             eprintln!("error: {line}");
-            if e.is::<Unavailable>() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::FAILURE
         }
     }
 }

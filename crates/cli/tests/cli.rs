@@ -577,22 +577,52 @@ fn inspect_errors_and_unwired_commands() {
     std::fs::write(model.join("model.safetensors"), b"junk").unwrap();
     assert_one_line_error(&["inspect".as_ref(), model.as_os_str()], "bad-model");
 
-    for cmd in ["demo", "quantize", "train"] {
-        let args: Vec<&std::ffi::OsStr> = match cmd {
-            "quantize" => [
-                "quantize", "--input", "a", "--output", "b", "--scheme", "2x8",
-            ]
-            .iter()
-            .map(|s| s.as_ref())
-            .collect(),
-            c => vec![c.as_ref()],
-        };
-        let out = oftq(&args);
-        assert_eq!(out.status.code(), Some(2), "{cmd}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("not yet"), "{err}");
-    }
+    // The other commands on bad input: one line naming the problem.
+    let missing = tmp.path().join("missing-weights.safetensors");
+    let outdir = tmp.path().join("q");
+    assert_one_line_error(
+        &[
+            "quantize".as_ref(),
+            "--input".as_ref(),
+            missing.as_os_str(),
+            "--output".as_ref(),
+            outdir.as_os_str(),
+            "--scheme".as_ref(),
+            "2x8".as_ref(),
+        ],
+        "missing-weights.safetensors",
+    );
+    assert_one_line_error(
+        &[
+            "quantize".as_ref(),
+            "--input".as_ref(),
+            garbage.as_os_str(),
+            "--output".as_ref(),
+            outdir.as_os_str(),
+            "--scheme".as_ref(),
+            "2by8".as_ref(),
+        ],
+        "2by8",
+    );
+    let nomodel = tmp.path().join("no-model-here");
+    assert_one_line_error(
+        &[
+            "train".as_ref(),
+            "--model".as_ref(),
+            nomodel.as_os_str(),
+            "--target-modules".as_ref(),
+            "proj".as_ref(),
+            "--data".as_ref(),
+            garbage.as_os_str(),
+            "--out".as_ref(),
+            outdir.as_os_str(),
+        ],
+        "no-model-here",
+    );
+    assert_one_line_error(
+        &["demo".as_ref(), "--dims".as_ref(), "64".as_ref()],
+        "--dims",
+    );
     // A usage error is one line too.
     assert_one_line_error(&["forward".as_ref()], "--model");
 }

@@ -18,7 +18,9 @@ const T: usize = 64;
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
     let mut s = seed;
     move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s >> 33
     }
 }
@@ -31,12 +33,27 @@ fn random_mat(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
 fn aqlm_2x8() -> AqlmLayer {
     let mut r = lcg(1);
     let codes: Vec<u16> = (0..D * (D / 8) * 2).map(|_| (r() % 256) as u16).collect();
-    let codebooks: Vec<f32> = (0..2 * 256 * 8).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
-    AqlmLayer::new(D, D, "2x8".parse().unwrap(), codes, codebooks, vec![0.01; D], None).unwrap()
+    let codebooks: Vec<f32> = (0..2 * 256 * 8)
+        .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    AqlmLayer::new(
+        D,
+        D,
+        "2x8".parse().unwrap(),
+        codes,
+        codebooks,
+        vec![0.01; D],
+        None,
+    )
+    .unwrap()
 }
 
 fn config() -> OftConfig {
-    OftConfig { oft_block_size: 32, init_weights: false, ..OftConfig::default() }
+    OftConfig {
+        oft_block_size: 32,
+        init_weights: false,
+        ..OftConfig::default()
+    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -48,8 +65,22 @@ fn benches(c: &mut Criterion) {
     let mut dx = Mat::<f32>::zeros(T, D);
     g.bench_function("layer.baseline.two_dense_gemms.4096.t64", |b| {
         b.iter(|| {
-            matmul(y.as_mut(), Accum::Replace, x.as_ref(), w.transpose(), 1.0, Par::rayon(0));
-            matmul(dx.as_mut(), Accum::Replace, dy.as_ref(), w.as_ref(), 1.0, Par::rayon(0));
+            matmul(
+                y.as_mut(),
+                Accum::Replace,
+                x.as_ref(),
+                w.transpose(),
+                1.0,
+                Par::rayon(0),
+            );
+            matmul(
+                dx.as_mut(),
+                Accum::Replace,
+                dy.as_ref(),
+                w.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
         })
     });
     let layer = AqlmOftLinear::with_adapter(aqlm_2x8(), "default", &config()).unwrap();
@@ -68,7 +99,10 @@ fn benches(c: &mut Criterion) {
     g.bench_function("layer.train_step.2x8.4096.t64.b32", |b| {
         b.iter(|| {
             step += 1;
-            trainer.step(black_box(x.as_ref()), &loss, step, usize::MAX).unwrap().loss
+            trainer
+                .step(black_box(x.as_ref()), &loss, step, usize::MAX)
+                .unwrap()
+                .loss
         })
     });
     g.finish();

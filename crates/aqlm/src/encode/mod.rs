@@ -80,6 +80,35 @@ pub struct Encoded {
     pub history: Vec<RoundStats>,
 }
 
+impl Encoded {
+    /// Rounds the codebooks and scales to `dtype` (e.g. [`crate::FloatDtype::F16`], as aqlm's
+    /// `convert_to_hf.py` stores them), so that the layer computes with exactly the values a saved
+    /// checkpoint holds. The relative error is not recomputed.
+    #[must_use]
+    pub fn rounded_to(mut self, dtype: crate::FloatDtype) -> Self {
+        for v in self.codebooks.iter_mut().chain(self.scales.iter_mut()) {
+            *v = dtype.round(*v);
+        }
+        self
+    }
+
+    /// The quantized layer (with an optional bias), ready for inference and for saving.
+    ///
+    /// # Errors
+    /// Those of [`crate::AqlmLayer::new`] (a bias of the wrong length).
+    pub fn into_layer(self, bias: Option<Vec<f32>>) -> Result<crate::AqlmLayer, crate::AqlmError> {
+        crate::AqlmLayer::new(
+            self.in_features,
+            self.out_features,
+            self.scheme,
+            self.codes,
+            self.codebooks,
+            self.scales,
+            bias,
+        )
+    }
+}
+
 /// Quantizes `weight [out, in]` with the plain objective `‖W − Ŵ‖²` and no progress reporting.
 ///
 /// # Errors
