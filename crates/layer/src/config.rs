@@ -224,6 +224,9 @@ impl OftConfig {
                 self.module_dropout
             ));
         }
+        if self.use_cayley_neumann {
+            self.parameterization().validate()?;
+        }
         if self.peft_type != "OFT" {
             return err(format!(
                 "peft_type must be \"OFT\", got {:?}",

@@ -56,7 +56,7 @@ pub use packing::{
     block_size_from_n_elements, n_elements, pack_blocks, packed_from_skew, packed_index,
     skew_blocks, skew_from_packed,
 };
-pub use parameterization::{CayleyConvention, NeumannFlavor, Parameterization};
+pub use parameterization::{CayleyConvention, MAX_NEUMANN_TERMS, NeumannFlavor, Parameterization};
 pub use real::Real;
 pub use rotation::{BlockRotation, RotationGrad};
 pub use spec::RotationSpec;

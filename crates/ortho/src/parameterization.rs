@@ -1,5 +1,11 @@
 //! Which map turns a skew block `Q` into a rotation block `R`.
 
+use crate::error::{OrthoError, Result};
+
+/// Largest number of Cayley–Neumann terms accepted (far beyond any useful value: at `‖Q‖₂ ≤ 0.99`
+/// the truncation error is below `10⁻⁴` after 1024 terms).
+pub const MAX_NEUMANN_TERMS: usize = 1024;
+
 /// Sign convention of the exact Cayley transform.
 ///
 /// The two conventions are transposes (= inverses) of each other for the same `Q`:
@@ -80,7 +86,23 @@ impl Parameterization {
         )
     }
 
-    /// Polynomial coefficients `c₀…c_p` of `R = Σ cₖ Qᵏ` for a Neumann parameterization, `None` for exact.
+    /// Checks the number of Neumann terms against [`MAX_NEUMANN_TERMS`].
+    ///
+    /// # Errors
+    /// [`OrthoError::InvalidOption`] for more terms.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Self::Neumann { terms, .. } if terms > MAX_NEUMANN_TERMS => {
+                Err(OrthoError::InvalidOption(format!(
+                    "num_cayley_neumann_terms {terms} exceeds the maximum {MAX_NEUMANN_TERMS}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Polynomial coefficients `c₀…c_p` of `R = Σ cₖ Qᵏ` for a Neumann parameterization; `None` for
+    /// exact, or for more than [`MAX_NEUMANN_TERMS`] terms.
     ///
     /// ```
     /// use oftq_ortho::{NeumannFlavor, Parameterization};

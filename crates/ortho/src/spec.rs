@@ -30,7 +30,9 @@ impl RotationSpec {
     ///
     /// # Errors
     /// [`OrthoError::InvalidGeometry`] if `block_size` is zero or does not divide `in_features`
-    /// (PEFT's adjustment to the nearest divisor belongs to the caller, e.g. `oftq-layer`).
+    /// (PEFT's adjustment to the nearest divisor belongs to the caller, e.g. `oftq-layer`);
+    /// [`OrthoError::InvalidOption`] for more than
+    /// [`MAX_NEUMANN_TERMS`](crate::parameterization::MAX_NEUMANN_TERMS) Neumann terms.
     pub fn new(
         in_features: usize,
         block_size: usize,

@@ -16,7 +16,8 @@ use crate::real::Real;
 /// The rotation block `R(Q)` for a parameterization (exact Cayley or a Neumann polynomial).
 ///
 /// # Errors
-/// Those of [`cayley_exact`] for the exact parameterization; Neumann never fails.
+/// Those of [`cayley_exact`] for the exact parameterization; too many Neumann terms
+/// ([`Parameterization::validate`]).
 pub fn rotation_block<T: Real>(
     q: MatRef<'_, T>,
     parameterization: Parameterization,
