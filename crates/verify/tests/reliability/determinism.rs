@@ -3,12 +3,14 @@
 //! and exact), `AqlmOftLinear` forward/backward, and a few `Trainer` steps with module dropout.
 
 use faer::Mat;
-use oftq_aqlm::{AqlmLayer, AqlmScheme, Kernel};
+use oftq_aqlm::{AqlmScheme, Kernel};
 use oftq_layer::train::{Activation, AdamW, Loss, LrSchedule, Sequential, Trainer};
 use oftq_layer::{AqlmOftLinear, DenseLinear, Module, OftConfig, OftLinear, dispatch};
 use oftq_ortho::{BlockRotation, CayleyConvention, NeumannFlavor, Parameterization, RotationSpec};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+use crate::{aqlm_layer, aqlm_layer_scheme};
 
 const THREADS: [usize; 3] = [1, 2, 5];
 
@@ -62,27 +64,6 @@ fn bits64(m: &Mat<f64>) -> Vec<u64> {
 
 fn rand_mat(rng: &mut StdRng, r: usize, c: usize, scale: f32) -> Mat<f32> {
     Mat::from_fn(r, c, |_, _| (rng.random::<f32>() - 0.5) * scale)
-}
-
-/// A random AQLM layer with `in_f` inputs.
-fn aqlm_layer(scheme: &str, in_f: usize, out_f: usize, bias: bool, seed: u64) -> AqlmLayer {
-    let s: AqlmScheme = scheme.parse().unwrap();
-    aqlm_layer_scheme(s, in_f, out_f, bias, seed)
-}
-
-fn aqlm_layer_scheme(s: AqlmScheme, in_f: usize, out_f: usize, bias: bool, seed: u64) -> AqlmLayer {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let n_codes = (out_f / s.out_group_size) * (in_f / s.in_group_size) * s.num_codebooks;
-    let k = s.codebook_size();
-    let codes: Vec<u16> = (0..n_codes).map(|_| rng.random_range(0..k) as u16).collect();
-    let cb: Vec<f32> = (0..s.num_codebooks * k * s.out_group_size * s.in_group_size)
-        .map(|_| rng.random::<f32>() - 0.5)
-        .collect();
-    let scales: Vec<f32> = (0..out_f / s.out_group_size)
-        .map(|_| 0.5 + rng.random::<f32>())
-        .collect();
-    let bias = bias.then(|| (0..out_f).map(|_| rng.random::<f32>()).collect());
-    AqlmLayer::new(in_f, out_f, s, codes, cb, scales, bias).unwrap()
 }
 
 #[test]

@@ -242,6 +242,10 @@ fn edit_header(h: &mut Value, data_len: usize, rng: &mut StdRng) {
     }
     let key = keys[rng.random_range(0..keys.len())].clone();
     let choice = rng.random_range(0..9);
+    // Entries already replaced by a non-object (an earlier edit) only take key-level edits.
+    if choice <= 4 && !map[&key].is_object() {
+        return;
+    }
     match choice {
         0 => {
             map[&key]["dtype"] = if rng.random_bool(0.9) {
