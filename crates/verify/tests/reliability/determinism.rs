@@ -22,7 +22,12 @@ where
 {
     let pools: Vec<rayon::ThreadPool> = THREADS
         .iter()
-        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap())
+        .map(|&n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        })
         .collect();
     let first = pools[0].install(&f);
     assert!(!first.is_empty(), "{what}: nothing computed");
@@ -80,13 +85,20 @@ fn aqlm_kernels_are_thread_count_independent() {
         for tokens in [7, 70] {
             let x = rand_mat(&mut rng, tokens, layer.in_features(), 2.0);
             let dy = rand_mat(&mut rng, tokens, layer.out_features(), 2.0);
-            for k in [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm, Kernel::Reference] {
-                checks += same_bits(&format!("layer {li} {k:?} forward, {tokens} tokens"), || {
-                    bits32(&layer.forward_with(x.as_ref(), k).unwrap())
-                });
-                checks += same_bits(&format!("layer {li} {k:?} backward, {tokens} tokens"), || {
-                    bits32(&layer.backward_input_with(dy.as_ref(), k).unwrap())
-                });
+            for k in [
+                Kernel::Lut,
+                Kernel::DecodeDot,
+                Kernel::TiledGemm,
+                Kernel::Reference,
+            ] {
+                checks += same_bits(
+                    &format!("layer {li} {k:?} forward, {tokens} tokens"),
+                    || bits32(&layer.forward_with(x.as_ref(), k).unwrap()),
+                );
+                checks += same_bits(
+                    &format!("layer {li} {k:?} backward, {tokens} tokens"),
+                    || bits32(&layer.backward_input_with(dy.as_ref(), k).unwrap()),
+                );
             }
         }
     }
@@ -145,7 +157,14 @@ fn oft_layer(seed: u64, coft: bool) -> AqlmOftLinear {
         ..OftConfig::default()
     };
     let mut l = OftLinear::with_adapter(base, "a", &config).unwrap();
-    l.add_adapter("b", &OftConfig { oft_block_size: 16, ..config }).unwrap();
+    l.add_adapter(
+        "b",
+        &OftConfig {
+            oft_block_size: 16,
+            ..config
+        },
+    )
+    .unwrap();
     l.set_adapters(&["a", "b"]).unwrap();
     l
 }
@@ -159,16 +178,19 @@ fn aqlm_oft_linear_is_thread_count_independent() {
         for tokens in [5, 70] {
             let x = rand_mat(&mut rng, tokens, 256, 2.0);
             let dy = rand_mat(&mut rng, tokens, 128, 2.0);
-            checks += same_bits(&format!("AqlmOftLinear coft {coft}, {tokens} tokens"), || {
-                let (y, cache) = layer.forward_cached(x.as_ref(), None).unwrap();
-                let g = layer.backward(&cache, dy.as_ref()).unwrap();
-                let mut v = bits32(&y);
-                v.extend(bits32(&g.input));
-                for (_, a) in &g.adapters {
-                    v.extend(bits32(a));
-                }
-                v
-            });
+            checks += same_bits(
+                &format!("AqlmOftLinear coft {coft}, {tokens} tokens"),
+                || {
+                    let (y, cache) = layer.forward_cached(x.as_ref(), None).unwrap();
+                    let g = layer.backward(&cache, dy.as_ref()).unwrap();
+                    let mut v = bits32(&y);
+                    v.extend(bits32(&g.input));
+                    for (_, a) in &g.adapters {
+                        v.extend(bits32(a));
+                    }
+                    v
+                },
+            );
         }
     }
     println!("determinism: AqlmOftLinear, {checks} pool runs compared bit for bit");
@@ -183,13 +205,33 @@ fn trainer() -> Trainer {
     };
     let mut l1 = Module::Aqlm(aqlm_layer("2x8", 128, 64, true, 8));
     let mut rng = StdRng::seed_from_u64(9);
-    let mut l2 = Module::Dense(DenseLinear::new(rand_mat(&mut rng, 10, 64, 0.5), Some(vec![0.1; 10]), false).unwrap());
+    let mut l2 = Module::Dense(
+        DenseLinear::new(rand_mat(&mut rng, 10, 64, 0.5), Some(vec![0.1; 10]), false).unwrap(),
+    );
     dispatch(&mut l1, "default", &config).unwrap();
-    dispatch(&mut l2, "default", &OftConfig { coft: true, eps: 0.5, ..config.clone() }).unwrap();
-    let model = Sequential::new()
-        .push("l1", l1, Activation::Gelu)
-        .push("l2", l2, Activation::Identity);
-    Trainer::new(model, AdamW::new(1e-2), LrSchedule::Cosine { warmup: 1, min_ratio: 0.1 }, 11)
+    dispatch(
+        &mut l2,
+        "default",
+        &OftConfig {
+            coft: true,
+            eps: 0.5,
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    let model =
+        Sequential::new()
+            .push("l1", l1, Activation::Gelu)
+            .push("l2", l2, Activation::Identity);
+    Trainer::new(
+        model,
+        AdamW::new(1e-2),
+        LrSchedule::Cosine {
+            warmup: 1,
+            min_ratio: 0.1,
+        },
+        11,
+    )
 }
 
 #[test]
@@ -211,7 +253,11 @@ fn trainer_steps_are_thread_count_independent() {
         let mut v = Vec::new();
         for (s, (x, loss)) in batches.iter().enumerate() {
             let st = t.step(x.as_ref(), loss, s, batches.len()).unwrap();
-            v.extend([st.loss.to_bits(), st.grad_norm.to_bits(), st.max_q_bound.to_bits()]);
+            v.extend([
+                st.loss.to_bits(),
+                st.grad_norm.to_bits(),
+                st.max_q_bound.to_bits(),
+            ]);
         }
         for (_, a) in t.model.adapters() {
             v.extend(bits32(&a.weight().to_owned()));

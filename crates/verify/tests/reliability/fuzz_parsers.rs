@@ -107,9 +107,16 @@ fn exercise_aqlm(layer: &AqlmLayer, i: usize) -> Result<(), String> {
     if layer.in_features().saturating_mul(layer.out_features()) > MAX_RUN_ELEMS {
         return Ok(());
     }
-    let k = [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm, Kernel::Reference][i % 4];
+    let k = [
+        Kernel::Lut,
+        Kernel::DecodeDot,
+        Kernel::TiledGemm,
+        Kernel::Reference,
+    ][i % 4];
     let x = Mat::<f32>::from_fn(2, layer.in_features(), |t, f| ((t + f) % 5) as f32 - 2.0);
-    let y = layer.forward_with(x.as_ref(), k).map_err(|e| e.to_string())?;
+    let y = layer
+        .forward_with(x.as_ref(), k)
+        .map_err(|e| e.to_string())?;
     layer
         .backward_input_with(y.as_ref(), k)
         .map_err(|e| e.to_string())?;
@@ -133,7 +140,7 @@ fn one_input(t: usize, i: usize, seeds: &Seeds, rng: &mut StdRng, dir: &Path) ->
                     for layer in ckpt.layers().values() {
                         let _ = exercise_aqlm(layer, i);
                     }
-                    if i % 16 == 0 {
+                    if i.is_multiple_of(16) {
                         let _ = ckpt.save(&dir.join("resaved"));
                     }
                     true
@@ -152,12 +159,18 @@ fn one_input(t: usize, i: usize, seeds: &Seeds, rng: &mut StdRng, dir: &Path) ->
             } else {
                 (cfg.clone(), mutate_safetensors(st, rng))
             };
-            write(dir, &[("adapter_config.json", &cfg), ("adapter_model.safetensors", &st)]);
+            write(
+                dir,
+                &[
+                    ("adapter_config.json", &cfg),
+                    ("adapter_model.safetensors", &st),
+                ],
+            );
             let (module, base, model_dir) = &seeds.bases[*bi];
             if load_adapter(dir).is_err() {
                 return false;
             }
-            let loaded = if i % 8 == 0 {
+            let loaded = if i.is_multiple_of(8) {
                 // The full path, checkpoint included.
                 load_aqlm_oft(model_dir, module, &[("default".into(), dir.to_path_buf())])
             } else {
@@ -207,7 +220,13 @@ fn one_input(t: usize, i: usize, seeds: &Seeds, rng: &mut StdRng, dir: &Path) ->
             write(dir, &[("config.json", mcfg), ("model.safetensors", &a)]);
             let r1 = AqlmCheckpoint::load(dir).is_ok();
             let adir = dir.join("adapter");
-            write(&adir, &[("adapter_config.json", acfg), ("adapter_model.safetensors", &m)]);
+            write(
+                &adir,
+                &[
+                    ("adapter_config.json", acfg),
+                    ("adapter_model.safetensors", &m),
+                ],
+            );
             let r2 = load_adapter(&adir).is_ok();
             r1 || r2
         }
@@ -221,7 +240,13 @@ fn one_input(t: usize, i: usize, seeds: &Seeds, rng: &mut StdRng, dir: &Path) ->
                 0 => write(&fresh, &[("config.json", cfg)]),
                 1 => write(&fresh, &[("model.safetensors", st)]),
                 2 => write(&fresh, &[("config.json", b""), ("model.safetensors", b"")]),
-                _ => write(&fresh, &[("adapter_config.json", b"{}"), ("adapter_model.safetensors", b"")]),
+                _ => write(
+                    &fresh,
+                    &[
+                        ("adapter_config.json", b"{}"),
+                        ("adapter_model.safetensors", b""),
+                    ],
+                ),
             }
             AqlmCheckpoint::load(&fresh).is_ok() | load_adapter(&fresh).is_ok()
         }
@@ -265,10 +290,13 @@ fn ten_thousand_mutated_files_never_panic() {
         };
         let dir = tmp.path().join(format!("t{t}"));
         // Each input gets its own RNG so a panic can be replayed from (seed, i) alone.
-        let mut input_rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut input_rng =
+            StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let _ = rng.random::<u64>();
         FUZZING.with(|f| *f.borrow_mut() = true);
-        let r = catch_unwind(AssertUnwindSafe(|| one_input(t, i, &seeds, &mut input_rng, &dir)));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            one_input(t, i, &seeds, &mut input_rng, &dir)
+        }));
         FUZZING.with(|f| *f.borrow_mut() = false);
         tally.inputs += 1;
         tally.per_target[t] += 1;
@@ -280,7 +308,9 @@ fn ten_thousand_mutated_files_never_panic() {
                 let saved = keep.join(format!("seed{seed}-input{i}-target{t}"));
                 let _ = std::fs::remove_dir_all(&saved);
                 copy_dir(&dir, &saved);
-                tally.panics.push((format!("input {i} (target {t})"), msg, saved));
+                tally
+                    .panics
+                    .push((format!("input {i} (target {t})"), msg, saved));
             }
         }
     }
@@ -301,10 +331,23 @@ fn ten_thousand_mutated_files_never_panic() {
     for (what, msg, saved) in &tally.panics {
         println!("PANIC {what}: {msg}\n  input kept in {}", saved.display());
     }
-    assert!(tally.inputs >= 10_000 || n < 10_000, "only {} inputs", tally.inputs);
-    assert!(tally.panics.is_empty(), "{} panics (see output)", tally.panics.len());
+    assert!(
+        tally.inputs >= 10_000 || n < 10_000,
+        "only {} inputs",
+        tally.inputs
+    );
+    assert!(
+        tally.panics.is_empty(),
+        "{} panics (see output)",
+        tally.panics.len()
+    );
     // The mutations must reach past the container checks: some inputs load, most do not.
-    assert!(tally.ok > n / 50 && tally.errors > n / 4, "poor mutation mix: {} ok, {} errors", tally.ok, tally.errors);
+    assert!(
+        tally.ok > n / 50 && tally.errors > n / 4,
+        "poor mutation mix: {} ok, {} errors",
+        tally.ok,
+        tally.errors
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -316,6 +359,75 @@ fn copy_dir(from: &Path, to: &Path) {
                 copy_dir(&p, &to.join(e.file_name()));
             } else {
                 let _ = std::fs::copy(&p, to.join(e.file_name()));
+            }
+        }
+    }
+}
+
+mod shrinking {
+    //! The same parsers under proptest's own strategies (byte overwrites, a truncation and a
+    //! header-length edit of the seed files), so a panic would be shrunk to a minimal edit list.
+    //! Complements the seeded mutation run above (which counts panics instead of stopping).
+
+    use std::path::Path;
+
+    use oftq_aqlm::AqlmCheckpoint;
+    use oftq_layer::load_adapter;
+    use proptest::prelude::*;
+
+    use crate::seed_cases;
+
+    fn apply(
+        seed: &[u8],
+        edits: &[(usize, u8)],
+        cut: Option<usize>,
+        len_delta: Option<i64>,
+    ) -> Vec<u8> {
+        let mut b = seed.to_vec();
+        // Edits land in the first 512 bytes (header) with index % 512, else anywhere.
+        for &(pos, byte) in edits {
+            let n = b.len();
+            let p = if pos % 2 == 0 {
+                (pos / 2) % n.min(512)
+            } else {
+                (pos / 2) % n
+            };
+            b[p] = byte;
+        }
+        if let Some(d) = len_delta {
+            let n = u64::from_le_bytes(b[..8].try_into().unwrap());
+            b[..8].copy_from_slice(&n.wrapping_add_signed(d).to_le_bytes());
+        }
+        if let Some(c) = cut {
+            b.truncate(c % (b.len() + 1));
+        }
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn byte_edits_of_seed_files_give_typed_errors(
+            case in 0usize..64,
+            model_side in any::<bool>(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in prop::option::weighted(0.2, any::<usize>()),
+            len_delta in prop::option::weighted(0.2, -64i64..64),
+        ) {
+            let cases = seed_cases();
+            let c = &cases[case % cases.len()];
+            let tmp = tempfile::tempdir_in(if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
+            if model_side && c.model_bytes <= super::MAX_SEED_BYTES {
+                let seed = std::fs::read(c.model.join("model.safetensors")).unwrap();
+                std::fs::copy(c.model.join("config.json"), tmp.path().join("config.json")).unwrap();
+                std::fs::write(tmp.path().join("model.safetensors"), apply(&seed, &edits, cut, len_delta)).unwrap();
+                let _ = AqlmCheckpoint::load(tmp.path()).map_err(|e| e.to_string());
+            } else {
+                let dir = &c.adapters[0].1;
+                let seed = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+                std::fs::copy(dir.join("adapter_config.json"), tmp.path().join("adapter_config.json")).unwrap();
+                std::fs::write(tmp.path().join("adapter_model.safetensors"), apply(&seed, &edits, cut, len_delta)).unwrap();
+                let _ = load_adapter(tmp.path()).map_err(|e| e.to_string());
             }
         }
     }

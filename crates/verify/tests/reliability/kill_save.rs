@@ -45,7 +45,9 @@ fn save_generation(dir: &Path, kind: &str, g: u64, base: &oftq_aqlm::AqlmLayer) 
     let v = gen_value(kind, g);
     if kind == "adapter" {
         let w = Mat::<f32>::from_fn(64, 2016, |_, _| v);
-        let weights: BTreeMap<String, _> = (0..MODULES).map(|m| (format!("layers.{m}.proj"), w.as_ref())).collect();
+        let weights: BTreeMap<String, _> = (0..MODULES)
+            .map(|m| (format!("layers.{m}.proj"), w.as_ref()))
+            .collect();
         save_adapter(dir, "default", &adapter_config(), &weights).unwrap();
     } else {
         let mut layer = base.clone();
@@ -62,7 +64,8 @@ fn save_generation(dir: &Path, kind: &str, g: u64, base: &oftq_aqlm::AqlmLayer) 
         .unwrap();
         let mut ckpt = AqlmCheckpoint::new(QuantizationConfig::new(layer.scheme()));
         for m in 0..4 {
-            ckpt.insert_layer(&format!("layers.{m}.proj"), layer.clone()).unwrap();
+            ckpt.insert_layer(&format!("layers.{m}.proj"), layer.clone())
+                .unwrap();
         }
         ckpt.save(dir).unwrap();
     }
@@ -76,7 +79,10 @@ fn loaded_value(dir: &Path, kind: &str) -> f32 {
         assert_eq!(a.weights.len(), MODULES);
         let v = a.weights.values().next().unwrap()[(0, 0)];
         for w in a.weights.values() {
-            assert!(w.col_iter().all(|c| c.iter().all(|&x| x == v)), "mixed generations");
+            assert!(
+                w.col_iter().all(|c| c.iter().all(|&x| x == v)),
+                "mixed generations"
+            );
         }
         v
     } else {
@@ -117,7 +123,13 @@ fn kill_rounds(kind: &str, rounds: usize, seed: u64) {
     let (mut killed_mid_write, mut gens_seen) = (0, 0);
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "kill_save::save_loop_child", "--include-ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "kill_save::save_loop_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV_DIR, &dir)
             .env(ENV_KIND, kind)
             .stdout(Stdio::piped())
@@ -134,7 +146,9 @@ fn kill_rounds(kind: &str, rounds: usize, seed: u64) {
             }
         });
         // Wait for the first complete save of this child, then kill at a random moment.
-        let first = rx.recv_timeout(Duration::from_secs(60)).expect("child never saved");
+        let first = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("child never saved");
         std::thread::sleep(Duration::from_millis(rng.random_range(0..120)));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -149,7 +163,13 @@ fn kill_rounds(kind: &str, rounds: usize, seed: u64) {
         );
         let leftovers = std::fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp."))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp.")
+            })
             .count();
         if leftovers > 0 {
             killed_mid_write += 1;

@@ -56,12 +56,18 @@ fn shape_mismatches_fail_at_load_naming_file_and_geometry() {
 
     // Wrong in_features: an adapter for 128 inputs (4 blocks of 32) on a 256-input layer.
     let e = load_err(&m256, &good);
-    assert!(e.contains("adapter_model.safetensors") && e.contains("[8, 496]") && e.contains("[4, 496]"), "{e}");
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains("[8, 496]") && e.contains("[4, 496]"),
+        "{e}"
+    );
     assert!(e.contains("in_features 256"), "{e}");
 
     // n_elements that is not b(b−1)/2 for the configured block size (10 = block size 5).
     let e = load_err(&m128, &adapter(tmp.path(), "b5", &config(32), 4, 10));
-    assert!(e.contains("block size 5") && e.contains("block size 32"), "{e}");
+    assert!(
+        e.contains("block size 5") && e.contains("block size 32"),
+        "{e}"
+    );
     // n_elements that is no triangular number at all.
     let e = load_err(&m128, &adapter(tmp.path(), "tri", &config(32), 4, 7));
     assert!(e.contains("no block size"), "{e}");
@@ -69,15 +75,28 @@ fn shape_mismatches_fail_at_load_naming_file_and_geometry() {
     // A block size that does not divide in_features: PEFT adjusts 24 → 16 for 128 inputs (the
     // nearest divisor, ties down), so a weight with 24-blocks (276 elements) no longer fits.
     let e = load_err(&m128, &adapter(tmp.path(), "b24", &config(24), 5, 276));
-    assert!(e.contains("block size 16") && e.contains("block size 24"), "{e}");
+    assert!(
+        e.contains("block size 16") && e.contains("block size 24"),
+        "{e}"
+    );
     // Same with `r` that does not divide: r = 3 → 2 blocks of 64 (ties down).
-    let r3 = OftConfig { r: 3, oft_block_size: 0, ..config(0) };
+    let r3 = OftConfig {
+        r: 3,
+        oft_block_size: 0,
+        ..config(0)
+    };
     let e = load_err(&m128, &adapter(tmp.path(), "r3", &r3, 3, 861));
-    assert!(e.contains("[2, 2016]") && e.contains("block size 42"), "{e}");
+    assert!(
+        e.contains("[2, 2016]") && e.contains("block size 42"),
+        "{e}"
+    );
     // Wrong number of blocks (rows), and block_share expecting one row.
     let e = load_err(&m128, &adapter(tmp.path(), "rows", &config(32), 3, 496));
     assert!(e.contains("[4, 496]") && e.contains("[3, 496]"), "{e}");
-    let share = OftConfig { block_share: true, ..config(32) };
+    let share = OftConfig {
+        block_share: true,
+        ..config(32)
+    };
     let e = load_err(&m128, &adapter(tmp.path(), "share", &share, 4, 496));
     assert!(e.contains("[1, 496]"), "{e}");
 
@@ -88,21 +107,35 @@ fn shape_mismatches_fail_at_load_naming_file_and_geometry() {
         save_adapter(&tmp.path().join("other"), "default", &config(32), &weights).unwrap()
     };
     let e = load_err(&m128, &other);
-    assert!(e.contains("no oft_R.weight for module \"proj\"") && e.contains("other"), "{e}");
-    let e = load_aqlm_oft(&m128, "missing.proj", &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("no oft_R.weight for module \"proj\"") && e.contains("other"),
+        "{e}"
+    );
+    let e = load_aqlm_oft(&m128, "missing.proj", &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.proj"), "{e}");
     let stripped = tmp.path().join("stripped");
     let ckpt_bytes = std::fs::read(m128.join("model.safetensors")).unwrap();
     std::fs::create_dir_all(&stripped).unwrap();
     std::fs::copy(m128.join("config.json"), stripped.join("config.json")).unwrap();
-    std::fs::write(stripped.join("model.safetensors"), drop_tensor(&ckpt_bytes, "proj.scales")).unwrap();
-    let e = load_aqlm_oft(&stripped, "proj", &[]).unwrap_err().to_string();
+    std::fs::write(
+        stripped.join("model.safetensors"),
+        drop_tensor(&ckpt_bytes, "proj.scales"),
+    )
+    .unwrap();
+    let e = load_aqlm_oft(&stripped, "proj", &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("proj.scales") && e.contains("missing"), "{e}");
 
     // Wrong dtype and rank of the adapter tensor.
     let bad_dtype = raw_adapter(tmp.path(), "i32", Dtype::I32, &[4, 496]);
     let e = load_err(&m128, &bad_dtype);
-    assert!(e.contains("unsupported dtype") && e.contains("oft_R.weight"), "{e}");
+    assert!(
+        e.contains("unsupported dtype") && e.contains("oft_R.weight"),
+        "{e}"
+    );
     let rank3 = raw_adapter(tmp.path(), "rank3", Dtype::F32, &[4, 1, 496]);
     let e = load_err(&m128, &rank3);
     assert!(e.contains("2 dimensions"), "{e}");
@@ -126,7 +159,8 @@ fn raw_adapter(dir: &Path, name: &str, dtype: Dtype, shape: &[usize]) -> PathBuf
     let n: usize = shape.iter().product();
     let data = vec![0u8; n * dtype.bitsize() / 8];
     let view = safetensors::tensor::TensorView::new(dtype, shape.to_vec(), &data).unwrap();
-    let bytes = safetensors::serialize([("base_model.model.proj.oft_R.weight", view)], None).unwrap();
+    let bytes =
+        safetensors::serialize([("base_model.model.proj.oft_R.weight", view)], None).unwrap();
     std::fs::write(out.join("adapter_model.safetensors"), bytes).unwrap();
     let cfg = serde_json::to_string(&config(32)).unwrap();
     std::fs::write(out.join("adapter_config.json"), cfg).unwrap();
@@ -154,7 +188,10 @@ fn strict_divergence_policy_refuses_a_divergent_adapter_on_load() {
         "{e:?}"
     );
     // Exact Cayley has no series to diverge.
-    let exact = OftConfig { use_cayley_neumann: false, ..strict };
+    let exact = OftConfig {
+        use_cayley_neumann: false,
+        ..strict
+    };
     assert!(OftAdapter::with_weight(&exact, 128, weight).is_ok());
 }
 
@@ -168,6 +205,10 @@ fn absurd_neumann_term_count_is_a_typed_error() {
         i64::MAX
     );
     let c = oftq_layer::peft_io::parse_config(&text, Path::new("adapter_config.json")).unwrap();
-    let built = std::panic::catch_unwind(|| OftAdapter::new(&c, 16, 0).map(|_| ()).map_err(|e| e.to_string()));
+    let built = std::panic::catch_unwind(|| {
+        OftAdapter::new(&c, 16, 0)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     assert!(built.is_ok(), "panicked");
 }

@@ -3,6 +3,8 @@
 //!
 //! Sizes are modest so the whole binary runs in well under a minute in release mode on 2 cores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test binary
+
 mod determinism;
 mod fuzz_parsers;
 mod kill_save;
@@ -70,16 +72,30 @@ fn load_case(case: &Path) -> SeedCase {
 }
 
 /// A random AQLM layer with `in_f` inputs.
-pub(crate) fn aqlm_layer(scheme: &str, in_f: usize, out_f: usize, bias: bool, seed: u64) -> AqlmLayer {
+pub(crate) fn aqlm_layer(
+    scheme: &str,
+    in_f: usize,
+    out_f: usize,
+    bias: bool,
+    seed: u64,
+) -> AqlmLayer {
     let s: AqlmScheme = scheme.parse().unwrap();
     aqlm_layer_scheme(s, in_f, out_f, bias, seed)
 }
 
-pub(crate) fn aqlm_layer_scheme(s: AqlmScheme, in_f: usize, out_f: usize, bias: bool, seed: u64) -> AqlmLayer {
+pub(crate) fn aqlm_layer_scheme(
+    s: AqlmScheme,
+    in_f: usize,
+    out_f: usize,
+    bias: bool,
+    seed: u64,
+) -> AqlmLayer {
     let mut rng = StdRng::seed_from_u64(seed);
     let n_codes = (out_f / s.out_group_size) * (in_f / s.in_group_size) * s.num_codebooks;
     let k = s.codebook_size();
-    let codes: Vec<u16> = (0..n_codes).map(|_| rng.random_range(0..k) as u16).collect();
+    let codes: Vec<u16> = (0..n_codes)
+        .map(|_| rng.random_range(0..k) as u16)
+        .collect();
     let cb: Vec<f32> = (0..s.num_codebooks * k * s.out_group_size * s.in_group_size)
         .map(|_| rng.random::<f32>() - 0.5)
         .collect();
@@ -89,4 +105,3 @@ pub(crate) fn aqlm_layer_scheme(s: AqlmScheme, in_f: usize, out_f: usize, bias: 
     let bias = bias.then(|| (0..out_f).map(|_| rng.random::<f32>()).collect());
     AqlmLayer::new(in_f, out_f, s, codes, cb, scales, bias).unwrap()
 }
-

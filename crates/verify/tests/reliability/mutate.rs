@@ -140,8 +140,13 @@ pub(crate) fn edit_json(v: &mut Value, rng: &mut StdRng) {
         _ => {
             let (_, parent) = target.split_last().unwrap();
             if let Some(Value::Object(m)) = get_mut(v, parent) {
-                let key = ["extra", "r", "oft_block_size", "nbits_per_codebook", "in_group_size"]
-                    [rng.random_range(0..5)];
+                let key = [
+                    "extra",
+                    "r",
+                    "oft_block_size",
+                    "nbits_per_codebook",
+                    "in_group_size",
+                ][rng.random_range(0..5)];
                 m.insert(key.to_string(), hostile_value(rng));
             }
         }
@@ -177,7 +182,9 @@ pub(crate) fn damage_bytes(b: &mut Vec<u8>, rng: &mut StdRng, focus: usize) {
         }
         3 => {
             let p = pos(rng, b.len());
-            let s = [b'"', b'{', b'}', b'[', b']', b',', b':', b'0', b'9', b'-', 0xff, 0][rng.random_range(0..12)];
+            let s = [
+                b'"', b'{', b'}', b'[', b']', b',', b':', b'0', b'9', b'-', 0xff, 0,
+            ][rng.random_range(0..12)];
             b.insert(p, s);
         }
         4 => {
@@ -197,12 +204,12 @@ pub(crate) fn damage_bytes(b: &mut Vec<u8>, rng: &mut StdRng, focus: usize) {
 pub(crate) fn mutate_json_text(text: &[u8], rng: &mut StdRng) -> Vec<u8> {
     let mut out = text.to_vec();
     for _ in 0..rng.random_range(1..=3) {
-        if rng.random_bool(0.8) {
-            if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
-                edit_json(&mut v, rng);
-                out = serde_json::to_vec_pretty(&v).unwrap();
-                continue;
-            }
+        if rng.random_bool(0.8)
+            && let Ok(mut v) = serde_json::from_slice::<Value>(&out)
+        {
+            edit_json(&mut v, rng);
+            out = serde_json::to_vec_pretty(&v).unwrap();
+            continue;
         }
         let len = out.len();
         damage_bytes(&mut out, rng, len);
@@ -236,7 +243,11 @@ fn edit_header(h: &mut Value, data_len: usize, rng: &mut StdRng) {
     let Some(map) = h.as_object_mut() else {
         return;
     };
-    let keys: Vec<String> = map.keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let keys: Vec<String> = map
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
     if keys.is_empty() {
         return;
     }
@@ -283,7 +294,11 @@ fn edit_header(h: &mut Value, data_len: usize, rng: &mut StdRng) {
                     if !s.is_empty() {
                         let i = rng.random_range(0..s.len());
                         let d = s[i].as_u64().unwrap_or(1);
-                        s[i] = json!(if rng.random_bool(0.5) { d.saturating_mul(2) } else { d / 2 });
+                        s[i] = json!(if rng.random_bool(0.5) {
+                            d.saturating_mul(2)
+                        } else {
+                            d / 2
+                        });
                     }
                 }
                 _ => {
@@ -296,7 +311,10 @@ fn edit_header(h: &mut Value, data_len: usize, rng: &mut StdRng) {
             map[&key]["shape"] = Value::Array(s);
         }
         3 | 4 => {
-            let offs = map[&key]["data_offsets"].as_array().cloned().unwrap_or_default();
+            let offs = map[&key]["data_offsets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let mut o: Vec<u64> = offs.iter().filter_map(Value::as_u64).collect();
             if o.len() != 2 {
                 o = vec![0, 0];
