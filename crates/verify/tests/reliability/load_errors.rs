@@ -212,3 +212,108 @@ fn absurd_neumann_term_count_is_a_typed_error() {
     });
     assert!(built.is_ok(), "panicked");
 }
+
+/// Header fields claiming absurd sizes are refused from the header alone: a header length past
+/// the end of the file, and tensors whose shape needs more bytes than the file has.
+#[test]
+fn absurd_sizes_in_headers_are_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model(tmp.path(), 128);
+    let a = adapter(tmp.path(), "a", &config(32), 4, 496);
+    let model_st = std::fs::read(m.join("model.safetensors")).unwrap();
+    let adapter_st = std::fs::read(a.join("adapter_model.safetensors")).unwrap();
+
+    let with_header = |st: &[u8], edit: &dyn Fn(&mut serde_json::Value)| {
+        let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+        let mut h: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+        edit(&mut h);
+        let hb = serde_json::to_vec(&h).unwrap();
+        let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&hb);
+        out.extend_from_slice(&st[8 + n..]);
+        out
+    };
+    let huge_shape = |key: &'static str| {
+        move |h: &mut serde_json::Value| {
+            h[key]["shape"] = serde_json::json!([1u64 << 40, 1u64 << 20])
+        }
+    };
+    let huge_offsets = |key: &'static str| {
+        move |h: &mut serde_json::Value| {
+            h[key]["data_offsets"] = serde_json::json!([0, u64::MAX / 2])
+        }
+    };
+    let mut long_len = model_st.clone();
+    long_len[..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+
+    let model_inputs = [
+        long_len,
+        with_header(&model_st, &huge_shape("proj.codes")),
+        with_header(&model_st, &huge_offsets("proj.codebooks")),
+    ];
+    for (i, st) in model_inputs.iter().enumerate() {
+        std::fs::write(m.join("model.safetensors"), st).unwrap();
+        let e = AqlmCheckpoint::load(&m).unwrap_err().to_string();
+        assert!(e.contains("model.safetensors"), "model input {i}: {e}");
+    }
+    let key = "base_model.model.proj.oft_R.weight";
+    let mut long_len = adapter_st.clone();
+    long_len[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let adapter_inputs = [
+        long_len,
+        with_header(&adapter_st, &huge_shape(key)),
+        with_header(&adapter_st, &huge_offsets(key)),
+    ];
+    for (i, st) in adapter_inputs.iter().enumerate() {
+        std::fs::write(a.join("adapter_model.safetensors"), st).unwrap();
+        let e = load_adapter(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("adapter_model.safetensors"),
+            "adapter input {i}: {e}"
+        );
+    }
+}
+
+/// Zero-token batches and wrong widths through every kernel and the OFT layer: empty outputs or
+/// typed errors.
+#[test]
+fn empty_and_misshaped_inputs_give_empty_outputs_or_typed_errors() {
+    use oftq_aqlm::Kernel;
+    let layer = aqlm_layer("2x8", 64, 16, true, 3);
+    for k in [
+        Kernel::Lut,
+        Kernel::DecodeDot,
+        Kernel::TiledGemm,
+        Kernel::Reference,
+    ] {
+        let y = layer
+            .forward_with(Mat::<f32>::zeros(0, 64).as_ref(), k)
+            .unwrap();
+        assert_eq!((y.nrows(), y.ncols()), (0, 16), "{k:?}");
+        let dx = layer
+            .backward_input_with(Mat::<f32>::zeros(0, 16).as_ref(), k)
+            .unwrap();
+        assert_eq!((dx.nrows(), dx.ncols()), (0, 64), "{k:?}");
+        assert!(
+            layer
+                .forward_with(Mat::<f32>::zeros(2, 63).as_ref(), k)
+                .is_err()
+        );
+        assert!(
+            layer
+                .backward_input_with(Mat::<f32>::zeros(2, 17).as_ref(), k)
+                .is_err()
+        );
+    }
+    let oft = oftq_layer::AqlmOftLinear::with_adapter(layer, "default", &config(16)).unwrap();
+    let (y, cache) = oft
+        .forward_cached(Mat::<f32>::zeros(0, 64).as_ref(), None)
+        .unwrap();
+    let g = oft.backward(&cache, y.as_ref()).unwrap();
+    assert_eq!(g.input.nrows(), 0);
+    assert!(oft.forward(Mat::<f32>::zeros(1, 65).as_ref()).is_err());
+    assert!(
+        oft.backward(&cache, Mat::<f32>::zeros(1, 16).as_ref())
+            .is_err()
+    );
+}
