@@ -9,7 +9,8 @@
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 
 use faer::Mat;
 use oftq_aqlm::{AqlmCheckpoint, AqlmLayer, Kernel};
@@ -26,8 +27,13 @@ thread_local! {
     static FUZZING: RefCell<bool> = const { RefCell::new(false) };
 }
 
+/// The last panic message of any other thread while a fuzz input runs (a panic inside a rayon
+/// job happens on a worker thread, then propagates to the fuzzing thread).
+static OTHER_THREAD_PANIC: Mutex<Option<String>> = Mutex::new(None);
+static FUZZ_ACTIVE: AtomicBool = AtomicBool::new(false);
+
 /// Installs (once) a panic hook that records panics of fuzzing threads silently and forwards
-/// every other panic to the default hook.
+/// every other panic to the default hook (recording it too while an input runs).
 fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -37,6 +43,11 @@ fn install_hook() {
                 let msg = format!("{info}");
                 CAUGHT.with(|c| *c.borrow_mut() = Some(msg));
             } else {
+                if FUZZ_ACTIVE.load(Ordering::SeqCst)
+                    && let Ok(mut m) = OTHER_THREAD_PANIC.lock()
+                {
+                    *m = Some(format!("{info}"));
+                }
                 default(info);
             }
         }));
@@ -197,6 +208,8 @@ fn one_input(t: usize, i: usize, seeds: &Seeds, rng: &mut StdRng, dir: &Path) ->
         2 => {
             let (cfg, _, bi) = &seeds.adapters[rng.random_range(0..seeds.adapters.len())];
             let text = mutate_json_text(cfg, rng);
+            // Kept on disk only so that a panicking input can be copied out.
+            write(dir, &[("adapter_config.json", &text)]);
             let text = String::from_utf8_lossy(&text);
             match parse_config(&text, Path::new("adapter_config.json")) {
                 Ok(c) => {
@@ -293,10 +306,15 @@ fn ten_thousand_mutated_files_never_panic() {
         let mut input_rng =
             StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let _ = rng.random::<u64>();
+        if let Ok(mut m) = OTHER_THREAD_PANIC.lock() {
+            *m = None;
+        }
         FUZZING.with(|f| *f.borrow_mut() = true);
+        FUZZ_ACTIVE.store(true, Ordering::SeqCst);
         let r = catch_unwind(AssertUnwindSafe(|| {
             one_input(t, i, &seeds, &mut input_rng, &dir)
         }));
+        FUZZ_ACTIVE.store(false, Ordering::SeqCst);
         FUZZING.with(|f| *f.borrow_mut() = false);
         tally.inputs += 1;
         tally.per_target[t] += 1;
@@ -304,7 +322,10 @@ fn ten_thousand_mutated_files_never_panic() {
             Ok(true) => tally.ok += 1,
             Ok(false) => tally.errors += 1,
             Err(_) => {
-                let msg = CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default();
+                let msg = CAUGHT
+                    .with(|c| c.borrow_mut().take())
+                    .or_else(|| OTHER_THREAD_PANIC.lock().ok().and_then(|mut m| m.take()))
+                    .unwrap_or_default();
                 let saved = keep.join(format!("seed{seed}-input{i}-target{t}"));
                 let _ = std::fs::remove_dir_all(&saved);
                 copy_dir(&dir, &saved);
