@@ -9,18 +9,10 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
-/// Whether `OFTQ_FUZZ_KNOWN_BUGS` is set: then the hostile values include `i64::MAX`, which
-/// triggers the known `num_cayley_neumann_terms` panic (see docs/reliability.md) — for checking
-/// the fix, after which it should be on always.
-fn known_bugs() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("OFTQ_FUZZ_KNOWN_BUGS").is_some())
-}
-
 /// Hostile JSON values used for field edits. Integers stay ≤ 256 or are extreme (rejected or
 /// overflowing); mid-sized counts such as 2^31 would only test the machine's memory.
 pub(crate) fn hostile_value(rng: &mut StdRng) -> Value {
-    if known_bugs() && rng.random_bool(0.05) {
+    if rng.random_bool(0.05) {
         return json!(i64::MAX);
     }
     let pool = [
