@@ -71,13 +71,19 @@ pub fn skew_from_packed<T: Real>(v: &[T], block_size: usize) -> Result<Mat<T>> {
             v.len().to_string(),
         ));
     }
+    // Column by column (faer is column-major): above the diagonal Q[i][j] = v[k(i, j)], below it
+    // Q[i][j] = −v[k(j, i)], a contiguous run of the packed row.
     let mut q = Mat::<T>::zeros(b, b);
-    let mut k = 0;
-    for i in 0..b {
-        for j in i + 1..b {
-            q[(i, j)] = v[k];
-            q[(j, i)] = -v[k];
-            k += 1;
+    for j in 0..b {
+        let col = q.col_as_slice_mut(j);
+        for (i, x) in col.iter_mut().enumerate().take(j) {
+            *x = v[packed_index(b, i, j)];
+        }
+        if j + 1 < b {
+            let k0 = packed_index(b, j, j + 1);
+            for (x, &val) in col[j + 1..].iter_mut().zip(&v[k0..k0 + (b - j - 1)]) {
+                *x = -val;
+            }
         }
     }
     Ok(q)
@@ -139,9 +145,9 @@ pub fn skew_blocks<T: Real>(packed: MatRef<'_, T>, block_size: usize) -> Result<
     }
     let mut row = vec![T::zero(); packed.ncols()];
     (0..packed.nrows())
-        .map(|i| {
-            for (k, slot) in row.iter_mut().enumerate() {
-                *slot = packed[(i, k)];
+        .map(|r| {
+            for (slot, v) in row.iter_mut().zip(packed.row(r).iter()) {
+                *slot = *v;
             }
             skew_from_packed(&row, block_size)
         })

@@ -71,7 +71,10 @@ impl<T: Real> BlockRotation<T> {
                 format!("[{}, {}]", packed.nrows(), packed.ncols()),
             ));
         }
-        if let Some(block) = (0..rows).find(|&i| (0..cols).any(|k| !packed[(i, k)].is_finite())) {
+        if !packed.is_all_finite() {
+            let block = (0..rows)
+                .find(|&i| !packed.row(i).is_all_finite())
+                .unwrap_or(0);
             return Err(OrthoError::NonFinite {
                 what: "rotation parameters",
                 block,

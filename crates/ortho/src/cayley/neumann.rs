@@ -15,30 +15,36 @@ pub(crate) fn neumann_with_tape<T: Real>(
 ) -> (Mat<T>, Vec<Mat<T>>) {
     let b = q.nrows();
     let p = coeffs.len().saturating_sub(1);
-    let scaled_identity =
-        |c: f64| Mat::<T>::from_fn(b, b, |i, j| if i == j { T::c(c) } else { T::zero() });
+    let add_diagonal = |m: &mut Mat<T>, c: f64| {
+        let c = T::c(c);
+        for i in 0..b {
+            m[(i, i)] += c;
+        }
+    };
+    let mut h = Mat::<T>::zeros(b, b);
+    add_diagonal(&mut h, coeffs.last().copied().unwrap_or(1.0));
     if p == 0 {
-        return (
-            scaled_identity(coeffs.first().copied().unwrap_or(1.0)),
-            Vec::new(),
-        );
+        return (h, Vec::new());
     }
     let mut tape: Vec<Mat<T>> = Vec::with_capacity(p);
-    // H_p = c_p I, stored first; we build downwards then reverse.
-    let mut h = scaled_identity(coeffs[p]);
-    for k in (0..p).rev() {
-        let mut next = scaled_identity(coeffs[k]);
-        if k + 1 == p {
-            // Q·(c_p I) without a product.
-            let cp = T::c(coeffs[p]);
-            for j in 0..b {
-                for i in 0..b {
-                    next[(i, j)] += cp * q[(i, j)];
-                }
-            }
-        } else {
-            matmul(next.as_mut(), Accum::Add, q, h.as_ref(), T::one(), Par::Seq);
-        }
+    // H_{p−1} = c_{p−1}I + Q·(c_p I) = c_{p−1}I + c_p Q, without a product.
+    let cp = T::c(coeffs[p]);
+    let mut next = q * faer::Scale(cp);
+    add_diagonal(&mut next, coeffs[p - 1]);
+    tape.push(h);
+    h = next;
+    for k in (0..p - 1).rev() {
+        // H_k = c_k I + Q·H_{k+1}: one product, then the diagonal.
+        let mut next = Mat::<T>::zeros(b, b);
+        matmul(
+            next.as_mut(),
+            Accum::Replace,
+            q,
+            h.as_ref(),
+            T::one(),
+            Par::Seq,
+        );
+        add_diagonal(&mut next, coeffs[k]);
         tape.push(h);
         h = next;
     }
