@@ -1,0 +1,251 @@
+//! `cargo xtask bench`: run every criterion bench of the workspace, then write the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{criterion, fsutil, keys, machine::Machine, process, report};
+
+/// Bench targets skipped by `--quick` unless `--filter` is given: one iteration alone takes
+/// seconds (the encoder quantizes a 1024² matrix per iteration, measurement time 60 s).
+const QUICK_SKIP: [&str; 1] = ["encode"];
+
+/// Criterion filter (a regex on `group/function`) of the main kernels re-run on one thread:
+/// the fixed results keys and their baselines, not the per-kernel variants or the encoder.
+const MAIN_KERNELS: &str = r"^[^/]*/(baseline\.(faer_gemm|dense_f32)\.[^/]*4096[^/]*|baseline\.faer_gemm\..*|ortho\..*|aqlm\.(forward|backward)\.[0-9x]+\.4096\.t[0-9]+|layer\..*)$";
+
+/// Command-line options of `cargo xtask bench`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Options {
+    /// Criterion's `--quick` mode (development runs, < 3 min on 2 cores).
+    pub(crate) quick: bool,
+    /// Criterion filter (regex on `group/function`), passed to every bench.
+    pub(crate) filter: Option<String>,
+    /// Skip the one-thread pass.
+    pub(crate) no_threads: bool,
+}
+
+impl Options {
+    /// Parses the arguments after `bench`.
+    pub(crate) fn parse(args: &[String]) -> Result<Options> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--no-threads" => o.no_threads = true,
+                "--filter" => {
+                    let f = it
+                        .next()
+                        .context("--filter needs a value (a regex on bench ids)")?;
+                    o.filter = Some(f.clone());
+                }
+                s if s.starts_with("--filter=") => {
+                    o.filter = Some(s["--filter=".len()..].to_string());
+                }
+                other => bail!(
+                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads)"
+                ),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// A criterion bench target of a workspace package.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BenchTarget {
+    /// Package name (`oftq-ortho`).
+    pub(crate) package: String,
+    /// Bench target name (`ortho`).
+    pub(crate) name: String,
+}
+
+/// The bench targets of the workspace members, from `cargo metadata` JSON.
+pub(crate) fn bench_targets(metadata: &Value) -> Vec<BenchTarget> {
+    let members: Vec<&str> = metadata["workspace_members"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for p in metadata["packages"].as_array().into_iter().flatten() {
+        let (Some(id), Some(pkg)) = (p["id"].as_str(), p["name"].as_str()) else {
+            continue;
+        };
+        if !members.contains(&id) {
+            continue;
+        }
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let is_bench = t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bench"));
+            if let (true, Some(name)) = (is_bench, t["name"].as_str()) {
+                out.push(BenchTarget {
+                    package: pkg.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.package, &a.name).cmp(&(&b.package, &b.name)));
+    out
+}
+
+/// Where one pass writes its criterion data.
+pub(crate) fn pass_dir(root: &Path, pass: &str) -> PathBuf {
+    root.join("target/xtask-bench").join(pass)
+}
+
+/// Runs the benches and writes `docs/bench/{results.json, REPORT.md, *.svg}`.
+pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
+    let start = Instant::now();
+    let mut meta = process::cargo(root);
+    meta.args(["metadata", "--no-deps", "--format-version", "1"]);
+    let meta = process::output_of(&mut meta).context("`cargo metadata` failed")?;
+    let meta: Value = serde_json::from_str(&meta).context("`cargo metadata` output is not JSON")?;
+    let all_targets = bench_targets(&meta);
+    let (targets, skipped): (Vec<_>, Vec<_>) = all_targets.into_iter().partition(|t| {
+        !(opts.quick && opts.filter.is_none() && QUICK_SKIP.contains(&t.name.as_str()))
+    });
+    if targets.is_empty() {
+        bail!("no criterion bench targets in the workspace");
+    }
+    let machine = Machine::probe(root);
+    eprintln!("xtask: {}", machine.line());
+
+    process::run(process::cargo(root).args(["bench", "--workspace", "--benches", "--no-run"]))?;
+    let built = start.elapsed().as_secs_f64();
+
+    let all_dir = pass_dir(root, "threads-all");
+    let one_dir = pass_dir(root, "threads-1");
+    fsutil::remove_dir_if_exists(&all_dir)?;
+    fsutil::remove_dir_if_exists(&one_dir)?;
+
+    let mut stdout = String::new();
+    for t in &targets {
+        stdout += &run_target(root, t, opts, &all_dir, opts.filter.as_deref(), None)?;
+    }
+    let one_thread = !opts.no_threads && machine.threads > 1;
+    let mut stdout_1 = String::new();
+    if one_thread {
+        let filter = opts.filter.as_deref().unwrap_or(MAIN_KERNELS);
+        for t in &targets {
+            stdout_1 += &run_target(root, t, opts, &one_dir, Some(filter), Some(1))?;
+        }
+    }
+
+    let measured = criterion::read_all(&all_dir)?;
+    let measured_1 = criterion::read_all(&one_dir)?;
+    if measured.is_empty() {
+        bail!(
+            "no bench results under {} (did the filter match anything?)",
+            all_dir.display()
+        );
+    }
+    let results = keys::results_map(&measured);
+    let out_dir = root.join("docs/bench");
+    let json = serde_json::to_string_pretty(&results).context("serializing results.json")?;
+    fsutil::write_atomic(
+        &out_dir.join("results.json"),
+        format!("{json}\n").as_bytes(),
+    )?;
+
+    let elapsed = start.elapsed().as_secs_f64();
+    let run = report::Run {
+        machine,
+        quick: opts.quick,
+        filter: opts.filter.clone(),
+        targets: targets
+            .iter()
+            .map(|t| format!("{}/{}", t.package, t.name))
+            .collect(),
+        skipped: skipped
+            .iter()
+            .map(|t| format!("{}/{}", t.package, t.name))
+            .collect(),
+        measured,
+        measured_1,
+        stdout,
+        stdout_1,
+        build_s: built,
+        total_s: elapsed,
+    };
+    let files = report::write(&out_dir, &run)?;
+    eprintln!(
+        "xtask: bench done in {elapsed:.0} s (build {built:.0} s): {} results keys, wrote {}",
+        results.len(),
+        files.join(", ")
+    );
+    Ok(())
+}
+
+fn run_target(
+    root: &Path,
+    t: &BenchTarget,
+    opts: &Options,
+    home: &Path,
+    filter: Option<&str>,
+    threads: Option<usize>,
+) -> Result<String> {
+    let mut cmd = process::cargo(root);
+    cmd.args(["bench", "-p", &t.package, "--bench", &t.name, "--"]);
+    if opts.quick {
+        cmd.arg("--quick");
+    }
+    cmd.arg("--noplot");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    cmd.env("CRITERION_HOME", home);
+    if let Some(n) = threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    let t0 = Instant::now();
+    let out = process::run_tee(&mut cmd)?;
+    eprintln!(
+        "xtask: {}/{} took {:.0} s",
+        t.package,
+        t.name,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() {
+        assert_eq!(Options::parse(&[]).unwrap(), Options::default());
+        let o = Options::parse(&s(&["--quick", "--filter", "ortho"])).unwrap();
+        assert!(o.quick && o.filter.as_deref() == Some("ortho"));
+        let o = Options::parse(&s(&["--filter=aqlm", "--no-threads"])).unwrap();
+        assert!(o.no_threads && o.filter.as_deref() == Some("aqlm"));
+        assert!(Options::parse(&s(&["--filter"])).is_err());
+        assert!(Options::parse(&s(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn finds_bench_targets_of_members_only() {
+        let meta: Value = serde_json::from_str(
+            r#"{"workspace_members":["a 0.1"],"packages":[
+                {"id":"a 0.1","name":"oftq-ortho","targets":[{"kind":["lib"],"name":"oftq_ortho"},{"kind":["bench"],"name":"ortho"}]},
+                {"id":"b 0.1","name":"other","targets":[{"kind":["bench"],"name":"x"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            bench_targets(&meta),
+            [BenchTarget {
+                package: "oftq-ortho".into(),
+                name: "ortho".into()
+            }]
+        );
+    }
+}
