@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: run every criterion bench of the workspace, then write the report.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -61,6 +62,10 @@ pub(crate) struct BenchTarget {
     pub(crate) package: String,
     /// Bench target name (`ortho`).
     pub(crate) name: String,
+    /// Cargo's package id (matches the build messages).
+    pub(crate) package_id: String,
+    /// The package folder (cargo runs benches from there).
+    pub(crate) dir: PathBuf,
 }
 
 /// The bench targets of the workspace members, from `cargo metadata` JSON.
@@ -82,9 +87,16 @@ pub(crate) fn bench_targets(metadata: &Value) -> Vec<BenchTarget> {
                 .as_array()
                 .is_some_and(|k| k.iter().any(|k| k == "bench"));
             if let (true, Some(name)) = (is_bench, t["name"].as_str()) {
+                let dir = p["manifest_path"]
+                    .as_str()
+                    .and_then(|m| Path::new(m).parent())
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 out.push(BenchTarget {
                     package: pkg.to_string(),
                     name: name.to_string(),
+                    package_id: id.to_string(),
+                    dir,
                 });
             }
         }
@@ -115,7 +127,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let machine = Machine::probe(root);
     eprintln!("xtask: {}", machine.line());
 
-    process::run(process::cargo(root).args(["bench", "--workspace", "--benches", "--no-run"]))?;
+    let exes = build(root, &targets)?;
     let built = start.elapsed().as_secs_f64();
 
     let all_dir = pass_dir(root, "threads-all");
@@ -124,15 +136,15 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     fsutil::remove_dir_if_exists(&one_dir)?;
 
     let mut stdout = String::new();
-    for t in &targets {
-        stdout += &run_target(root, t, opts, &all_dir, opts.filter.as_deref(), None)?;
+    for (t, exe) in &exes {
+        stdout += &run_bench(t, exe, opts, &all_dir, opts.filter.as_deref(), None)?;
     }
     let one_thread = !opts.no_threads && machine.threads > 1;
     let mut stdout_1 = String::new();
     if one_thread {
         let filter = opts.filter.as_deref().unwrap_or(MAIN_KERNELS);
-        for t in &targets {
-            stdout_1 += &run_target(root, t, opts, &one_dir, Some(filter), Some(1))?;
+        for (t, exe) in &exes {
+            stdout_1 += &run_bench(t, exe, opts, &one_dir, Some(filter), Some(1))?;
         }
     }
 
@@ -181,16 +193,69 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn run_target(
-    root: &Path,
+/// Builds the bench executables once (`cargo bench --no-run`, the same package selection for all)
+/// and returns each target with its executable, in `targets` order.
+fn build(root: &Path, targets: &[BenchTarget]) -> Result<Vec<(BenchTarget, PathBuf)>> {
+    let mut cmd = process::cargo(root);
+    cmd.args([
+        "bench",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for t in targets {
+        cmd.args(["-p", &t.package, "--bench", &t.name]);
+    }
+    let out = process::run_capture(&mut cmd)?;
+    let artifacts = bench_executables(&out);
+    targets
+        .iter()
+        .map(|t| {
+            artifacts
+                .iter()
+                .find(|(id, name, _)| id == &t.package_id && name == &t.name)
+                .map(|(_, _, exe)| (t.clone(), exe.clone()))
+                .with_context(|| {
+                    format!(
+                        "cargo built no executable for bench `{}` of `{}`",
+                        t.name, t.package
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `(package_id, target name, executable)` of every bench artifact in cargo's JSON messages.
+pub(crate) fn bench_executables(messages: &str) -> Vec<(String, String, PathBuf)> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bench"))
+        })
+        .filter_map(|m| {
+            Some((
+                m["package_id"].as_str()?.to_string(),
+                m["target"]["name"].as_str()?.to_string(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
+}
+
+/// Runs one bench executable the way `cargo bench` does (`--bench`, package folder as cwd).
+fn run_bench(
     t: &BenchTarget,
+    exe: &Path,
     opts: &Options,
     home: &Path,
     filter: Option<&str>,
     threads: Option<usize>,
 ) -> Result<String> {
-    let mut cmd = process::cargo(root);
-    cmd.args(["bench", "-p", &t.package, "--bench", &t.name, "--"]);
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(&t.dir).arg("--bench");
     if opts.quick {
         cmd.arg("--quick");
     }
@@ -236,7 +301,7 @@ mod tests {
     fn finds_bench_targets_of_members_only() {
         let meta: Value = serde_json::from_str(
             r#"{"workspace_members":["a 0.1"],"packages":[
-                {"id":"a 0.1","name":"oftq-ortho","targets":[{"kind":["lib"],"name":"oftq_ortho"},{"kind":["bench"],"name":"ortho"}]},
+                {"id":"a 0.1","name":"oftq-ortho","manifest_path":"/w/crates/ortho/Cargo.toml","targets":[{"kind":["lib"],"name":"oftq_ortho"},{"kind":["bench"],"name":"ortho"}]},
                 {"id":"b 0.1","name":"other","targets":[{"kind":["bench"],"name":"x"}]}]}"#,
         )
         .unwrap();
@@ -244,8 +309,26 @@ mod tests {
             bench_targets(&meta),
             [BenchTarget {
                 package: "oftq-ortho".into(),
-                name: "ortho".into()
+                name: "ortho".into(),
+                package_id: "a 0.1".into(),
+                dir: PathBuf::from("/w/crates/ortho"),
             }]
+        );
+    }
+
+    #[test]
+    fn finds_bench_executables_in_cargo_messages() {
+        let msgs = r#"{"reason":"compiler-artifact","package_id":"p#oftq-ortho@0.1.0","target":{"kind":["lib"],"name":"oftq_ortho"},"executable":null}
+{"reason":"compiler-artifact","package_id":"p#oftq-ortho@0.1.0","target":{"kind":["bench"],"name":"ortho"},"executable":"/t/release/deps/ortho-abc"}
+not json
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            bench_executables(msgs),
+            [(
+                "p#oftq-ortho@0.1.0".to_string(),
+                "ortho".to_string(),
+                PathBuf::from("/t/release/deps/ortho-abc")
+            )]
         );
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Machine {
     pub(crate) commit: String,
     /// UTC date `YYYY-MM-DD`.
     pub(crate) date: String,
+    /// The 1-minute load average when the run started (other work on the machine skews timings).
+    pub(crate) load: Option<f64>,
 }
 
 impl Machine {
@@ -43,13 +45,20 @@ impl Machine {
             rustc,
             commit,
             date: civil_date(secs / 86_400),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
         }
     }
 
     /// One line for the report.
     pub(crate) fn line(&self) -> String {
+        let load = self
+            .load
+            .map(|l| format!(", load average {l:.1} at start"))
+            .unwrap_or_default();
         format!(
-            "{}, {} threads, {}, commit {}, {}",
+            "{}, {} threads, {}, commit {}, {}{load}",
             self.cpu, self.threads, self.rustc, self.commit, self.date
         )
     }

@@ -77,3 +77,18 @@ pub(crate) fn output_of(cmd: &mut Command) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// Runs `cmd` and returns its stdout (stderr inherited); fails unless it exits with status 0.
+pub(crate) fn run_capture(cmd: &mut Command) -> Result<String> {
+    let line = describe(cmd);
+    eprintln!("xtask: $ {line}");
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -492,6 +492,7 @@ mod tests {
                 rustc: "rustc 1.95.0".into(),
                 commit: "abc".into(),
                 date: "2026-01-01".into(),
+                load: Some(1.0),
             },
             quick: true,
             filter: None,

@@ -43,8 +43,10 @@ impl Target {
             (Target::AtLeast(v), Compare::FlopFraction) => {
                 format!("≥ {:.0}% of GEMM FLOP/s", v * 100.0)
             }
+            // "Within k× of the baseline time" is stored as a speed-up of at least 1/k.
+            (Target::AtLeast(v), _) if v < 1.0 => format!("time ≤ {:.1}× the baseline's", 1.0 / v),
             (Target::AtLeast(v), _) => format!("≥ {v}× faster"),
-            (Target::AtMost(v), _) => format!("≤ {v}× baseline time"),
+            (Target::AtMost(v), _) => format!("time ≤ {v}× the baseline's"),
             (Target::SecondsAtMost(s), _) => format!("≤ {s} s"),
         }
     }
@@ -187,5 +189,7 @@ mod tests {
             met(target_of("aqlm.encode.2x8.1024").unwrap(), None, 19.0),
             Some(true)
         );
+        let t64 = target_of("aqlm.forward.2x8.4096.t64").unwrap();
+        assert_eq!(t64.describe(Compare::Speedup), "time ≤ 1.2× the baseline's");
     }
 }
