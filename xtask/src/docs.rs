@@ -1,6 +1,7 @@
 //! `cargo xtask docs`: rustdoc (math via vendored KaTeX) and the narrative docs as one static site.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, html};
@@ -10,6 +11,7 @@ use crate::{fsutil, process};
 
 const HEADER: &str = include_str!("assets/katex-header.html");
 const CSS: &str = include_str!("assets/page.css");
+const KATEX_CHECK: &str = include_str!("assets/katex-check.js");
 
 /// The narrative pages, in navigation order: (source under `docs/`, title).
 const PAGES: [(&str, &str); 5] = [
@@ -56,6 +58,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
 
     // 2. narrative pages.
     let mut pages = Vec::new();
+    let mut formulas = Vec::new();
     for (src, title) in PAGES {
         let path = root.join("docs").join(src);
         if !path.is_file() {
@@ -72,7 +75,11 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let out = html_path(src);
         let depth = out.matches('/').count();
-        let page = page(title, &render_markdown(&md), &"../".repeat(depth));
+        let (body, math) = render_markdown_math(&md);
+        formulas.extend(math.into_iter().map(
+            |(tex, display)| serde_json::json!({ "page": src, "tex": tex, "display": display }),
+        ));
+        let page = page(title, &body, &"../".repeat(depth));
         fsutil::write_atomic(&site.join(&out), page.as_bytes())?;
         pages.push((out, title));
     }
@@ -93,6 +100,8 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             }
         }
     }
+
+    check_math(root, &katex, &formulas)?;
 
     // 3. index.
     let crates = documented_crates(root, &api)?;
@@ -130,6 +139,28 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Renders every formula with the vendored KaTeX under `node`, failing on TeX errors (the pages
+/// render at view time; this catches mistakes at build time). Skipped with a note without `node`.
+fn check_math(root: &Path, katex: &Path, formulas: &[Value]) -> Result<()> {
+    if process::output_of(Command::new("node").arg("--version")).is_none() {
+        eprintln!("xtask: `node` not found: math not pre-checked (it still renders at view time)");
+        return Ok(());
+    }
+    let dir = root.join("target/xtask-docs");
+    let script = dir.join("katex-check.js");
+    let data = dir.join("formulas.json");
+    fsutil::write_atomic(&script, KATEX_CHECK.as_bytes())?;
+    let json = serde_json::to_string(formulas).context("serializing the formulas")?;
+    fsutil::write_atomic(&data, json.as_bytes())?;
+    process::run(
+        Command::new("node")
+            .arg(&script)
+            .arg(katex.join("katex.min.js"))
+            .arg(&data),
+    )
+    .context("TeX errors in the narrative docs")
+}
+
 /// `docs/x.md` → `x.html` (relative to the site root).
 pub(crate) fn html_path(md: &str) -> String {
     match md.strip_suffix(".md") {
@@ -153,20 +184,34 @@ fn escape(s: &str) -> String {
 }
 
 /// Markdown → HTML: tables, `$…$`/`$$…$$` math as KaTeX spans, relative `.md` links → `.html`.
+#[cfg(test)]
 pub(crate) fn render_markdown(md: &str) -> String {
+    render_markdown_math(md).0
+}
+
+/// Markdown → HTML (tables, `$…$`/`$$…$$` math as KaTeX spans, relative `.md` links → `.html`),
+/// also returning every math fragment as `(tex, display)`.
+pub(crate) fn render_markdown_math(md: &str) -> (String, Vec<(String, bool)>) {
+    let mut math = Vec::new();
     let opts = Options::ENABLE_TABLES
         | Options::ENABLE_MATH
         | Options::ENABLE_STRIKETHROUGH
         | Options::ENABLE_FOOTNOTES;
     let events = Parser::new_ext(md, opts).map(|ev| match ev {
-        Event::InlineMath(m) => Event::InlineHtml(CowStr::from(format!(
-            r#"<span class="math math-inline">{}</span>"#,
-            escape(&m)
-        ))),
-        Event::DisplayMath(m) => Event::InlineHtml(CowStr::from(format!(
-            r#"<span class="math math-display">{}</span>"#,
-            escape(&m)
-        ))),
+        Event::InlineMath(m) => {
+            math.push((m.to_string(), false));
+            Event::InlineHtml(CowStr::from(format!(
+                r#"<span class="math math-inline">{}</span>"#,
+                escape(&m)
+            )))
+        }
+        Event::DisplayMath(m) => {
+            math.push((m.to_string(), true));
+            Event::InlineHtml(CowStr::from(format!(
+                r#"<span class="math math-display">{}</span>"#,
+                escape(&m)
+            )))
+        }
         Event::Start(Tag::Link {
             link_type,
             dest_url,
@@ -182,7 +227,7 @@ pub(crate) fn render_markdown(md: &str) -> String {
     });
     let mut out = String::new();
     html::push_html(&mut out, events);
-    out
+    (out, math)
 }
 
 /// Relative links to `.md` files point at the generated `.html` pages.

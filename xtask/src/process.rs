@@ -10,7 +10,8 @@ pub(crate) fn describe(cmd: &Command) -> String {
     let mut s = String::new();
     for (k, v) in cmd.get_envs() {
         if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+            let v = v.to_string_lossy().replace('\x1f', " ");
+            s.push_str(&format!("{}={v:?} ", k.to_string_lossy()));
         }
     }
     s.push_str(&cmd.get_program().to_string_lossy());

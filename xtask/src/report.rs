@@ -184,11 +184,11 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     );
     let _ = writeln!(md, "|---|---:|---|---:|---|---|");
     let mut any_target = false;
-    for key in keys::RESULT_KEYS {
+    for key in keys::RESULT_KEYS.iter().chain(&targets::EXTRA_TARGET_KEYS) {
         let Some(target) = targets::target_of(key) else {
             continue;
         };
-        let base = targets::baseline_of(key);
+        let base = targets::pick_baseline(key, &run.measured);
         let compare = base.as_ref().map_or(Compare::Speedup, |b| b.compare);
         let Some(e) = find(&run.measured, key) else {
             let _ = writeln!(
@@ -245,7 +245,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|");
         for e in rows {
             let one = find(&run.measured_1, &e.key);
-            let base = targets::baseline_of(&e.key);
+            let base = targets::pick_baseline(&e.key, &run.measured);
             let value = base
                 .as_ref()
                 .and_then(|b| targets::compare(e, b, &run.measured));
