@@ -25,10 +25,40 @@ impl AqlmLayer {
         }
     }
 
+    /// [`AqlmLayer::group_sum`] for tiles of exactly `G = og·ig` values, returned by value.
+    #[inline(always)]
+    pub(crate) fn group_sum_fixed<const G: usize>(&self, o: usize, j: usize) -> [f32; G] {
+        let m = self.scheme.num_codebooks;
+        let k = self.scheme.codebook_size();
+        let codes = &self.codes[(o * self.in_groups() + j) * m..][..m];
+        let (cb, _) = self.codebooks.as_chunks::<G>();
+        let mut out = [0f32; G];
+        for (mm, &c) in codes.iter().enumerate() {
+            let e = &cb[mm * k + usize::from(c)];
+            for b in 0..G {
+                out[b] += e[b];
+            }
+        }
+        out
+    }
+
     /// Decodes output groups `o0..o1` into `out`, row-major `[(o1−o0)·og, in_features]`.
     pub(crate) fn decode_rows_into(&self, o0: usize, o1: usize, out: &mut [f32]) {
         let s = &self.scheme;
         let (og, ig, i) = (s.out_group_size, s.in_group_size, self.in_features);
+        if og == 1 && ig == 8 {
+            for o in o0..o1 {
+                let scale = self.scales[o];
+                let (row, _) = out[(o - o0) * i..][..i].as_chunks_mut::<8>();
+                for (j, d) in row.iter_mut().enumerate() {
+                    let tile = self.group_sum_fixed::<8>(o, j);
+                    for b in 0..8 {
+                        d[b] = tile[b] * scale;
+                    }
+                }
+            }
+            return;
+        }
         let mut tile = vec![0f32; s.group_len()];
         for o in o0..o1 {
             let scale = self.scales[o];
@@ -50,6 +80,19 @@ impl AqlmLayer {
         let s = &self.scheme;
         let (og, ig) = (s.out_group_size, s.in_group_size);
         let width = (j1 - j0) * ig;
+        if og == 1 && ig == 8 {
+            for o in 0..self.out_groups() {
+                let scale = self.scales[o];
+                let (row, _) = out[o * width..][..width].as_chunks_mut::<8>();
+                for (d, j) in row.iter_mut().zip(j0..j1) {
+                    let tile = self.group_sum_fixed::<8>(o, j);
+                    for b in 0..8 {
+                        d[b] = tile[b] * scale;
+                    }
+                }
+            }
+            return;
+        }
         let mut tile = vec![0f32; s.group_len()];
         for o in 0..self.out_groups() {
             let scale = self.scales[o];

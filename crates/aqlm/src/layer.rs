@@ -42,6 +42,9 @@ pub struct AqlmLayer {
     pub(crate) codes_by_input: OnceLock<Vec<u16>>,
     /// Codebooks transposed to `[M, og, ig, K]`, built on first use by the LUT kernel.
     pub(crate) codebooks_by_entry: OnceLock<Vec<f32>>,
+    /// Codes `[Og, Ig, M]` as bytes (only for `2^B ≤ 256`), built on first use by the LUT
+    /// kernel: half the memory traffic of `u16`.
+    pub(crate) codes_u8: OnceLock<Vec<u8>>,
 }
 
 fn checked_product(what: &str, dims: &[usize]) -> Result<usize, AqlmError> {
@@ -142,6 +145,7 @@ impl AqlmLayer {
             storage: Storage::hf_default(scheme.nbits),
             codes_by_input: OnceLock::new(),
             codebooks_by_entry: OnceLock::new(),
+            codes_u8: OnceLock::new(),
         })
     }
 
@@ -238,6 +242,12 @@ impl AqlmLayer {
             }
             t
         })
+    }
+
+    /// Codes as bytes `[Og, Ig, M]` (built once); only meaningful when `2^B ≤ 256`.
+    pub(crate) fn codes_u8(&self) -> &[u8] {
+        self.codes_u8
+            .get_or_init(|| self.codes.iter().map(|&c| c as u8).collect())
     }
 
     /// Codebooks transposed to `[M, og, ig, K]` (built once, then cached).

@@ -27,6 +27,7 @@
 
 pub mod checkpoint;
 pub mod decode;
+pub mod encode;
 pub mod error;
 pub mod kernels;
 pub mod layer;
@@ -34,6 +35,7 @@ pub mod scheme;
 pub mod storage;
 
 pub use checkpoint::{AqlmCheckpoint, QuantizationConfig, RawTensor};
+pub use encode::{Encoded, QuantizeOptions, quantize};
 pub use error::AqlmError;
 pub use kernels::Kernel;
 pub use layer::AqlmLayer;

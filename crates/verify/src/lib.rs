@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod golden;
+pub mod reference;
 pub mod tensors;
 
 pub use error::GoldenError;

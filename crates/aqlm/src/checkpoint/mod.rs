@@ -88,6 +88,11 @@ impl AqlmCheckpoint {
             .ok_or_else(|| AqlmError::UnknownLayer(name.to_string()))
     }
 
+    /// Consumes the checkpoint, giving its AQLM layers by prefix.
+    pub fn into_layers(self) -> BTreeMap<String, AqlmLayer> {
+        self.layers
+    }
+
     /// The other (non-AQLM) tensors, by full name, kept as read.
     pub fn tensors(&self) -> &BTreeMap<String, RawTensor> {
         &self.tensors

@@ -2,13 +2,14 @@
 //! it with the input group (forward) or add it, weighted by the scaled `dy`, into the input
 //! gradient. Suited to large codebooks (1x16: the 2 MiB codebook stays in cache) and few tokens.
 //!
-//! Forward: `y[t, r] = s_o · Σ_{j asc} ⟨tile_j[a], x[t, j-group]⟩` (dot with `b` ascending).
+//! Forward: `y[t, r] = s_o · Σ_{b asc} lane[b]` with `lane[b] = Σ_{j asc} tile_j[a][b] · x[t, j·ig + b]`.
 //! Input gradient: `dx[t, j·ig + b] = Σ_{o asc} Σ_{a asc} (s_o·dy[t, o·og + a]) · tile[a][b]`.
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use super::layout::{feature_major_scaled, from_feature_major, token_major};
+use super::simd::multiversion;
 use crate::layer::AqlmLayer;
 
 /// Output rows per forward task (rounded to whole output groups).
@@ -16,105 +17,226 @@ const ROWS_PER_TASK: usize = 64;
 /// Input columns per input-gradient task (rounded to whole input groups).
 const COLS_PER_TASK: usize = 64;
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Sum of the lanes in ascending order.
+#[inline(always)]
+fn lane_sum(l: &[f32]) -> f32 {
     let mut s = 0f32;
-    for (&x, &y) in a.iter().zip(b) {
-        s += x * y;
+    for &v in l {
+        s += v;
     }
     s
 }
 
 /// `x·Wᵀ` (no bias).
+///
+/// Per output row and token, `ig` lane accumulators `lane[b] += tile[a][b] · x[t, j·ig + b]`
+/// run over `j` ascending (vertical SIMD, no horizontal sums in the loop); the result is
+/// `s_o · Σ_{b ascending} lane[b]`.
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let t = x.nrows();
-    let sch = &layer.scheme;
-    let (m, og, ig, g) = (
-        sch.num_codebooks,
-        sch.out_group_size,
-        sch.in_group_size,
-        sch.group_len(),
-    );
-    let (n_in, n_ig) = (layer.in_features, layer.in_groups());
+    let og = layer.scheme.out_group_size;
     let xt = token_major(x);
     let groups = (ROWS_PER_TASK / og).max(1);
     let mut out = vec![0f32; layer.out_features * t];
     out.par_chunks_mut(groups * og * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
-            let o0 = ci * groups;
-            let mut tile = vec![0f32; g];
-            let mut acc = vec![0f32; og * t];
-            for (go, dst) in chunk.chunks_mut(og * t).enumerate() {
-                let o = o0 + go;
-                acc.fill(0.0);
-                for j in 0..n_ig {
-                    let tile: &[f32] = if m == 1 {
-                        let c = usize::from(layer.codes[o * n_ig + j]);
-                        &layer.codebooks[c * g..(c + 1) * g]
-                    } else {
-                        layer.group_sum(o, j, &mut tile);
-                        &tile
-                    };
-                    for a in 0..og {
-                        let w = &tile[a * ig..(a + 1) * ig];
-                        for tt in 0..t {
-                            acc[a * t + tt] += dot(w, &xt[tt * n_in + j * ig..][..ig]);
-                        }
+        .for_each(|(ci, chunk)| forward_task(layer, &xt, t, ci * groups, chunk));
+    from_feature_major(&out, t, layer.out_features)
+}
+
+multiversion! {
+/// Output groups `o0..` into `chunk` (`[o][a][t]`).
+fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
+    let sch = &layer.scheme;
+    let (m, og, ig, g) = (sch.num_codebooks, sch.out_group_size, sch.in_group_size, sch.group_len());
+    if m == 1 && og == 1 && ig == 8 && t == 1 {
+        forward_1x_g8_t1(layer, xt, o0, chunk);
+        return;
+    }
+    if og == 1 && ig == 8 {
+        forward_g8(layer, xt, t, o0, chunk);
+        return;
+    }
+    let (n_in, n_ig) = (layer.in_features, layer.in_groups());
+    let mut tile = vec![0f32; g];
+    let mut lanes = vec![0f32; og * t * ig];
+    for (go, dst) in chunk.chunks_mut(og * t).enumerate() {
+        let o = o0 + go;
+        lanes.fill(0.0);
+        for j in 0..n_ig {
+            let tile: &[f32] = if m == 1 {
+                let c = usize::from(layer.codes[o * n_ig + j]);
+                &layer.codebooks[c * g..(c + 1) * g]
+            } else {
+                layer.group_sum(o, j, &mut tile);
+                &tile
+            };
+            for a in 0..og {
+                let w = &tile[a * ig..(a + 1) * ig];
+                for tt in 0..t {
+                    let xr = &xt[tt * n_in + j * ig..][..ig];
+                    let l = &mut lanes[(a * t + tt) * ig..][..ig];
+                    for b in 0..ig {
+                        l[b] += w[b] * xr[b];
                     }
                 }
-                let s = layer.scales[o];
-                for (d, &v) in dst.iter_mut().zip(&acc) {
-                    *d = v * s;
+            }
+        }
+        let s = layer.scales[o];
+        for (d, l) in dst.iter_mut().zip(lanes.chunks_exact(ig)) {
+            *d = lane_sum(l) * s;
+        }
+    }
+}
+}
+
+/// The `og = 1`, `ig = 8` case of [`forward_task`] for any `M` and token count: fixed-size
+/// lanes; same arithmetic, same order.
+#[inline(always)]
+fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
+    let n_ig = layer.in_groups();
+    let (x8, _) = xt.as_chunks::<8>(); // x8[tt·n_ig + j]
+    let mut lanes = vec![[0f32; 8]; t];
+    for (go, dst) in chunk.chunks_mut(t).enumerate() {
+        let o = o0 + go;
+        lanes.fill([0f32; 8]);
+        for j in 0..n_ig {
+            let tile = layer.group_sum_fixed::<8>(o, j);
+            for (tt, l) in lanes.iter_mut().enumerate() {
+                let xr = &x8[tt * n_ig + j];
+                for b in 0..8 {
+                    l[b] += tile[b] * xr[b];
                 }
             }
-        });
-    from_feature_major(&out, t, layer.out_features)
+        }
+        let s = layer.scales[o];
+        for (d, l) in dst.iter_mut().zip(&lanes) {
+            *d = lane_sum(l) * s;
+        }
+    }
+}
+
+/// The 1x16 / 1x8 `ig = 8` one-token case of [`forward_task`], four rows interleaved;
+/// same arithmetic, same order.
+#[inline(always)]
+fn forward_1x_g8_t1(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
+    const R: usize = 4;
+    let n_ig = layer.in_groups();
+    let (cb, _) = layer.codebooks.as_chunks::<8>();
+    let (x8, _) = xt.as_chunks::<8>();
+    let x8 = &x8[..n_ig];
+    let row = |o: usize| &layer.codes[o * n_ig..(o + 1) * n_ig];
+    let mut o = o0;
+    let mut chunks = chunk.chunks_exact_mut(R);
+    for dst in &mut chunks {
+        let rows: [&[u16]; R] = std::array::from_fn(|r| row(o + r));
+        let mut lanes = [[0f32; 8]; R];
+        for (j, xj) in x8.iter().enumerate() {
+            for r in 0..R {
+                let w = &cb[usize::from(rows[r][j])];
+                for b in 0..8 {
+                    lanes[r][b] += w[b] * xj[b];
+                }
+            }
+        }
+        for r in 0..R {
+            dst[r] = lane_sum(&lanes[r]) * layer.scales[o + r];
+        }
+        o += R;
+    }
+    for d in chunks.into_remainder() {
+        let mut lanes = [0f32; 8];
+        for (xj, &c) in x8.iter().zip(row(o)) {
+            let w = &cb[usize::from(c)];
+            for b in 0..8 {
+                lanes[b] += w[b] * xj[b];
+            }
+        }
+        *d = lane_sum(&lanes) * layer.scales[o];
+        o += 1;
+    }
 }
 
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let t = dy.nrows();
-    let sch = &layer.scheme;
-    let (m, k, og, ig, g) = (
-        sch.num_codebooks,
-        sch.codebook_size(),
-        sch.out_group_size,
-        sch.in_group_size,
-        sch.group_len(),
-    );
-    let n_og = layer.out_groups();
+    let (og, ig) = (layer.scheme.out_group_size, layer.scheme.in_group_size);
     let sdy = feature_major_scaled(dy, &layer.scales, og);
     let codes_t = layer.codes_by_input();
     let groups = (COLS_PER_TASK / ig).max(1);
     let mut out = vec![0f32; layer.in_features * t];
     out.par_chunks_mut(groups * ig * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
-            let j0 = ci * groups;
-            let mut tile = vec![0f32; g];
-            for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
-                let j = j0 + dj;
-                for o in 0..n_og {
-                    let codes = &codes_t[(j * n_og + o) * m..][..m];
-                    tile.fill(0.0);
-                    for (mm, &c) in codes.iter().enumerate() {
-                        let e = &layer.codebooks[(mm * k + usize::from(c)) * g..][..g];
-                        for (d, &v) in tile.iter_mut().zip(e) {
-                            *d += v;
-                        }
+        .for_each(|(ci, chunk)| backward_task(layer, &sdy, codes_t, t, ci * groups, chunk));
+    from_feature_major(&out, t, layer.in_features)
+}
+
+multiversion! {
+/// Input groups `j0..` of the input gradient into `chunk` (`[j][b][t]`).
+fn backward_task(
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    codes_t: &[u16],
+    t: usize,
+    j0: usize,
+    chunk: &mut [f32],
+) {
+    let sch = &layer.scheme;
+    let (m, k, og, ig, g) =
+        (sch.num_codebooks, sch.codebook_size(), sch.out_group_size, sch.in_group_size, sch.group_len());
+    let n_og = layer.out_groups();
+    if og == 1 && ig == 8 {
+        // Fixed-size lanes[t][b]; same order (o ascending, from 0) as the general loop.
+        let (cb8, _) = layer.codebooks.as_chunks::<8>();
+        let mut lanes = vec![[0f32; 8]; t];
+        for (dj, dxj) in chunk.chunks_mut(8 * t).enumerate() {
+            let j = j0 + dj;
+            lanes.fill([0f32; 8]);
+            for o in 0..n_og {
+                let codes = &codes_t[(j * n_og + o) * m..][..m];
+                let mut tile = [0f32; 8];
+                for (mm, &c) in codes.iter().enumerate() {
+                    let e = &cb8[mm * k + usize::from(c)];
+                    for b in 0..8 {
+                        tile[b] += e[b];
                     }
-                    for a in 0..og {
-                        let src = &sdy[(o * og + a) * t..][..t];
-                        for b in 0..ig {
-                            let w = tile[a * ig + b];
-                            for (d, &sv) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
-                                *d += w * sv;
-                            }
-                        }
+                }
+                for (l, &sv) in lanes.iter_mut().zip(&sdy[o * t..(o + 1) * t]) {
+                    for b in 0..8 {
+                        l[b] += tile[b] * sv;
                     }
                 }
             }
-        });
-    from_feature_major(&out, t, layer.in_features)
+            for (tt, l) in lanes.iter().enumerate() {
+                for b in 0..8 {
+                    dxj[b * t + tt] = l[b];
+                }
+            }
+        }
+        return;
+    }
+    let mut tile = vec![0f32; g];
+    for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
+        let j = j0 + dj;
+        for o in 0..n_og {
+            let codes = &codes_t[(j * n_og + o) * m..][..m];
+            tile.fill(0.0);
+            for (mm, &c) in codes.iter().enumerate() {
+                let e = &layer.codebooks[(mm * k + usize::from(c)) * g..][..g];
+                for (d, &v) in tile.iter_mut().zip(e) {
+                    *d += v;
+                }
+            }
+            for a in 0..og {
+                let src = &sdy[(o * og + a) * t..][..t];
+                for b in 0..ig {
+                    let w = tile[a * ig + b];
+                    for (d, &sv) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
+                        *d += w * sv;
+                    }
+                }
+            }
+        }
+    }
+}
 }

@@ -13,10 +13,11 @@ use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use super::layout::{feature_major, feature_major_scaled, from_feature_major};
+use super::simd::multiversion;
 use crate::layer::AqlmLayer;
 
-/// Target size of one block of tables, in `f32` (256 KiB).
-const LUT_BLOCK_FLOATS: usize = 1 << 16;
+/// Target size of one block of tables, in `f32` (1 MiB, half an L2).
+const LUT_BLOCK_FLOATS: usize = 1 << 18;
 /// Output rows per gather task (rounded to whole output groups).
 const ROWS_PER_TASK: usize = 128;
 /// Input groups per scatter task.
@@ -33,6 +34,7 @@ pub(crate) fn block_groups(layer: &AqlmLayer, tokens: usize) -> usize {
     (LUT_BLOCK_FLOATS / lut_floats_per_group(layer, tokens).max(1)).clamp(1, layer.in_groups())
 }
 
+multiversion! {
 /// Builds the tables of input group `j` into `lut` (`[m][a][c][t]`).
 fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
     let s = &layer.scheme;
@@ -73,7 +75,9 @@ fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
         }
     }
 }
+}
 
+multiversion! {
 /// Adds the contributions of input groups `j0..j1` (tables in `lut`) to the accumulators of
 /// output groups starting at `o0` (`acc [rows][t]`).
 fn gather(
@@ -117,6 +121,111 @@ fn gather(
         }
     }
 }
+}
+
+multiversion! {
+/// One-token fast path for `2^B = 256`, `og = 1`: adds the contributions of the tables
+/// `tables[(j − j0)·M + m]` to `acc` (output rows `o0..`), eight rows at a time so the
+/// eight dependent sums interleave. Per row the order is the same as [`gather`]'s.
+fn gather_t1_k256(
+    codes: &[u8],
+    tables: &[[f32; 256]],
+    m: usize,
+    n_ig: usize,
+    j0: usize,
+    j1: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    const R: usize = 8;
+    let span = (j1 - j0) * m;
+    let row = |o: usize| &codes[(o * n_ig + j0) * m..][..span];
+    let tables = &tables[..span];
+    let mut chunks = acc.chunks_exact_mut(R);
+    let mut o = o0;
+    for accr in &mut chunks {
+        let rows: [&[u8]; R] = std::array::from_fn(|r| row(o + r));
+        let mut sum: [f32; R] = std::array::from_fn(|r| accr[r]);
+        for (i, tab) in tables.iter().enumerate() {
+            for r in 0..R {
+                sum[r] += tab[usize::from(rows[r][i])];
+            }
+        }
+        accr.copy_from_slice(&sum);
+        o += R;
+    }
+    for a in chunks.into_remainder() {
+        let codes = row(o);
+        let mut sum = *a;
+        for (tab, &c) in tables.iter().zip(codes) {
+            sum += tab[usize::from(c)];
+        }
+        *a = sum;
+        o += 1;
+    }
+}
+}
+
+multiversion! {
+/// Fast path for `2^B = 256`, `og = 1` and a token count that is a multiple of 8: eight rows
+/// at a time, tokens in register tiles of 8, so the sums stay in registers and sixty-four
+/// independent chains interleave. Per (row, token) the order is the same as [`gather`]'s.
+fn gather_k256_t8(
+    codes: &[u8],
+    lut: &[f32],
+    t: usize,
+    m: usize,
+    n_ig: usize,
+    j0: usize,
+    j1: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    const R: usize = 8;
+    let span = (j1 - j0) * m;
+    let row = |o: usize| &codes[(o * n_ig + j0) * m..][..span];
+    let (tables, _) = lut.as_chunks::<8>(); // tables[(i·256 + c)·t/8 + tile]
+    let tiles = t / 8;
+    let mut o = o0;
+    let mut chunks = acc.chunks_exact_mut(R * t);
+    for accr in &mut chunks {
+        let rows: [&[u8]; R] = std::array::from_fn(|r| row(o + r));
+        for tile in 0..tiles {
+            let mut sum = [[0f32; 8]; R];
+            for r in 0..R {
+                sum[r].copy_from_slice(&accr[r * t + tile * 8..][..8]);
+            }
+            for i in 0..span {
+                for r in 0..R {
+                    let src = &tables[(i * 256 + usize::from(rows[r][i])) * tiles + tile];
+                    for l in 0..8 {
+                        sum[r][l] += src[l];
+                    }
+                }
+            }
+            for r in 0..R {
+                accr[r * t + tile * 8..][..8].copy_from_slice(&sum[r]);
+            }
+        }
+        o += R;
+    }
+    for a in chunks.into_remainder().chunks_exact_mut(t) {
+        let codes = row(o);
+        for tile in 0..tiles {
+            let mut sum = [0f32; 8];
+            sum.copy_from_slice(&a[tile * 8..][..8]);
+            for (i, &c) in codes.iter().enumerate() {
+                let src = &tables[(i * 256 + usize::from(c)) * tiles + tile];
+                for l in 0..8 {
+                    sum[l] += src[l];
+                }
+            }
+            a[tile * 8..][..8].copy_from_slice(&sum);
+        }
+        o += 1;
+    }
+}
+}
 
 /// `x·Wᵀ` (no bias).
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
@@ -127,6 +236,10 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let per_j = lut_floats_per_group(layer, t);
     let jb = block_groups(layer, t);
     let groups = (ROWS_PER_TASK / og).max(1);
+    let k256 = og == 1 && layer.scheme.codebook_size() == 256;
+    let fast = k256 && t == 1;
+    let fast8 = k256 && t.is_multiple_of(8);
+    let codes_u8: &[u8] = if fast || fast8 { layer.codes_u8() } else { &[] };
     let mut acc = vec![0f32; layer.out_features * t];
     let mut lut = vec![0f32; jb * per_j];
     let mut j0 = 0;
@@ -138,9 +251,24 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             .enumerate()
             .for_each(|(dj, lj)| build(layer, &xf, t, j0 + dj, lj));
         let block = &*block;
-        acc.par_chunks_mut(groups * og * t)
-            .enumerate()
-            .for_each(|(ci, a)| gather(layer, block, t, j0, j1, ci * groups, a));
+        if fast {
+            let (tables, _) = block.as_chunks::<256>();
+            let m = layer.scheme.num_codebooks;
+            acc.par_chunks_mut(groups).enumerate().for_each(|(ci, a)| {
+                gather_t1_k256(codes_u8, tables, m, n_ig, j0, j1, ci * groups, a)
+            });
+        } else if fast8 {
+            let m = layer.scheme.num_codebooks;
+            acc.par_chunks_mut(groups * t)
+                .enumerate()
+                .for_each(|(ci, a)| {
+                    gather_k256_t8(codes_u8, block, t, m, n_ig, j0, j1, ci * groups, a)
+                });
+        } else {
+            acc.par_chunks_mut(groups * og * t)
+                .enumerate()
+                .for_each(|(ci, a)| gather(layer, block, t, j0, j1, ci * groups, a));
+        }
         j0 = j1;
     }
     for (r, row) in acc.chunks_mut(t).enumerate() {
@@ -155,46 +283,86 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let t = dy.nrows();
-    let s = &layer.scheme;
-    let (m, k, og, ig) = (
-        s.num_codebooks,
-        s.codebook_size(),
-        s.out_group_size,
-        s.in_group_size,
-    );
-    let n_og = layer.out_groups();
+    let (og, ig) = (layer.scheme.out_group_size, layer.scheme.in_group_size);
     let sdy = feature_major_scaled(dy, &layer.scales, og);
     let codes_t = layer.codes_by_input();
     let mut out = vec![0f32; layer.in_features * t];
     out.par_chunks_mut(GROUPS_PER_TASK * ig * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
-            let mut acc = vec![0f32; m * k * og * t];
-            for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
-                let j = ci * GROUPS_PER_TASK + dj;
-                acc.fill(0.0);
-                let codes = &codes_t[j * n_og * m..(j + 1) * n_og * m];
-                for (o, co) in codes.chunks_exact(m).enumerate() {
-                    for a in 0..og {
-                        let src = &sdy[(o * og + a) * t..][..t];
-                        for (mm, &c) in co.iter().enumerate() {
-                            let dst = &mut acc[((mm * k + usize::from(c)) * og + a) * t..][..t];
-                            for (d, &v) in dst.iter_mut().zip(src) {
-                                *d += v;
+        .for_each(|(ci, chunk)| scatter_task(layer, &sdy, codes_t, t, ci * GROUPS_PER_TASK, chunk));
+    from_feature_major(&out, t, layer.in_features)
+}
+
+multiversion! {
+/// Input gradient of input groups `j0..` into `chunk` (`[j][b][t]`).
+fn scatter_task(
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    codes_t: &[u16],
+    t: usize,
+    j0: usize,
+    chunk: &mut [f32],
+) {
+    let s = &layer.scheme;
+    let (m, k, og, ig) = (s.num_codebooks, s.codebook_size(), s.out_group_size, s.in_group_size);
+    let n_og = layer.out_groups();
+    let mut acc = vec![0f32; m * k * og * t];
+    for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
+        let j = j0 + dj;
+        acc.fill(0.0);
+        let codes = &codes_t[j * n_og * m..(j + 1) * n_og * m];
+        for (o, co) in codes.chunks_exact(m).enumerate() {
+            for a in 0..og {
+                let src = &sdy[(o * og + a) * t..][..t];
+                for (mm, &c) in co.iter().enumerate() {
+                    let dst = &mut acc[((mm * k + usize::from(c)) * og + a) * t..][..t];
+                    if t.is_multiple_of(8) {
+                        let (d8, _) = dst.as_chunks_mut::<8>();
+                        let (s8, _) = src.as_chunks::<8>();
+                        for (d, s) in d8.iter_mut().zip(s8) {
+                            for l in 0..8 {
+                                d[l] += s[l];
                             }
                         }
-                    }
-                }
-                for (e, src) in acc.chunks_exact(t).enumerate() {
-                    // e = (mm·k + c)·og + a; its codebook row is cb[mm][c][a][..ig].
-                    let w = &layer.codebooks[e * ig..][..ig];
-                    for (b, &wb) in w.iter().enumerate() {
-                        for (d, &v) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
-                            *d += wb * v;
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d += v;
                         }
                     }
                 }
             }
-        });
-    from_feature_major(&out, t, layer.in_features)
+        }
+        if ig == 8 && t.is_multiple_of(8) {
+            // Register-tiled contraction: 8 inputs × 8 tokens stay in registers; same order
+            // (entries e ascending, from 0) as the general loop below.
+            let tiles = t / 8;
+            let (acc8, _) = acc.as_chunks::<8>();
+            let (cb8, _) = layer.codebooks.as_chunks::<8>();
+            for tile in 0..tiles {
+                let mut d = [[0f32; 8]; 8];
+                for (e, w) in cb8[..acc8.len() / tiles].iter().enumerate() {
+                    let v = &acc8[e * tiles + tile];
+                    for b in 0..8 {
+                        for l in 0..8 {
+                            d[b][l] += w[b] * v[l];
+                        }
+                    }
+                }
+                for b in 0..8 {
+                    dxj[b * t + tile * 8..][..8].copy_from_slice(&d[b]);
+                }
+            }
+            continue;
+        }
+        for (e, src) in acc.chunks_exact(t).enumerate() {
+            // e = (mm·k + c)·og + a; its codebook row is cb[mm][c][a][..ig].
+            let w = &layer.codebooks[e * ig..][..ig];
+            for (b, &wb) in w.iter().enumerate() {
+                for (d, &v) in dxj[b * t..(b + 1) * t].iter_mut().zip(src) {
+                    *d += wb * v;
+                }
+            }
+        }
+    }
+}
 }

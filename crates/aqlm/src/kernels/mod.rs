@@ -15,6 +15,7 @@ mod decode_dot;
 mod layout;
 mod lut;
 mod reference;
+mod simd;
 mod tiled_gemm;
 
 use faer::{Mat, MatRef};
@@ -54,21 +55,51 @@ impl Kernel {
 /// [`Kernel::TiledGemm`].
 pub const TILED_GEMM_MIN_TOKENS: usize = 32;
 
+/// Below this many tokens, large-codebook layers (no [`Kernel::Lut`]) use
+/// [`Kernel::DecodeDot`] for the forward.
+pub const DECODE_DOT_MAX_FORWARD_TOKENS: usize = 3;
+
+/// Below this many tokens, large-codebook layers use [`Kernel::DecodeDot`] for the input
+/// gradient.
+pub const DECODE_DOT_MAX_BACKWARD_TOKENS: usize = 7;
+
 impl AqlmLayer {
-    /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows: [`Kernel::TiledGemm`] from
-    /// [`TILED_GEMM_MIN_TOKENS`] tokens on; otherwise [`Kernel::Lut`] when building the tables
-    /// (`M·2^B·og` entries per input group) is cheaper than the dot products it replaces
-    /// (`out` per input group), else [`Kernel::DecodeDot`].
-    pub fn auto_kernel(&self, tokens: usize) -> Kernel {
+    /// Whether [`Kernel::Lut`] suits this layer: `2^B ≤ 256` and building the tables
+    /// (`M·2^B·og` entries per input group and token) is cheaper than the dot products it
+    /// replaces (`out` per input group and token).
+    fn lut_suits(&self) -> bool {
         let s = &self.scheme;
+        s.codebook_size() <= 256
+            && s.num_codebooks * s.codebook_size() * s.out_group_size <= self.out_features
+    }
+
+    /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows: [`Kernel::TiledGemm`] from
+    /// [`TILED_GEMM_MIN_TOKENS`] tokens on; below, [`Kernel::Lut`] when it suits the layer
+    /// (`2^B ≤ 256` and `M·2^B·og ≤ out`), else [`Kernel::DecodeDot`] up to
+    /// [`DECODE_DOT_MAX_FORWARD_TOKENS`] tokens, else [`Kernel::TiledGemm`].
+    pub fn auto_kernel(&self, tokens: usize) -> Kernel {
         if tokens >= TILED_GEMM_MIN_TOKENS {
             Kernel::TiledGemm
-        } else if s.codebook_size() <= 256
-            && s.num_codebooks * s.codebook_size() * s.out_group_size <= self.out_features
-        {
+        } else if self.lut_suits() {
             Kernel::Lut
-        } else {
+        } else if tokens <= DECODE_DOT_MAX_FORWARD_TOKENS {
             Kernel::DecodeDot
+        } else {
+            Kernel::TiledGemm
+        }
+    }
+
+    /// The kernel [`AqlmLayer::backward_input`] uses for `tokens` rows: as
+    /// [`AqlmLayer::auto_kernel`] but with [`DECODE_DOT_MAX_BACKWARD_TOKENS`].
+    pub fn auto_backward_kernel(&self, tokens: usize) -> Kernel {
+        if tokens >= TILED_GEMM_MIN_TOKENS {
+            Kernel::TiledGemm
+        } else if self.lut_suits() {
+            Kernel::Lut
+        } else if tokens <= DECODE_DOT_MAX_BACKWARD_TOKENS {
+            Kernel::DecodeDot
+        } else {
+            Kernel::TiledGemm
         }
     }
 
@@ -114,12 +145,12 @@ impl AqlmLayer {
     }
 
     /// Input gradient `dx = dy·W` (`dy [tokens, out]` → `dx [tokens, in]`) with the kernel
-    /// chosen by [`AqlmLayer::auto_kernel`].
+    /// chosen by [`AqlmLayer::auto_backward_kernel`].
     ///
     /// # Errors
     /// [`AqlmError::InputShape`] if `dy.ncols() != out_features`.
     pub fn backward_input(&self, dy: MatRef<'_, f32>) -> Result<Mat<f32>, AqlmError> {
-        self.backward_input_with(dy, self.auto_kernel(dy.nrows()))
+        self.backward_input_with(dy, self.auto_backward_kernel(dy.nrows()))
     }
 
     /// Input gradient with an explicit kernel (every kernel supports every scheme).

@@ -158,7 +158,7 @@ fn identical_bits_for_1_2_4_threads() {
     for &(m, nbits, ig, og) in &[(2usize, 8u32, 8usize, 1usize), (1, 16, 8, 1), (4, 6, 4, 2)] {
         // Big enough for several tasks per kernel and several table blocks.
         let layer = random_layer(&mut rng, m, nbits, ig, og, 96, 300 / og, true);
-        for &tokens in &[1usize, 3, 33] {
+        for &tokens in &[1usize, 3, 16, 33] {
             let x = random_mat(&mut rng, tokens, layer.in_features());
             let dy = random_mat(&mut rng, tokens, layer.out_features());
             for kernel in Kernel::ALL {
@@ -197,5 +197,109 @@ fn workspace_is_small_on_fast_paths() {
     assert_eq!(full, 2048 * 2048 * 4);
     for k in [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm] {
         assert!(layer.workspace_bytes(k, 1, 2) < full / 4, "{k:?}");
+    }
+}
+
+#[test]
+#[ignore]
+fn timing_probe() {
+    // Min over interleaved runs: robust to other processes on a shared machine.
+    let mut rng = StdRng::seed_from_u64(1);
+    let (m, nbits): (usize, u32) = match std::env::var("PROBE_SCHEME").as_deref() {
+        Ok("1x16") => (1, 16),
+        Ok("1x8") => (1, 8),
+        _ => (2, 8),
+    };
+    let fast = if m == 1 && nbits == 16 {
+        Kernel::DecodeDot
+    } else {
+        Kernel::Lut
+    };
+    let layer = random_layer(&mut rng, m, nbits, 8, 1, 512, 4096, false);
+    let w = random_mat(&mut rng, 4096, 4096);
+    let ts: Vec<usize> = std::env::var("PROBE_T")
+        .map(|v| vec![v.parse().unwrap()])
+        .unwrap_or(vec![1, 4, 8, 16, 64]);
+    for t in ts {
+        let x = random_mat(&mut rng, t, 4096);
+        let mut y = Mat::<f32>::zeros(t, 4096);
+        let mut best = [f64::MAX; 5];
+        for _ in 0..10 {
+            let mut time = |i: usize, f: &mut dyn FnMut()| {
+                let st = std::time::Instant::now();
+                f();
+                best[i] = best[i].min(st.elapsed().as_secs_f64() * 1e3);
+            };
+            time(0, &mut || {
+                faer::linalg::matmul::matmul(
+                    y.as_mut(),
+                    faer::Accum::Replace,
+                    x.as_ref(),
+                    w.transpose(),
+                    1.0,
+                    faer::Par::rayon(0),
+                )
+            });
+            time(1, &mut || {
+                drop(layer.forward_with(x.as_ref(), fast).unwrap())
+            });
+            time(2, &mut || {
+                drop(layer.forward_with(x.as_ref(), Kernel::TiledGemm).unwrap())
+            });
+            time(3, &mut || {
+                drop(layer.backward_input_with(x.as_ref(), fast).unwrap())
+            });
+            time(4, &mut || {
+                drop(
+                    layer
+                        .backward_input_with(x.as_ref(), Kernel::TiledGemm)
+                        .unwrap(),
+                )
+            });
+        }
+        println!(
+            "{m}x{nbits} t{t} dense {:.2} ms | fwd {fast:?} {:.2} tiled {:.2} | bwd {fast:?} {:.2} tiled {:.2}",
+            best[0], best[1], best[2], best[3], best[4]
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Random M, B, groups and tokens: every kernel agrees with decode-then-matmul, forward
+    /// and input gradient, and the automatic choice is one of them.
+    #[test]
+    fn prop_kernels_agree(
+        m in 1usize..4,
+        nbits in 1u32..=12,
+        ig in 1usize..10,
+        og in 1usize..4,
+        n_ig in 1usize..5,
+        n_og in 1usize..12,
+        tokens in 1usize..20,
+        seed in 0u64..1000,
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let layer = random_layer(&mut rng, m, nbits, ig, og, n_ig, n_og, seed % 2 == 0);
+        let x = random_mat(&mut rng, tokens, layer.in_features());
+        let dy = random_mat(&mut rng, tokens, layer.out_features());
+        let want = layer.forward_with(x.as_ref(), Kernel::Reference).unwrap();
+        let want_dx = layer.backward_input_with(dy.as_ref(), Kernel::Reference).unwrap();
+        for kernel in Kernel::ALL {
+            let y = layer.forward_with(x.as_ref(), kernel).unwrap();
+            // Relative error, or (under cancellation) error relative to ‖x‖·‖W‖.
+            let ok = |a: &Mat<f32>, b: &Mat<f32>, scale: f32| {
+                rel_err(a, b) < 2e-6 || (a - b).norm_l2() < 1e-7 * scale
+            };
+            let w = layer.decode();
+            proptest::prop_assert!(ok(&y, &want, x.norm_l2() * w.norm_l2()), "{:?} forward", kernel);
+            let dx = layer.backward_input_with(dy.as_ref(), kernel).unwrap();
+            proptest::prop_assert!(
+                ok(&dx, &want_dx, dy.norm_l2() * w.norm_l2()),
+                "{:?} backward",
+                kernel
+            );
+        }
     }
 }
