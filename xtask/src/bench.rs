@@ -26,6 +26,8 @@ pub(crate) struct Options {
     pub(crate) filter: Option<String>,
     /// Skip the one-thread pass.
     pub(crate) no_threads: bool,
+    /// Rewrite the outputs from the last run's data (`target/xtask-bench/`) without running.
+    pub(crate) report_only: bool,
 }
 
 impl Options {
@@ -37,6 +39,7 @@ impl Options {
             match a.as_str() {
                 "--quick" => o.quick = true,
                 "--no-threads" => o.no_threads = true,
+                "--report-only" => o.report_only = true,
                 "--filter" => {
                     let f = it
                         .next()
@@ -47,7 +50,7 @@ impl Options {
                     o.filter = Some(s["--filter=".len()..].to_string());
                 }
                 other => bail!(
-                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads)"
+                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads, --report-only)"
                 ),
             }
         }
@@ -112,6 +115,20 @@ pub(crate) fn pass_dir(root: &Path, pass: &str) -> PathBuf {
 
 /// Runs the benches and writes `docs/bench/{results.json, REPORT.md, *.svg}`.
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
+    let meta_path = root.join("target/xtask-bench/run.json");
+    if opts.report_only {
+        let text = std::fs::read_to_string(&meta_path).with_context(|| {
+            format!(
+                "cannot read {} (run `cargo xtask bench` first)",
+                meta_path.display()
+            )
+        })?;
+        let meta: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", meta_path.display()))?;
+        let run = report::Run::from_json(&meta, root)
+            .with_context(|| format!("in {}", meta_path.display()))?;
+        return write_outputs(root, &run);
+    }
     let start = Instant::now();
     let mut meta = process::cargo(root);
     meta.args(["metadata", "--no-deps", "--format-version", "1"]);
@@ -147,46 +164,42 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
             stdout_1 += &run_bench(t, exe, opts, &one_dir, Some(filter), Some(1))?;
         }
     }
+    let name = |t: &BenchTarget| format!("{}/{}", t.package, t.name);
+    let run = report::Run {
+        machine,
+        quick: opts.quick,
+        filter: opts.filter.clone(),
+        targets: targets.iter().map(name).collect(),
+        skipped: skipped.iter().map(name).collect(),
+        measured: criterion::read_all(&all_dir)?,
+        measured_1: criterion::read_all(&one_dir)?,
+        stdout,
+        stdout_1,
+        build_s: built,
+        total_s: start.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&run.to_json()).context("serializing run.json")?;
+    fsutil::write_atomic(&meta_path, json.as_bytes())?;
+    write_outputs(root, &run)
+}
 
-    let measured = criterion::read_all(&all_dir)?;
-    let measured_1 = criterion::read_all(&one_dir)?;
-    if measured.is_empty() {
-        bail!(
-            "no bench results under {} (did the filter match anything?)",
-            all_dir.display()
-        );
+/// Writes `docs/bench/results.json`, REPORT.md and the plots for a run.
+fn write_outputs(root: &Path, run: &report::Run) -> Result<()> {
+    if run.measured.is_empty() {
+        bail!("no bench results (did the filter match anything?)");
     }
-    let results = keys::results_map(&measured);
+    let results = keys::results_map(&run.measured);
     let out_dir = root.join("docs/bench");
     let json = serde_json::to_string_pretty(&results).context("serializing results.json")?;
     fsutil::write_atomic(
         &out_dir.join("results.json"),
         format!("{json}\n").as_bytes(),
     )?;
-
-    let elapsed = start.elapsed().as_secs_f64();
-    let run = report::Run {
-        machine,
-        quick: opts.quick,
-        filter: opts.filter.clone(),
-        targets: targets
-            .iter()
-            .map(|t| format!("{}/{}", t.package, t.name))
-            .collect(),
-        skipped: skipped
-            .iter()
-            .map(|t| format!("{}/{}", t.package, t.name))
-            .collect(),
-        measured,
-        measured_1,
-        stdout,
-        stdout_1,
-        build_s: built,
-        total_s: elapsed,
-    };
-    let files = report::write(&out_dir, &run)?;
+    let files = report::write(&out_dir, run)?;
     eprintln!(
-        "xtask: bench done in {elapsed:.0} s (build {built:.0} s): {} results keys, wrote {}",
+        "xtask: bench done in {:.0} s (build {:.0} s): {} results keys, wrote {}",
+        run.total_s,
+        run.build_s,
         results.len(),
         files.join(", ")
     );
@@ -291,8 +304,8 @@ mod tests {
         assert_eq!(Options::parse(&[]).unwrap(), Options::default());
         let o = Options::parse(&s(&["--quick", "--filter", "ortho"])).unwrap();
         assert!(o.quick && o.filter.as_deref() == Some("ortho"));
-        let o = Options::parse(&s(&["--filter=aqlm", "--no-threads"])).unwrap();
-        assert!(o.no_threads && o.filter.as_deref() == Some("aqlm"));
+        let o = Options::parse(&s(&["--filter=aqlm", "--no-threads", "--report-only"])).unwrap();
+        assert!(o.no_threads && o.report_only && o.filter.as_deref() == Some("aqlm"));
         assert!(Options::parse(&s(&["--filter"])).is_err());
         assert!(Options::parse(&s(&["--fast"])).is_err());
     }

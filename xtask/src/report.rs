@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
 
 use crate::criterion::Estimate;
 use crate::machine::Machine;
 use crate::svg::{self, Series, fmt_seconds};
 use crate::targets::{self, Compare};
-use crate::{fsutil, keys};
+use crate::{criterion, fsutil, keys};
 
 /// Everything one `cargo xtask bench` run produced.
 #[derive(Debug, Clone)]
@@ -39,6 +40,56 @@ pub(crate) struct Run {
     pub(crate) total_s: f64,
 }
 
+impl Run {
+    /// What `--report-only` needs to rebuild the run (estimates are re-read from criterion's
+    /// folders under `target/xtask-bench/`).
+    pub(crate) fn to_json(&self) -> Value {
+        let m = &self.machine;
+        json!({
+            "machine": { "cpu": m.cpu, "threads": m.threads, "rustc": m.rustc, "commit": m.commit,
+                         "date": m.date, "load": m.load },
+            "quick": self.quick, "filter": self.filter, "targets": self.targets,
+            "skipped": self.skipped, "stdout": self.stdout, "stdout_1": self.stdout_1,
+            "build_s": self.build_s, "total_s": self.total_s,
+        })
+    }
+
+    /// Inverse of [`Run::to_json`], re-reading the estimates below `root/target/xtask-bench/`.
+    pub(crate) fn from_json(v: &Value, root: &Path) -> Result<Run> {
+        let s = |x: &Value| x.as_str().map(String::from);
+        let list = |x: &Value| -> Vec<String> {
+            x.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let m = &v["machine"];
+        Ok(Run {
+            machine: Machine {
+                cpu: s(&m["cpu"]).context("no machine.cpu")?,
+                threads: m["threads"].as_u64().context("no machine.threads")? as usize,
+                rustc: s(&m["rustc"]).unwrap_or_default(),
+                commit: s(&m["commit"]).unwrap_or_default(),
+                date: s(&m["date"]).unwrap_or_default(),
+                load: m["load"].as_f64(),
+            },
+            quick: v["quick"].as_bool().unwrap_or(false),
+            filter: s(&v["filter"]),
+            targets: list(&v["targets"]),
+            skipped: list(&v["skipped"]),
+            measured: criterion::read_all(&crate::bench::pass_dir(root, "threads-all"))?,
+            measured_1: criterion::read_all(&crate::bench::pass_dir(root, "threads-1"))?,
+            stdout: s(&v["stdout"]).unwrap_or_default(),
+            stdout_1: s(&v["stdout_1"]).unwrap_or_default(),
+            build_s: v["build_s"].as_f64().unwrap_or(0.0),
+            total_s: v["total_s"].as_f64().unwrap_or(0.0),
+        })
+    }
+}
+
 /// The area (report section) of a key.
 pub(crate) fn area_of(key: &str) -> &'static str {
     if key.starts_with("aqlm.encode") {
@@ -65,6 +116,7 @@ const AREAS: [(&str, &str); 5] = [
 fn fmt_value(c: Compare, v: f64) -> String {
     match c {
         Compare::FlopFraction => format!("{:.0}% of GEMM FLOP/s", v * 100.0),
+        Compare::Speedup if v < 1.0 => format!("{:.2}× slower", 1.0 / v),
         Compare::Speedup => format!("{v:.2}× faster"),
         Compare::TimeRatio => format!("{v:.2}× the baseline time"),
     }
@@ -172,7 +224,10 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let _ = writeln!(
         md,
         "- **Threads:** medians with all {threads} threads; the main kernels again with \
-         `RAYON_NUM_THREADS=1` ({} results).\n",
+         `RAYON_NUM_THREADS=1` ({} results). Ratios compare a bench with its baseline from the \
+         same pass. On a shared machine (see the load average) multi-threaded medians, the \
+         faer baselines' in particular, can be much slower than single-threaded ones; the \
+         one-thread columns are then the fairer comparison.\n",
         run.measured_1.len()
     );
 
@@ -180,9 +235,9 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let _ = writeln!(md, "## Targets from the issues\n");
     let _ = writeln!(
         md,
-        "| Bench | Median | Compared with | Measured | Target | Met |"
+        "| Bench | Median | Compared with | Measured | Target | Met | Measured, 1 thread | Met, 1 thread |"
     );
-    let _ = writeln!(md, "|---|---:|---|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---|---:|---|---|---:|---|");
     let mut any_target = false;
     for key in keys::RESULT_KEYS.iter().chain(&targets::EXTRA_TARGET_KEYS) {
         let Some(target) = targets::target_of(key) else {
@@ -193,7 +248,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
         let Some(e) = find(&run.measured, key) else {
             let _ = writeln!(
                 md,
-                "| `{key}` | not run | | | {} | n/a (bench not run) |",
+                "| `{key}` | not run | | | {} | n/a (bench not run) | | |",
                 target.describe(compare)
             );
             continue;
@@ -207,9 +262,26 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
             (Some(b), None) => (base_name(b), "—".into()),
             (None, _) => ("absolute time".into(), fmt_seconds(e.median_s)),
         };
+        // The same comparison within the one-thread pass (bench and baseline both on 1 thread).
+        let one = find(&run.measured_1, key);
+        let base_1 = targets::pick_baseline(key, &run.measured_1);
+        let value_1 = one
+            .zip(base_1.as_ref())
+            .and_then(|(o, b)| targets::compare(o, b, &run.measured_1));
+        let (measured_1, met_1) = match (one, &base_1, value_1) {
+            (Some(o), Some(b), Some(v)) => (
+                fmt_value(b.compare, v),
+                met_cell(targets::met(target, Some(v), o.median_s)),
+            ),
+            (Some(o), None, _) => (
+                fmt_seconds(o.median_s),
+                met_cell(targets::met(target, None, o.median_s)),
+            ),
+            _ => (String::new(), ""),
+        };
         let _ = writeln!(
             md,
-            "| `{key}` | {} | {with} | {measured} | {} | {} |",
+            "| `{key}` | {} | {with} | {measured} | {} | {} | {measured_1} | {met_1} |",
             fmt_seconds(e.median_s),
             target.describe(compare),
             met_cell(targets::met(target, value, e.median_s))
@@ -240,9 +312,9 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(
             md,
-            "| Bench | Median ({threads} thr) | Median (1 thr) | Thread speed-up | GFLOP/s | vs baseline | Target | Met |"
+            "| Bench | Median ({threads} thr) | Median (1 thr) | Thread speed-up | GFLOP/s | vs baseline | vs baseline, 1 thr | Target | Met |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|---|");
         for e in rows {
             let one = find(&run.measured_1, &e.key);
             let base = targets::pick_baseline(&e.key, &run.measured);
@@ -254,11 +326,20 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
                 (Some(b), None) => format!("{} not run", base_name(b)),
                 (None, _) => String::new(),
             };
+            let vs_1 = one
+                .zip(targets::pick_baseline(&e.key, &run.measured_1))
+                .and_then(|(o, b)| {
+                    Some(fmt_value(
+                        b.compare,
+                        targets::compare(o, &b, &run.measured_1)?,
+                    ))
+                })
+                .unwrap_or_default();
             let target = targets::target_of(&e.key);
             let compare = base.as_ref().map_or(Compare::Speedup, |b| b.compare);
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {} | {} | {} | {vs} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} | {vs} | {vs_1} | {} | {} |",
                 e.key,
                 fmt_seconds(e.median_s),
                 one.map(|o| fmt_seconds(o.median_s)).unwrap_or_default(),

@@ -46,8 +46,8 @@ pub(crate) fn fmt_seconds(s: f64) -> String {
 
 /// A log–log chart of time (y, seconds) against an integer x; x ticks at the data's x values.
 pub(crate) fn chart(title: &str, x_label: &str, series: &[Series]) -> String {
-    let (w, h) = (720.0, 440.0);
-    let (l, r, t, b) = (80.0, 200.0, 40.0, 60.0);
+    let (w, h) = (820.0, 440.0);
+    let (l, r, t, b) = (80.0, 260.0, 40.0, 60.0);
     let pts = series.iter().flat_map(|s| s.points.iter());
     let pts: Vec<(f64, f64)> = pts.copied().filter(|p| p.0 > 0.0 && p.1 > 0.0).collect();
     let mut svg = String::new();
