@@ -21,13 +21,27 @@ pub(crate) const STEPS: [&[&str]; 3] = [
     &["test", "--release", "--workspace"],
 ];
 
-/// Runs every CI step, stopping at the first failure.
-pub(crate) fn run(root: &Path) -> Result<()> {
+/// Runs every CI step, stopping at the first failure unless `keep_going` (then every step runs and
+/// the failures are listed at the end).
+pub(crate) fn run(root: &Path, keep_going: bool) -> Result<()> {
     let start = std::time::Instant::now();
+    let mut failed = Vec::new();
     for step in STEPS {
         let mut cmd = process::cargo(root);
         cmd.args(step).env("CARGO_TERM_COLOR", "never");
-        process::run(&mut cmd)?;
+        match process::run(&mut cmd) {
+            Ok(()) => {}
+            Err(e) if keep_going => failed.push(format!("{e:#}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} CI steps failed:\n  {}",
+            failed.len(),
+            STEPS.len(),
+            failed.join("\n  ")
+        );
     }
     eprintln!(
         "xtask: ci passed ({} steps, {:.0} s)",

@@ -1,8 +1,8 @@
 //! Developer tasks for oftq, run as `cargo xtask <command>`.
 //!
-//! - `cargo xtask ci` runs what `.ci/run` runs: `cargo fmt --check`, clippy with `-D warnings`,
-//!   the release test suite.
-//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads]` runs every criterion bench of
+//! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs: `cargo fmt --check`, clippy with
+//!   `-D warnings`, the release test suite (`--keep-going`: run every step, list the failures).
+//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--report-only]` runs every criterion bench of
 //!   the workspace (all threads, then the main kernels again with `RAYON_NUM_THREADS=1`) and
 //!   writes `docs/bench/results.json`, `docs/bench/REPORT.md` and SVG plots.
 //! - `cargo xtask docs` builds rustdoc (warnings and missing docs are errors, math rendered by a
@@ -28,8 +28,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                                   fmt --check, clippy -D warnings, tests (what .ci/run runs)
-  bench [--quick] [--filter REGEX] [--no-threads]
+  ci [--keep-going]                    fmt --check, clippy -D warnings, tests (what .ci/run runs)
+  bench [--quick] [--filter REGEX] [--no-threads] [--report-only]
                                        run the criterion benches, write docs/bench/{results.json,REPORT.md,*.svg}
   docs                                 rustdoc (+KaTeX) and docs/*.md into target/doc-site/
 ";
@@ -45,10 +45,14 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root()?;
     match args.first().map(String::as_str) {
-        Some("ci") => {
-            no_more_args(&args[1..])?;
-            ci::run(&root)
-        }
+        Some("ci") => match args.get(1).map(String::as_str) {
+            None => ci::run(&root, false),
+            Some("--keep-going") => {
+                no_more_args(&args[2..])?;
+                ci::run(&root, true)
+            }
+            Some(a) => bail!("unexpected argument `{a}`\n{USAGE}"),
+        },
         Some("bench") => bench::run(&root, &bench::Options::parse(&args[1..])?),
         Some("docs") => {
             no_more_args(&args[1..])?;
