@@ -5,6 +5,8 @@
 //! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--report-only]` runs every criterion bench of
 //!   the workspace (all threads, then the main kernels again with `RAYON_NUM_THREADS=1`) and
 //!   writes `docs/bench/results.json`, `docs/bench/REPORT.md` and SVG plots.
+//! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
+//!   property and writes its worst-error table to `docs/verify/REPORT.md`.
 //! - `cargo xtask docs` builds rustdoc (warnings and missing docs are errors, math rendered by a
 //!   vendored KaTeX) and the narrative docs of `docs/` into one static site, `target/doc-site/`.
 
@@ -19,6 +21,7 @@ mod process;
 mod report;
 mod svg;
 mod targets;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -32,6 +35,8 @@ commands:
   bench [--quick] [--filter REGEX] [--no-threads] [--report-only]
                                        run the criterion benches, write docs/bench/{results.json,REPORT.md,*.svg}
   docs                                 rustdoc (+KaTeX) and docs/*.md into target/doc-site/
+  verify [--cases N]                   the property suite at N cases per property (default 256),
+                                       its worst-error table into docs/verify/REPORT.md
 ";
 
 fn main() {
@@ -58,6 +63,7 @@ fn run() -> Result<()> {
             no_more_args(&args[1..])?;
             docs::run(&root)
         }
+        Some("verify") => verify::run(&root, verify::parse_cases(&args[1..])?),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -9,6 +9,16 @@ pub enum AqlmError {
     /// An invalid `MxB` scheme or group size.
     #[error("invalid AQLM scheme: {0}")]
     InvalidScheme(String),
+    /// NaN or ±∞ in codebooks, scales or bias: it would silently spread to every output.
+    #[error("non-finite value {value} in {what} at index {index}")]
+    NonFinite {
+        /// Which tensor.
+        what: String,
+        /// Flat index of the first offending value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
 
     /// A layer part (codes, codebooks, scales, bias, features) has the wrong size.
     #[error("AQLM layer: {what} has the wrong shape: expected {expected}, got {got}")]

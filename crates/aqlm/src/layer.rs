@@ -68,7 +68,7 @@ impl AqlmLayer {
     /// # Errors
     /// [`AqlmError::InvalidScheme`] for a bad scheme or features not divisible by the group
     /// sizes, [`AqlmError::Shape`] for a wrong length, [`AqlmError::CodeOutOfRange`] for a code
-    /// `≥ 2^B`.
+    /// `≥ 2^B`, [`AqlmError::NonFinite`] for NaN/∞ in codebooks, scales or bias.
     pub fn new(
         in_features: usize,
         out_features: usize,
@@ -133,6 +133,15 @@ impl AqlmLayer {
                 value: i64::from(v),
                 codebook_size: k,
             });
+        }
+        for (what, values) in [
+            ("codebooks", codebooks.as_slice()),
+            ("scales", scales.as_slice()),
+            ("bias", bias.as_deref().unwrap_or(&[])),
+        ] {
+            if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(AqlmError::NonFinite { what: what.into(), index, value });
+            }
         }
         Ok(Self {
             in_features,
@@ -282,6 +291,19 @@ mod tests {
 
     fn scheme() -> AqlmScheme {
         AqlmScheme::new(2, 3, 2, 1).unwrap()
+    }
+
+    #[test]
+    fn refuses_non_finite_values() {
+        let s = scheme();
+        let mut cb = vec![0f32; 2 * 8 * 2];
+        cb[5] = f32::NAN;
+        let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], cb, vec![1.0; 2], None).unwrap_err();
+        assert!(matches!(e, AqlmError::NonFinite { index: 5, .. }), "{e}");
+        let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], vec![0.0; 32], vec![1.0, f32::INFINITY], None).unwrap_err();
+        assert!(e.to_string().contains("scales"), "{e}");
+        let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], vec![0.0; 32], vec![1.0; 2], Some(vec![0.0, f32::NAN])).unwrap_err();
+        assert!(e.to_string().contains("bias"), "{e}");
     }
 
     #[test]

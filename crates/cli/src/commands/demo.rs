@@ -113,21 +113,15 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let n = args.dims.len() - 1;
+    let dims_text = args.dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("→");
+    let param_text = if args.exact { "exact Cayley" } else { "PEFT Cayley-Neumann, 5 terms" };
     say(&format!(
         "oftq demo: teacher MLP {} with GELU, AQLM {} (in_group {}), OFT block {} ({}), {} steps",
-        args.dims
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("→"),
+        dims_text,
         args.scheme,
         args.scheme.in_group_size,
         args.block_size,
-        if args.exact {
-            "exact Cayley"
-        } else {
-            "Cayley-Neumann, 5 terms"
-        },
+        param_text,
         args.steps
     ));
 
@@ -340,20 +334,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         md,
         "Teacher MLP {} (GELU), seed {}. Quantized with AQLM {} (in_group {}); OFT adapters with block size {} ({}), \
          trained {} steps of AdamW (lr 3e-3, cosine) on batches of {} random inputs. Total time {:.1} s.\n",
-        args.dims
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("→"),
+        dims_text,
         args.seed,
         args.scheme,
         args.scheme.in_group_size,
         args.block_size,
-        if args.exact {
-            "exact Cayley"
-        } else {
-            "PEFT Cayley-Neumann, 5 terms"
-        },
+        param_text,
         args.steps,
         args.batch,
         started.elapsed().as_secs_f64()
