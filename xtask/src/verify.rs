@@ -13,7 +13,9 @@ pub(crate) fn parse_cases(args: &[String]) -> Result<u64> {
     match args {
         [] => Ok(256),
         [flag, n] if flag == "--cases" => {
-            let n: u64 = n.parse().with_context(|| format!("--cases expects a number, got `{n}`"))?;
+            let n: u64 = n
+                .parse()
+                .with_context(|| format!("--cases expects a number, got `{n}`"))?;
             if n == 0 {
                 bail!("--cases must be at least 1");
             }
@@ -30,11 +32,25 @@ pub(crate) fn run(root: &Path, cases: u64) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let report = out_dir.join("REPORT.md");
     let mut cmd = process::cargo(root);
-    cmd.args(["test", "--release", "-p", "oftq-verify", "--test", "properties", "--", "--nocapture", "--test-threads", "2"])
-        .env("PROPTEST_CASES", cases.to_string())
-        .env("OFTQ_VERIFY_REPORT", &report);
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "oftq-verify",
+        "--test",
+        "properties",
+        "--",
+        "--nocapture",
+        "--test-threads",
+        "2",
+    ])
+    .env("PROPTEST_CASES", cases.to_string())
+    .env("OFTQ_VERIFY_REPORT", &report);
     process::run(&mut cmd)?;
-    println!("xtask verify: {cases} cases per property; table written to {}", report.display());
+    println!(
+        "xtask verify: {cases} cases per property; table written to {}",
+        report.display()
+    );
     Ok(())
 }
 
@@ -45,7 +61,10 @@ mod tests {
     #[test]
     fn cases_flag() {
         assert_eq!(parse_cases(&[]).unwrap(), 256);
-        assert_eq!(parse_cases(&["--cases".into(), "1000".into()]).unwrap(), 1000);
+        assert_eq!(
+            parse_cases(&["--cases".into(), "1000".into()]).unwrap(),
+            1000
+        );
         assert!(parse_cases(&["--cases".into(), "0".into()]).is_err());
         assert!(parse_cases(&["--cases".into()]).is_err());
         assert!(parse_cases(&["--x".into(), "3".into()]).is_err());

@@ -140,7 +140,11 @@ impl AqlmLayer {
             ("bias", bias.as_deref().unwrap_or(&[])),
         ] {
             if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(AqlmError::NonFinite { what: what.into(), index, value });
+                return Err(AqlmError::NonFinite {
+                    what: what.into(),
+                    index,
+                    value,
+                });
             }
         }
         Ok(Self {
@@ -300,9 +304,27 @@ mod tests {
         cb[5] = f32::NAN;
         let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], cb, vec![1.0; 2], None).unwrap_err();
         assert!(matches!(e, AqlmError::NonFinite { index: 5, .. }), "{e}");
-        let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], vec![0.0; 32], vec![1.0, f32::INFINITY], None).unwrap_err();
+        let e = AqlmLayer::new(
+            4,
+            2,
+            s,
+            vec![0u16; 8],
+            vec![0.0; 32],
+            vec![1.0, f32::INFINITY],
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("scales"), "{e}");
-        let e = AqlmLayer::new(4, 2, s, vec![0u16; 8], vec![0.0; 32], vec![1.0; 2], Some(vec![0.0, f32::NAN])).unwrap_err();
+        let e = AqlmLayer::new(
+            4,
+            2,
+            s,
+            vec![0u16; 8],
+            vec![0.0; 32],
+            vec![1.0; 2],
+            Some(vec![0.0, f32::NAN]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("bias"), "{e}");
     }
 

@@ -104,17 +104,26 @@ fn rotate_block_sweep(c: &mut Criterion) {
     let (x, dy) = (pseudo_random(n, d, 1.0, 5), pseudo_random(n, d, 1.0, 6));
     let mut g = c.benchmark_group("ortho");
     for b in [8usize, 16, 64, 128] {
-        let spec = RotationSpec::new(d, b, false, Parameterization::peft(true, 5)).unwrap_or_else(|e| panic!("{e}"));
-        let rot = BlockRotation::build(&spec, pseudo_random(d / b, b * (b - 1) / 2, 0.02, 4).as_ref())
+        let spec = RotationSpec::new(d, b, false, Parameterization::peft(true, 5))
             .unwrap_or_else(|e| panic!("{e}"));
+        let rot = BlockRotation::build(
+            &spec,
+            pseudo_random(d / b, b * (b - 1) / 2, 0.02, 4).as_ref(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         g.throughput(Throughput::Elements((3 * 2 * n * d * b) as u64));
-        g.bench_function(format!("ortho.rotate_fwd_bwd.neumann5.n512.d4096.b{b}"), |bench| {
-            bench.iter(|| {
-                let y = rot.forward(black_box(x.as_ref())).map(|y| y.nrows());
-                let gr = rot.backward(x.as_ref(), black_box(dy.as_ref())).map(|g| g.params.nrows());
-                (y, gr)
-            })
-        });
+        g.bench_function(
+            format!("ortho.rotate_fwd_bwd.neumann5.n512.d4096.b{b}"),
+            |bench| {
+                bench.iter(|| {
+                    let y = rot.forward(black_box(x.as_ref())).map(|y| y.nrows());
+                    let gr = rot
+                        .backward(x.as_ref(), black_box(dy.as_ref()))
+                        .map(|g| g.params.nrows());
+                    (y, gr)
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -113,16 +113,20 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let n = args.dims.len() - 1;
-    let dims_text = args.dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("→");
-    let param_text = if args.exact { "exact Cayley" } else { "PEFT Cayley-Neumann, 5 terms" };
+    let dims_text = args
+        .dims
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("→");
+    let param_text = if args.exact {
+        "exact Cayley"
+    } else {
+        "PEFT Cayley-Neumann, 5 terms"
+    };
     say(&format!(
         "oftq demo: teacher MLP {} with GELU, AQLM {} (in_group {}), OFT block {} ({}), {} steps",
-        dims_text,
-        args.scheme,
-        args.scheme.in_group_size,
-        args.block_size,
-        param_text,
-        args.steps
+        dims_text, args.scheme, args.scheme.in_group_size, args.block_size, param_text, args.steps
     ));
 
     // 1. The dense teacher.
