@@ -65,29 +65,7 @@ pub(crate) fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
 }
 
-/// Converts little-endian bytes of a float dtype to `f32` (F64 is rounded to nearest).
-/// `None` for non-float dtypes.
-pub(crate) fn floats_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
+pub(crate) use oftq_aqlm::checkpoint::floats_as_f32 as floats_to_f32;
 
 /// A safetensors file read into memory and checked to be well formed.
 pub(crate) struct SafetensorsFile {

@@ -10,7 +10,7 @@ use faer::{Mat, MatRef};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use oftq_aqlm::checkpoint::write_atomic;
+use oftq_aqlm::checkpoint::{floats_as_f32, write_atomic};
 
 use crate::config::OftConfig;
 use crate::error::{LayerError, Result};
@@ -88,7 +88,7 @@ pub fn load_adapter(dir: &Path) -> Result<PeftAdapter> {
                  Please install PEFT <= v0.15.2 to load it or train a new OFT adapter."
             )));
         }
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+        let data = floats_as_f32(view.dtype(), view.data()).ok_or_else(|| {
             malformed(format!(
                 "tensor {key}: unsupported dtype {:?}",
                 view.dtype()
@@ -161,28 +161,6 @@ pub fn parse_config(text: &str, path: &Path) -> Result<OftConfig> {
         serde_json::from_value(value).map_err(|e| malformed(format!("invalid OFT config: {e}")))?;
     config.validate()?;
     Ok(config)
-}
-
-fn to_f32(dtype: Dtype, b: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        _ => return None,
-    })
 }
 
 /// Writes adapter `name` as PEFT's `save_pretrained` does, into [`adapter_dir`]`(dir, name)`:

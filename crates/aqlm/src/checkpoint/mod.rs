@@ -17,7 +17,7 @@ use serde_json::Value;
 pub use atomic::write_atomic;
 pub use config::QuantizationConfig;
 pub use safetensors::Dtype;
-pub use tensors::RawTensor;
+pub use tensors::{RawTensor, floats_as_f32};
 
 use crate::error::AqlmError;
 use crate::layer::AqlmLayer;

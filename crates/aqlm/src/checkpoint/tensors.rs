@@ -71,6 +71,28 @@ pub(crate) fn floats_from_bytes(d: FloatDtype, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
+/// Converts little-endian bytes of any safetensors float dtype (F32, F16, BF16, F64) to `f32`:
+/// exact except F64, which is rounded to nearest. `None` for non-float dtypes.
+///
+/// ```
+/// use oftq_aqlm::checkpoint::{Dtype, floats_as_f32};
+/// assert_eq!(floats_as_f32(Dtype::F64, &0.5f64.to_le_bytes()), Some(vec![0.5]));
+/// assert!(floats_as_f32(Dtype::I32, &[0; 4]).is_none());
+/// ```
+pub fn floats_as_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    if dtype == Dtype::F64 {
+        return Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+        );
+    }
+    float_dtype(dtype).map(|d| floats_from_bytes(d, bytes))
+}
+
 /// Encodes `f32` values as little-endian dtype `d` (round to nearest even for f16/bf16).
 pub(crate) fn floats_to_bytes(d: FloatDtype, v: &[f32]) -> Vec<u8> {
     match d {
