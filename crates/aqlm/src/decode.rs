@@ -5,6 +5,7 @@
 
 use faer::Mat;
 
+use crate::kernels::simd::multiversion;
 use crate::layer::AqlmLayer;
 use crate::storage::FloatDtype;
 
@@ -44,62 +45,48 @@ impl AqlmLayer {
 
     /// Decodes output groups `o0..o1` into `out`, row-major `[(o1−o0)·og, in_features]`.
     pub(crate) fn decode_rows_into(&self, o0: usize, o1: usize, out: &mut [f32]) {
-        let s = &self.scheme;
-        let (og, ig, i) = (s.out_group_size, s.in_group_size, self.in_features);
-        if og == 1 && ig == 8 {
-            for o in o0..o1 {
-                let scale = self.scales[o];
-                let (row, _) = out[(o - o0) * i..][..i].as_chunks_mut::<8>();
-                for (j, d) in row.iter_mut().enumerate() {
-                    let tile = self.group_sum_fixed::<8>(o, j);
-                    for b in 0..8 {
-                        d[b] = tile[b] * scale;
-                    }
-                }
-            }
-            return;
-        }
-        let mut tile = vec![0f32; s.group_len()];
-        for o in o0..o1 {
-            let scale = self.scales[o];
-            for j in 0..self.in_groups() {
-                self.group_sum(o, j, &mut tile);
-                for a in 0..og {
-                    let row = &mut out[((o - o0) * og + a) * i + j * ig..][..ig];
-                    for (d, &v) in row.iter_mut().zip(&tile[a * ig..(a + 1) * ig]) {
-                        *d = v * scale;
-                    }
-                }
-            }
-        }
+        self.decode_block_into(o0, o1, 0, self.in_groups(), out);
     }
 
     /// Decodes input groups `j0..j1` (all rows) into `out`, row-major
     /// `[out_features, (j1−j0)·ig]`.
+    ///
+    /// For `og = 1`, `ig = 8` the codes are read from [`AqlmLayer::codes_by_input`], where the
+    /// codes of one input group are contiguous (row-major codes would be read with a stride of
+    /// a whole row per tile).
     pub(crate) fn decode_cols_into(&self, j0: usize, j1: usize, out: &mut [f32]) {
         let s = &self.scheme;
-        let (og, ig) = (s.out_group_size, s.in_group_size);
-        let width = (j1 - j0) * ig;
-        if og == 1 && ig == 8 {
-            for o in 0..self.out_groups() {
-                let scale = self.scales[o];
-                let (row, _) = out[o * width..][..width].as_chunks_mut::<8>();
-                for (d, j) in row.iter_mut().zip(j0..j1) {
-                    let tile = self.group_sum_fixed::<8>(o, j);
-                    for b in 0..8 {
-                        d[b] = tile[b] * scale;
-                    }
-                }
-            }
+        if s.out_group_size == 1 && s.in_group_size == 8 {
+            decode_cols_g8(self, j0, j1, out);
             return;
         }
+        self.decode_block_into(0, self.out_groups(), j0, j1, out);
+    }
+
+    /// Decodes the block of output groups `o0..o1` × input groups `j0..j1` into `out`,
+    /// row-major `[(o1−o0)·og, (j1−j0)·ig]`, bit-identical to [`AqlmLayer::decode`].
+    pub(crate) fn decode_block_into(
+        &self,
+        o0: usize,
+        o1: usize,
+        j0: usize,
+        j1: usize,
+        out: &mut [f32],
+    ) {
+        let s = &self.scheme;
+        if s.out_group_size == 1 && s.in_group_size == 8 {
+            decode_block_g8(self, o0, o1, j0, j1, out);
+            return;
+        }
+        let (og, ig) = (s.out_group_size, s.in_group_size);
+        let width = (j1 - j0) * ig;
         let mut tile = vec![0f32; s.group_len()];
-        for o in 0..self.out_groups() {
+        for o in o0..o1 {
             let scale = self.scales[o];
             for j in j0..j1 {
                 self.group_sum(o, j, &mut tile);
                 for a in 0..og {
-                    let row = &mut out[(o * og + a) * width + (j - j0) * ig..][..ig];
+                    let row = &mut out[((o - o0) * og + a) * width + (j - j0) * ig..][..ig];
                     for (d, &v) in row.iter_mut().zip(&tile[a * ig..(a + 1) * ig]) {
                         *d = v * scale;
                     }
@@ -142,9 +129,165 @@ impl AqlmLayer {
     }
 }
 
+multiversion! {
+/// [`AqlmLayer::decode_block_into`] for `og = 1`, `ig = 8` (one 8-float vector per tile), with
+/// the codebook count unrolled for `M = 1, 2`: the decode of the many-token kernels.
+fn decode_block_g8(layer: &AqlmLayer, o0: usize, o1: usize, j0: usize, j1: usize, out: &mut [f32]) {
+    match layer.scheme.num_codebooks {
+        1 => decode_block_g8_m::<1>(layer, o0, o1, j0, j1, out),
+        2 => decode_block_g8_m::<2>(layer, o0, o1, j0, j1, out),
+        _ => decode_block_g8_any(layer, o0, o1, j0, j1, out),
+    }
+}
+}
+
+/// One decoded `ig = 8` tile, `fl(fl(Σ_{m ascending} cb[m·k + codes[m]]) · scale)` (sum from 0).
+#[inline(always)]
+fn scaled_tile8<const M: usize>(
+    cb: &[[f32; 8]],
+    k: usize,
+    codes: &[u16; M],
+    scale: f32,
+) -> [f32; 8] {
+    let mut acc = [0f32; 8];
+    for (mm, &code) in codes.iter().enumerate() {
+        let e = &cb[mm * k + usize::from(code)];
+        for b in 0..8 {
+            acc[b] += e[b];
+        }
+    }
+    acc.map(|v| v * scale)
+}
+
+multiversion! {
+/// [`AqlmLayer::decode_cols_into`] for `og = 1`, `ig = 8`, codes read by input group.
+fn decode_cols_g8(layer: &AqlmLayer, j0: usize, j1: usize, out: &mut [f32]) {
+    match layer.scheme.num_codebooks {
+        1 => decode_cols_g8_m::<1>(layer, j0, j1, out),
+        2 => decode_cols_g8_m::<2>(layer, j0, j1, out),
+        _ => decode_block_g8_any(layer, 0, layer.out_groups(), j0, j1, out),
+    }
+}
+}
+
+/// [`decode_cols_g8`] with `M` known at compile time; same order as [`decode_block_g8_m`].
+#[inline(always)]
+fn decode_cols_g8_m<const M: usize>(layer: &AqlmLayer, j0: usize, j1: usize, out: &mut [f32]) {
+    let (n_og, k) = (layer.out_groups(), layer.scheme.codebook_size());
+    let (cb, _) = layer.codebooks.as_chunks::<8>();
+    let (codes, _) = layer.codes_by_input().as_chunks::<M>(); // codes[j·n_og + o]
+    let (out8, _) = out.as_chunks_mut::<8>();
+    let width = j1 - j0;
+    for (o, row) in out8.chunks_exact_mut(width).enumerate() {
+        let scale = layer.scales[o];
+        for (d, j) in row.iter_mut().zip(j0..j1) {
+            *d = scaled_tile8(cb, k, &codes[j * n_og + o], scale);
+        }
+    }
+}
+
+/// [`decode_block_g8`] with `M` known at compile time; same order (`acc = 0`, `m` ascending,
+/// then the scale).
+#[inline(always)]
+fn decode_block_g8_m<const M: usize>(
+    layer: &AqlmLayer,
+    o0: usize,
+    o1: usize,
+    j0: usize,
+    j1: usize,
+    out: &mut [f32],
+) {
+    let (n_ig, k) = (layer.in_groups(), layer.scheme.codebook_size());
+    let (cb, _) = layer.codebooks.as_chunks::<8>();
+    let (codes, _) = layer.codes.as_chunks::<M>();
+    let (out8, _) = out.as_chunks_mut::<8>();
+    let width = j1 - j0;
+    for (o, row) in (o0..o1).zip(out8.chunks_exact_mut(width)) {
+        let scale = layer.scales[o];
+        for (d, c) in row.iter_mut().zip(&codes[o * n_ig + j0..o * n_ig + j1]) {
+            *d = scaled_tile8(cb, k, c, scale);
+        }
+    }
+}
+
+/// [`decode_block_g8`] for any `M`.
+#[inline(always)]
+fn decode_block_g8_any(
+    layer: &AqlmLayer,
+    o0: usize,
+    o1: usize,
+    j0: usize,
+    j1: usize,
+    out: &mut [f32],
+) {
+    let (out8, _) = out.as_chunks_mut::<8>();
+    let width = j1 - j0;
+    for (o, row) in (o0..o1).zip(out8.chunks_exact_mut(width)) {
+        let scale = layer.scales[o];
+        for (d, j) in row.iter_mut().zip(j0..j1) {
+            let tile = layer.group_sum_fixed::<8>(o, j);
+            for b in 0..8 {
+                d[b] = tile[b] * scale;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use rand::{SeedableRng, rngs::StdRng};
+
+    use crate::kernels::tests::random_layer;
     use crate::{AqlmLayer, AqlmScheme};
+
+    /// The block decoders (row blocks, column blocks, the `ig = 8` fast paths for `M = 1, 2`
+    /// and the generic one) give exactly the bits of the corresponding part of the whole-weight
+    /// decode, written by an independent loop over [`AqlmLayer::group_sum`].
+    #[test]
+    fn block_decoders_match_the_tile_rule_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for (m, nbits, ig, og) in [(1, 8, 8, 1), (2, 8, 8, 1), (3, 4, 8, 1), (2, 3, 4, 2)] {
+            let layer = random_layer(&mut rng, m, nbits, ig, og, 6, 5, false);
+            let (rows, cols) = (layer.out_features, layer.in_features);
+            let mut want = vec![0f32; rows * cols];
+            let mut tile = vec![0f32; og * ig];
+            for o in 0..layer.out_groups() {
+                for j in 0..layer.in_groups() {
+                    layer.group_sum(o, j, &mut tile);
+                    for a in 0..og {
+                        for b in 0..ig {
+                            want[(o * og + a) * cols + j * ig + b] =
+                                tile[a * ig + b] * layer.scales[o];
+                        }
+                    }
+                }
+            }
+            let w = layer.decode();
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(w[(r, c)].to_bits(), want[r * cols + c].to_bits());
+                }
+            }
+            let (j0, j1) = (2, 5);
+            let width = (j1 - j0) * ig;
+            let mut got = vec![0f32; rows * width];
+            layer.decode_cols_into(j0, j1, &mut got);
+            for r in 0..rows {
+                for c in 0..width {
+                    let v = want[r * cols + j0 * ig + c];
+                    assert_eq!(got[r * width + c].to_bits(), v.to_bits(), "{m}x{nbits}");
+                }
+            }
+            let (o0, o1) = (1, 4);
+            let mut got = vec![0f32; (o1 - o0) * og * cols];
+            layer.decode_rows_into(o0, o1, &mut got);
+            assert!(
+                got.iter()
+                    .zip(&want[o0 * og * cols..o1 * og * cols])
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+    }
 
     #[test]
     fn decodes_out_group_layout() {

@@ -15,7 +15,7 @@ mod decode_dot;
 mod layout;
 mod lut;
 mod reference;
-mod simd;
+pub(crate) mod simd;
 mod tiled_gemm;
 
 use faer::{Mat, MatRef};
@@ -223,4 +223,4 @@ impl AqlmLayer {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -42,13 +42,14 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let mut out = vec![0f32; layer.out_features * t];
     out.par_chunks_mut(groups * og * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
+        .for_each_init(Vec::new, |w, (ci, chunk)| {
             let o0 = ci * groups;
             let rows = chunk.len() / t;
             let o1 = o0 + rows / og;
-            let mut w = vec![0f32; rows * n_in];
-            layer.decode_rows_into(o0, o1, &mut w);
-            let w = MatRef::from_row_major_slice(&w, rows, n_in);
+            // Every element is overwritten by the decode: no zeroing beyond the first growth.
+            w.resize(rows * n_in, 0.0);
+            layer.decode_rows_into(o0, o1, w);
+            let w = MatRef::from_row_major_slice(w, rows, n_in);
             let dst = MatMut::from_column_major_slice_mut(chunk, t, rows);
             matmul(dst, Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
         });
@@ -63,13 +64,13 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let mut out = vec![0f32; layer.in_features * t];
     out.par_chunks_mut(groups * ig * t)
         .enumerate()
-        .for_each(|(ci, chunk)| {
+        .for_each_init(Vec::new, |w, (ci, chunk)| {
             let j0 = ci * groups;
             let cols = chunk.len() / t;
             let j1 = j0 + cols / ig;
-            let mut w = vec![0f32; n_out * cols];
-            layer.decode_cols_into(j0, j1, &mut w);
-            let w = MatRef::from_row_major_slice(&w, n_out, cols);
+            w.resize(n_out * cols, 0.0);
+            layer.decode_cols_into(j0, j1, w);
+            let w = MatRef::from_row_major_slice(w, n_out, cols);
             let dst = MatMut::from_column_major_slice_mut(chunk, t, cols);
             matmul(dst, Accum::Replace, dy, w, 1.0, Par::Seq);
         });
