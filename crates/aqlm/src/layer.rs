@@ -42,10 +42,13 @@ pub struct AqlmLayer {
     pub(crate) codes_by_input: OnceLock<Vec<u16>>,
     /// Codebooks transposed to `[M, og, ig, K]`, built on first use by the LUT kernel.
     pub(crate) codebooks_by_entry: OnceLock<Vec<f32>>,
-    /// Codes `[Og, Ig, M]` as bytes (only for `2^B ≤ 256`), built on first use by the LUT
-    /// kernel: half the memory traffic of `u16`.
+    /// Codes as bytes (only for `2^B ≤ 256`) interleaved by blocks of eight output groups,
+    /// built on first use by the LUT kernel (see [`AqlmLayer::codes_u8_interleaved`]).
     pub(crate) codes_u8: OnceLock<Vec<u8>>,
 }
+
+/// Output groups per block of [`AqlmLayer::codes_u8_interleaved`].
+pub(crate) const ROW_INTERLEAVE: usize = 8;
 
 fn checked_product(what: &str, dims: &[usize]) -> Result<usize, AqlmError> {
     dims.iter()
@@ -257,10 +260,23 @@ impl AqlmLayer {
         })
     }
 
-    /// Codes as bytes `[Og, Ig, M]` (built once); only meaningful when `2^B ≤ 256`.
-    pub(crate) fn codes_u8(&self) -> &[u8] {
-        self.codes_u8
-            .get_or_init(|| self.codes.iter().map(|&c| c as u8).collect())
+    /// Codes as bytes in the layout `[⌈Og/8⌉, Ig·M, 8]` (built once, then cached): entry
+    /// `(b, i, r)` is the code `i = j·M + m` of output group `8b + r` (0 past the last group).
+    /// One 8-byte load gives the codes of eight rows for one table, and the codes of a block
+    /// of rows are read sequentially. Only meaningful when `2^B ≤ 256`.
+    pub(crate) fn codes_u8_interleaved(&self) -> &[u8] {
+        self.codes_u8.get_or_init(|| {
+            let n_tab = self.in_groups() * self.scheme.num_codebooks;
+            let n_og = self.out_groups();
+            let mut t = vec![0u8; n_og.div_ceil(ROW_INTERLEAVE) * n_tab * ROW_INTERLEAVE];
+            for (o, row) in self.codes.chunks_exact(n_tab).enumerate() {
+                let (b, r) = (o / ROW_INTERLEAVE, o % ROW_INTERLEAVE);
+                for (i, &c) in row.iter().enumerate() {
+                    t[(b * n_tab + i) * ROW_INTERLEAVE + r] = c as u8;
+                }
+            }
+            t
+        })
     }
 
     /// Codebooks transposed to `[M, og, ig, K]` (built once, then cached).

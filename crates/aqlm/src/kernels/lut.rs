@@ -14,12 +14,17 @@ use rayon::prelude::*;
 
 use super::layout::{feature_major, feature_major_scaled, from_feature_major};
 use super::simd::multiversion;
-use crate::layer::AqlmLayer;
+use crate::layer::{AqlmLayer, ROW_INTERLEAVE};
 
 /// Target size of one block of tables, in `f32` (1 MiB, half an L2).
 const LUT_BLOCK_FLOATS: usize = 1 << 18;
 /// Output rows per gather task (rounded to whole output groups).
 const ROWS_PER_TASK: usize = 128;
+/// Output rows per task of the one-token `2^B = 256` gather (a multiple of
+/// [`ROW_INTERLEAVE`]): each block of tables is reused by this many rows.
+const T1_ROWS_PER_TASK: usize = 512;
+/// Tables (of 256 `f32`) per pass of the one-token gather: 32 KiB, within L1.
+const T1_TABLES_PER_PASS: usize = 32;
 /// Input groups per scatter task.
 const GROUPS_PER_TASK: usize = 4;
 
@@ -125,104 +130,79 @@ fn gather(
 
 multiversion! {
 /// One-token fast path for `2^B = 256`, `og = 1`: adds the contributions of the tables
-/// `tables[(j − j0)·M + m]` to `acc` (output rows `o0..`), eight rows at a time so the
-/// eight dependent sums interleave. Per row the order is the same as [`gather`]'s.
+/// `tables[i − i0]` (`i = j·M + m`) to `acc` (output rows `o0..`, `o0` a multiple of 8).
+///
+/// Codes come from [`AqlmLayer::codes_u8_interleaved`] (`n_tab` tables per row). The tables
+/// are visited in blocks of [`T1_TABLES_PER_PASS`] (32 KiB, so they stay in L1) and, per
+/// block, eight rows at a time so eight independent sums interleave. Per row the tables are
+/// still added in ascending `i`, the order of [`gather`].
 fn gather_t1_k256(
     codes: &[u8],
     tables: &[[f32; 256]],
-    m: usize,
-    n_ig: usize,
-    j0: usize,
-    j1: usize,
+    n_tab: usize,
+    i0: usize,
     o0: usize,
     acc: &mut [f32],
 ) {
-    const R: usize = 8;
-    let span = (j1 - j0) * m;
-    let row = |o: usize| &codes[(o * n_ig + j0) * m..][..span];
-    let tables = &tables[..span];
-    let mut chunks = acc.chunks_exact_mut(R);
-    let mut o = o0;
-    for accr in &mut chunks {
-        let rows: [&[u8]; R] = std::array::from_fn(|r| row(o + r));
-        let mut sum: [f32; R] = std::array::from_fn(|r| accr[r]);
-        for (i, tab) in tables.iter().enumerate() {
-            for r in 0..R {
-                sum[r] += tab[usize::from(rows[r][i])];
+    const R: usize = ROW_INTERLEAVE;
+    let (c8, _) = codes.as_chunks::<R>();
+    for (p, tabs) in tables.chunks(T1_TABLES_PER_PASS).enumerate() {
+        let first = i0 + p * T1_TABLES_PER_PASS;
+        for (bi, accr) in acc.chunks_mut(R).enumerate() {
+            let rows = &c8[(o0 / R + bi) * n_tab + first..][..tabs.len()];
+            let mut sum = [0f32; R];
+            sum[..accr.len()].copy_from_slice(accr);
+            for (tab, c) in tabs.iter().zip(rows) {
+                for r in 0..R {
+                    sum[r] += tab[usize::from(c[r])];
+                }
             }
+            let n = accr.len();
+            accr.copy_from_slice(&sum[..n]);
         }
-        accr.copy_from_slice(&sum);
-        o += R;
-    }
-    for a in chunks.into_remainder() {
-        let codes = row(o);
-        let mut sum = *a;
-        for (tab, &c) in tables.iter().zip(codes) {
-            sum += tab[usize::from(c)];
-        }
-        *a = sum;
-        o += 1;
     }
 }
 }
 
 multiversion! {
 /// Fast path for `2^B = 256`, `og = 1` and a token count that is a multiple of 8: eight rows
-/// at a time, tokens in register tiles of 8, so the sums stay in registers and sixty-four
-/// independent chains interleave. Per (row, token) the order is the same as [`gather`]'s.
+/// at a time (codes from [`AqlmLayer::codes_u8_interleaved`], `o0` a multiple of 8), tokens
+/// in register tiles of 8, so the sums stay in registers and sixty-four independent chains
+/// interleave. Per (row, token) the order is the same as [`gather`]'s.
 fn gather_k256_t8(
     codes: &[u8],
     lut: &[f32],
     t: usize,
-    m: usize,
-    n_ig: usize,
-    j0: usize,
-    j1: usize,
+    n_tab: usize,
+    i0: usize,
+    span: usize,
     o0: usize,
     acc: &mut [f32],
 ) {
-    const R: usize = 8;
-    let span = (j1 - j0) * m;
-    let row = |o: usize| &codes[(o * n_ig + j0) * m..][..span];
+    const R: usize = ROW_INTERLEAVE;
+    let (c8, _) = codes.as_chunks::<R>();
     let (tables, _) = lut.as_chunks::<8>(); // tables[(i·256 + c)·t/8 + tile]
     let tiles = t / 8;
-    let mut o = o0;
-    let mut chunks = acc.chunks_exact_mut(R * t);
-    for accr in &mut chunks {
-        let rows: [&[u8]; R] = std::array::from_fn(|r| row(o + r));
+    for (bi, accr) in acc.chunks_mut(R * t).enumerate() {
+        let rows = &c8[(o0 / R + bi) * n_tab + i0..][..span];
+        let n_rows = accr.len() / t;
         for tile in 0..tiles {
             let mut sum = [[0f32; 8]; R];
-            for r in 0..R {
+            for r in 0..n_rows {
                 sum[r].copy_from_slice(&accr[r * t + tile * 8..][..8]);
             }
-            for i in 0..span {
+            for (i, c) in rows.iter().enumerate() {
                 for r in 0..R {
-                    let src = &tables[(i * 256 + usize::from(rows[r][i])) * tiles + tile];
+                    let src = &tables[(i * 256 + usize::from(c[r])) * tiles + tile];
                     for l in 0..8 {
                         sum[r][l] += src[l];
                     }
                 }
             }
-            for r in 0..R {
+            for r in 0..n_rows {
                 accr[r * t + tile * 8..][..8].copy_from_slice(&sum[r]);
             }
         }
-        o += R;
-    }
-    for a in chunks.into_remainder().chunks_exact_mut(t) {
-        let codes = row(o);
-        for tile in 0..tiles {
-            let mut sum = [0f32; 8];
-            sum.copy_from_slice(&a[tile * 8..][..8]);
-            for (i, &c) in codes.iter().enumerate() {
-                let src = &tables[(i * 256 + usize::from(c)) * tiles + tile];
-                for l in 0..8 {
-                    sum[l] += src[l];
-                }
-            }
-            a[tile * 8..][..8].copy_from_slice(&sum);
-        }
-        o += 1;
     }
 }
 }
@@ -239,7 +219,13 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let k256 = og == 1 && layer.scheme.codebook_size() == 256;
     let fast = k256 && t == 1;
     let fast8 = k256 && t.is_multiple_of(8);
-    let codes_u8: &[u8] = if fast || fast8 { layer.codes_u8() } else { &[] };
+    let codes_u8: &[u8] = if fast || fast8 {
+        layer.codes_u8_interleaved()
+    } else {
+        &[]
+    };
+    let m = layer.scheme.num_codebooks;
+    let n_tab = n_ig * m;
     let mut acc = vec![0f32; layer.out_features * t];
     let mut lut = vec![0f32; jb * per_j];
     let mut j0 = 0;
@@ -253,16 +239,17 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
         let block = &*block;
         if fast {
             let (tables, _) = block.as_chunks::<256>();
-            let m = layer.scheme.num_codebooks;
-            acc.par_chunks_mut(groups).enumerate().for_each(|(ci, a)| {
-                gather_t1_k256(codes_u8, tables, m, n_ig, j0, j1, ci * groups, a)
-            });
+            acc.par_chunks_mut(T1_ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(ci, a)| {
+                    gather_t1_k256(codes_u8, tables, n_tab, j0 * m, ci * T1_ROWS_PER_TASK, a)
+                });
         } else if fast8 {
-            let m = layer.scheme.num_codebooks;
+            let span = (j1 - j0) * m;
             acc.par_chunks_mut(groups * t)
                 .enumerate()
                 .for_each(|(ci, a)| {
-                    gather_k256_t8(codes_u8, block, t, m, n_ig, j0, j1, ci * groups, a)
+                    gather_k256_t8(codes_u8, block, t, n_tab, j0 * m, span, ci * groups, a)
                 });
         } else {
             acc.par_chunks_mut(groups * og * t)

@@ -303,3 +303,21 @@ proptest::proptest! {
         }
     }
 }
+
+/// The 2^B = 256 lookup fast paths (one token; multiples of 8 tokens) on a layer large enough
+/// for several table passes, several row tasks and a partial block of eight rows.
+#[test]
+fn k256_lookup_paths_on_many_tables_and_rows() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let layer = random_layer(&mut rng, 2, 8, 8, 1, 40, 1030, true);
+    for tokens in [1usize, 8] {
+        let x = random_mat(&mut rng, tokens, layer.in_features());
+        let want = layer.forward_with(x.as_ref(), Kernel::Reference).unwrap();
+        let y = layer.forward_with(x.as_ref(), Kernel::Lut).unwrap();
+        assert!(
+            rel_err(&y, &want) < 2e-6,
+            "t{tokens}: {}",
+            rel_err(&y, &want)
+        );
+    }
+}
