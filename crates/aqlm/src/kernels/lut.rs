@@ -63,6 +63,25 @@ fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
                 }
             }
         }
+    } else if og == 1 && t.is_multiple_of(8) {
+        // Tokens in register tiles of 8: each table entry is summed in registers and stored
+        // once (same order: from 0, `b` ascending). With og = 1 the tables `[m][c][t]` follow
+        // the codebook entries `[m][c]` one for one.
+        let (x8, _) = xf.as_chunks::<8>(); // x8[(j·ig + b)·t/8 + tile]
+        let (l8, _) = lut.as_chunks_mut::<8>();
+        let tiles = t / 8;
+        for (e, dst) in layer.codebooks.chunks_exact(ig).zip(l8.chunks_exact_mut(tiles)) {
+            for (tile, d) in dst.iter_mut().enumerate() {
+                let mut acc = [0f32; 8];
+                for (b, &wb) in e.iter().enumerate() {
+                    let xv = &x8[(j * ig + b) * tiles + tile];
+                    for l in 0..8 {
+                        acc[l] += wb * xv[l];
+                    }
+                }
+                *d = acc;
+            }
+        }
     } else {
         // Vectorize over tokens.
         for mm in 0..m {
