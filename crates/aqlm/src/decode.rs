@@ -57,7 +57,7 @@ impl AqlmLayer {
     pub(crate) fn decode_cols_into(&self, j0: usize, j1: usize, out: &mut [f32]) {
         let s = &self.scheme;
         if s.out_group_size == 1 && s.in_group_size == 8 {
-            decode_cols_g8(self, j0, j1, out);
+            decode_block_g8(self, CodeOrder::ByInput, 0, self.out_groups(), j0, j1, out);
             return;
         }
         self.decode_block_into(0, self.out_groups(), j0, j1, out);
@@ -75,7 +75,7 @@ impl AqlmLayer {
     ) {
         let s = &self.scheme;
         if s.out_group_size == 1 && s.in_group_size == 8 {
-            decode_block_g8(self, o0, o1, j0, j1, out);
+            decode_block_g8(self, CodeOrder::ByRow, o0, o1, j0, j1, out);
             return;
         }
         let (og, ig) = (s.out_group_size, s.in_group_size);
@@ -129,83 +129,74 @@ impl AqlmLayer {
     }
 }
 
+/// Where the `og = 1`, `ig = 8` block decoder reads its codes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CodeOrder {
+    /// The layer's `[Og, Ig, M]` codes (a row's codes contiguous).
+    ByRow,
+    /// [`AqlmLayer::codes_by_input`], `[Ig, Og, M]` (an input group's codes contiguous).
+    ByInput,
+}
+
 multiversion! {
 /// [`AqlmLayer::decode_block_into`] for `og = 1`, `ig = 8` (one 8-float vector per tile), with
 /// the codebook count unrolled for `M = 1, 2`: the decode of the many-token kernels.
-fn decode_block_g8(layer: &AqlmLayer, o0: usize, o1: usize, j0: usize, j1: usize, out: &mut [f32]) {
-    match layer.scheme.num_codebooks {
-        1 => decode_block_g8_m::<1>(layer, o0, o1, j0, j1, out),
-        2 => decode_block_g8_m::<2>(layer, o0, o1, j0, j1, out),
-        _ => decode_block_g8_any(layer, o0, o1, j0, j1, out),
-    }
-}
-}
-
-/// One decoded `ig = 8` tile, `fl(fl(Σ_{m ascending} cb[m·k + codes[m]]) · scale)` (sum from 0).
-#[inline(always)]
-fn scaled_tile8<const M: usize>(
-    cb: &[[f32; 8]],
-    k: usize,
-    codes: &[u16; M],
-    scale: f32,
-) -> [f32; 8] {
-    let mut acc = [0f32; 8];
-    for (mm, &code) in codes.iter().enumerate() {
-        let e = &cb[mm * k + usize::from(code)];
-        for b in 0..8 {
-            acc[b] += e[b];
-        }
-    }
-    acc.map(|v| v * scale)
-}
-
-multiversion! {
-/// [`AqlmLayer::decode_cols_into`] for `og = 1`, `ig = 8`, codes read by input group.
-fn decode_cols_g8(layer: &AqlmLayer, j0: usize, j1: usize, out: &mut [f32]) {
-    match layer.scheme.num_codebooks {
-        1 => decode_cols_g8_m::<1>(layer, j0, j1, out),
-        2 => decode_cols_g8_m::<2>(layer, j0, j1, out),
-        _ => decode_block_g8_any(layer, 0, layer.out_groups(), j0, j1, out),
-    }
-}
-}
-
-/// [`decode_cols_g8`] with `M` known at compile time; same order as [`decode_block_g8_m`].
-#[inline(always)]
-fn decode_cols_g8_m<const M: usize>(layer: &AqlmLayer, j0: usize, j1: usize, out: &mut [f32]) {
-    let (n_og, k) = (layer.out_groups(), layer.scheme.codebook_size());
-    let (cb, _) = layer.codebooks.as_chunks::<8>();
-    let (codes, _) = layer.codes_by_input().as_chunks::<M>(); // codes[j·n_og + o]
-    let (out8, _) = out.as_chunks_mut::<8>();
-    let width = j1 - j0;
-    for (o, row) in out8.chunks_exact_mut(width).enumerate() {
-        let scale = layer.scales[o];
-        for (d, j) in row.iter_mut().zip(j0..j1) {
-            *d = scaled_tile8(cb, k, &codes[j * n_og + o], scale);
-        }
-    }
-}
-
-/// [`decode_block_g8`] with `M` known at compile time; same order (`acc = 0`, `m` ascending,
-/// then the scale).
-#[inline(always)]
-fn decode_block_g8_m<const M: usize>(
+fn decode_block_g8(
     layer: &AqlmLayer,
+    order: CodeOrder,
     o0: usize,
     o1: usize,
     j0: usize,
     j1: usize,
     out: &mut [f32],
 ) {
-    let (n_ig, k) = (layer.in_groups(), layer.scheme.codebook_size());
+    match layer.scheme.num_codebooks {
+        1 => decode_block_g8_m::<1>(layer, order, o0, o1, j0, j1, out),
+        2 => decode_block_g8_m::<2>(layer, order, o0, o1, j0, j1, out),
+        _ => decode_block_g8_any(layer, o0, o1, j0, j1, out),
+    }
+}
+}
+
+/// [`decode_block_g8`] with `M` known at compile time: per tile `acc = 0`, `+= cb_m[c]` for
+/// `m` ascending, then `· scale`.
+#[inline(always)]
+fn decode_block_g8_m<const M: usize>(
+    layer: &AqlmLayer,
+    order: CodeOrder,
+    o0: usize,
+    o1: usize,
+    j0: usize,
+    j1: usize,
+    out: &mut [f32],
+) {
+    let (n_og, n_ig, k) = (
+        layer.out_groups(),
+        layer.in_groups(),
+        layer.scheme.codebook_size(),
+    );
     let (cb, _) = layer.codebooks.as_chunks::<8>();
-    let (codes, _) = layer.codes.as_chunks::<M>();
+    let (codes, _) = match order {
+        CodeOrder::ByRow => layer.codes.as_chunks::<M>(),
+        CodeOrder::ByInput => layer.codes_by_input().as_chunks::<M>(),
+    };
     let (out8, _) = out.as_chunks_mut::<8>();
     let width = j1 - j0;
     for (o, row) in (o0..o1).zip(out8.chunks_exact_mut(width)) {
         let scale = layer.scales[o];
-        for (d, c) in row.iter_mut().zip(&codes[o * n_ig + j0..o * n_ig + j1]) {
-            *d = scaled_tile8(cb, k, c, scale);
+        for (d, j) in row.iter_mut().zip(j0..j1) {
+            let c = match order {
+                CodeOrder::ByRow => &codes[o * n_ig + j],
+                CodeOrder::ByInput => &codes[j * n_og + o],
+            };
+            let mut acc = [0f32; 8];
+            for (mm, &code) in c.iter().enumerate() {
+                let e = &cb[mm * k + usize::from(code)];
+                for b in 0..8 {
+                    acc[b] += e[b];
+                }
+            }
+            *d = acc.map(|v| v * scale);
         }
     }
 }
