@@ -39,6 +39,7 @@ pub mod cayley;
 pub mod coft;
 pub mod diagnostics;
 pub mod error;
+mod kernels;
 pub mod packing;
 pub mod parameterization;
 pub mod real;
