@@ -40,6 +40,7 @@ pub mod coft;
 pub mod diagnostics;
 pub mod error;
 mod kernels;
+mod matrix;
 pub mod packing;
 pub mod parameterization;
 pub mod real;
