@@ -3,11 +3,14 @@
 //! Block `j` acts on features `[j·b, (j+1)·b)`: `y_j = x_j · R_j` (row vector times matrix), so
 //! `y = x · R_bd` without ever forming the `d × d` matrix. Work is split over blocks with rayon;
 //! each block is one faer product with `Par::Seq`, so results do not depend on the thread count.
+//! Outputs are zero-filled with plain stores ([`zeroed_with`]), not faer's per-element `zeros`
+//! (1.3 ms for an 8 MiB output).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
+use crate::matrix::zeroed_with;
 use crate::real::Real;
 
 /// Which matrix each block multiplies with.
@@ -29,7 +32,7 @@ pub(crate) fn apply_blocks<T: Real>(
     side: Side,
     keep: Option<&[bool]>,
 ) -> Mat<T> {
-    let mut y = Mat::<T>::zeros(x.nrows(), x.ncols());
+    let mut y = zeroed_with(x.nrows(), x.ncols(), |_| {});
     y.as_mut()
         .par_col_chunks_mut(block_size)
         .enumerate()
@@ -60,7 +63,7 @@ pub(crate) fn apply_blocks_backward<T: Real>(
     keep: Option<&[bool]>,
 ) -> (Mat<T>, Vec<Mat<T>>) {
     let n_blocks = x.ncols() / block_size;
-    let mut dx = Mat::<T>::zeros(x.nrows(), x.ncols());
+    let mut dx = zeroed_with(x.nrows(), x.ncols(), |_| {});
     let mut dr: Vec<Mat<T>> = (0..n_blocks)
         .map(|_| Mat::<T>::zeros(block_size, block_size))
         .collect();

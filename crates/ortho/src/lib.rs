@@ -39,6 +39,8 @@ pub mod cayley;
 pub mod coft;
 pub mod diagnostics;
 pub mod error;
+mod kernels;
+mod matrix;
 pub mod packing;
 pub mod parameterization;
 pub mod real;

@@ -8,6 +8,7 @@
 use faer::{Mat, MatRef};
 
 use crate::error::{OrthoError, Result, shape_err};
+use crate::matrix::zeroed_with;
 use crate::real::Real;
 
 /// Number of packed parameters of one `b × b` skew block: `b(b−1)/2`.
@@ -71,22 +72,46 @@ pub fn skew_from_packed<T: Real>(v: &[T], block_size: usize) -> Result<Mat<T>> {
             v.len().to_string(),
         ));
     }
-    // Column by column (faer is column-major): above the diagonal Q[i][j] = v[k(i, j)], below it
-    // Q[i][j] = −v[k(j, i)], a contiguous run of the packed row.
-    let mut q = Mat::<T>::zeros(b, b);
-    for j in 0..b {
-        let col = q.col_as_slice_mut(j);
-        for (i, x) in col.iter_mut().enumerate().take(j) {
-            *x = v[packed_index(b, i, j)];
+    Ok(skew_from_fn(b, |k| v[k]))
+}
+
+/// The skew block `Q = U − Uᵀ` of packed row `row` of a `[r, b(b−1)/2]` parameter matrix (shapes
+/// checked by the caller).
+pub(crate) fn skew_from_row<T: Real>(packed: MatRef<'_, T>, row: usize, b: usize) -> Mat<T> {
+    let r = packed.row(row);
+    match r.try_as_row_major() {
+        Some(r) => {
+            let v = r.as_slice();
+            skew_from_fn(b, |k| v[k])
         }
-        if j + 1 < b {
-            let k0 = packed_index(b, j, j + 1);
-            for (x, &val) in col[j + 1..].iter_mut().zip(&v[k0..k0 + (b - j - 1)]) {
-                *x = -val;
+        None => skew_from_fn(b, |k| r[k]),
+    }
+}
+
+/// `Q = U − Uᵀ` with `U[i][j] = v(packed_index(b, i, j))` for `i < j`.
+fn skew_from_fn<T: Real>(b: usize, v: impl Fn(usize) -> T) -> Mat<T> {
+    zeroed_with(b, b, |mut q| {
+        // Column by column (faer is column-major): above the diagonal Q[i][j] = v[k(i, j)] with
+        // k(0, j) = j − 1 and k(i + 1, j) = k(i, j) + b − i − 2; below it Q[i][j] = −v[k(j, i)],
+        // a contiguous run of the packed row starting at k(j, j + 1).
+        for j in 0..b {
+            let Some(col) = q.as_mut().col_mut(j).try_as_col_major_mut() else {
+                continue; // unreachable: a fresh matrix has unit row stride
+            };
+            let col = col.as_slice_mut();
+            let mut k = j.wrapping_sub(1);
+            for (i, x) in col[..j].iter_mut().enumerate() {
+                *x = v(k);
+                k = k.wrapping_add(b - i - 2);
+            }
+            if j + 1 < b {
+                let k0 = packed_index(b, j, j + 1);
+                for (d, x) in col[j + 1..].iter_mut().enumerate() {
+                    *x = -v(k0 + d);
+                }
             }
         }
-    }
-    Ok(q)
+    })
 }
 
 /// Reads the packed row of a (skew) block: `v[k] = Q[i][j]` for `i < j` in `triu_indices` order.

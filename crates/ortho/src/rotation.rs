@@ -9,7 +9,7 @@ use crate::diagnostics::{
     DivergencePolicy, check_neumann_convergence, orthogonality_error, skew_norm_bound,
 };
 use crate::error::{OrthoError, Result, shape_err};
-use crate::packing::{packed_grad_from_skew_grad, skew_blocks};
+use crate::packing::{packed_grad_from_skew_grad, skew_from_row};
 use crate::parameterization::Parameterization;
 use crate::real::Real;
 use crate::spec::RotationSpec;
@@ -80,25 +80,35 @@ impl<T: Real> BlockRotation<T> {
                 block,
             });
         }
-        let skew = skew_blocks(packed, spec.block_size())?;
-        type Built<T> = Result<(Mat<T>, Vec<Mat<T>>)>;
-        let built: Vec<Built<T>> = skew
-            .par_iter()
-            .enumerate()
-            .map(|(i, q)| match spec.parameterization() {
-                Parameterization::Exact(conv) => cayley_exact(q.as_ref(), conv)
-                    .map(|r| (r, Vec::new()))
-                    .map_err(|_| OrthoError::Singular { block: i }),
-                p @ Parameterization::Neumann { .. } => {
-                    let coeffs = p.neumann_coefficients().unwrap_or_else(|| vec![1.0]);
-                    Ok(neumann_with_tape(q.as_ref(), &coeffs))
+        let b = spec.block_size();
+        let parameterization = spec.parameterization();
+        let coeffs = parameterization
+            .neumann_coefficients()
+            .unwrap_or_else(|| vec![1.0]);
+        // Per block (one rayon task each): unpack Q from its packed row, then R(Q).
+        type Built<T> = Result<(Mat<T>, Mat<T>, Vec<Mat<T>>)>;
+        let built: Vec<Built<T>> = (0..rows)
+            .into_par_iter()
+            .map(|i| {
+                let q = skew_from_row(packed, i, b);
+                match parameterization {
+                    Parameterization::Exact(conv) => match cayley_exact(q.as_ref(), conv) {
+                        Ok(r) => Ok((q, r, Vec::new())),
+                        Err(_) => Err(OrthoError::Singular { block: i }),
+                    },
+                    Parameterization::Neumann { .. } => {
+                        let (r, tape) = neumann_with_tape(q.as_ref(), &coeffs);
+                        Ok((q, r, tape))
+                    }
                 }
             })
             .collect();
+        let mut skew = Vec::with_capacity(rows);
         let mut blocks = Vec::with_capacity(rows);
         let mut tapes = Vec::with_capacity(rows);
         for b in built {
-            let (r, tape) = b?;
+            let (q, r, tape) = b?;
+            skew.push(q);
             blocks.push(r);
             tapes.push(tape);
         }

@@ -6,17 +6,26 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Conj, Mat, MatRef, Par};
 
 use crate::error::{OrthoError, Result};
+use crate::kernels::gauss_jordan::invert_unpivoted;
 use crate::parameterization::CayleyConvention;
 use crate::real::Real;
 
+/// Largest block size for the Gauss–Jordan path: beyond it the pivoted LU is used, whose rounding
+/// error grows more slowly with `b` (f32 at `b = 256` exceeded the `5·10⁻⁶` orthogonality
+/// budget with Gauss–Jordan: `5.4·10⁻⁶`).
+const GJ_MAX_BLOCK: usize = 64;
+
 /// Exact Cayley transform of one skew block `Q` (`b × b`).
 ///
-/// - [`CayleyConvention::Peft`]: `R = (I − Q)(I + Q)⁻¹` (PEFT's exact branch);
-/// - [`CayleyConvention::Textbook`]: `R = (I + Q)(I − Q)⁻¹`.
+/// - [`CayleyConvention::Peft`]: `R = (I − Q)(I + Q)⁻¹ = 2(I + Q)⁻¹ − I` (PEFT's exact branch);
+/// - [`CayleyConvention::Textbook`]: `R = (I + Q)(I − Q)⁻¹ = 2(I − Q)⁻¹ − I`.
 ///
-/// Both are computed from one LU factorisation of `I − Q` (faer, partial pivoting, sequential):
-/// `X = (I − Q)⁻¹(I + Q)` is the textbook `C` (the factors commute) and, because `Qᵀ = −Q`,
-/// PEFT's `R = Xᵀ`. `I − Q` is invertible for every real skew `Q` (its eigenvalues are `1 ∓ iθⱼ`).
+/// (`(I ∓ Q)(I ± Q)⁻¹ = (2I − (I ± Q))(I ± Q)⁻¹`.) The inverse is computed by Gauss–Jordan
+/// elimination without pivoting (for `b ≤ 64`), which is stable here: `I ± Q` has symmetric part `I` when `Q` is
+/// skew, so every pivot is at least 1 in exact arithmetic (Golub & Van Loan §4.4). If a pivot falls
+/// below ½ (a `Q` far from skew) or the result is not finite, the transform is recomputed from
+/// faer's partially pivoted LU of `I − Q`: `X = (I − Q)⁻¹(I + Q)` is the textbook `C` and, because
+/// `Qᵀ = −Q`, PEFT's `R = Xᵀ`. `I − Q` is invertible for every real skew `Q` (eigenvalues `1 ∓ iθⱼ`).
 ///
 /// # Errors
 /// [`OrthoError::Singular`] (block 0) if the result is not finite (a non-skew or non-finite `Q`).
@@ -30,6 +39,41 @@ use crate::real::Real;
 /// assert!((r[(0, 0)] - c).abs() < 1e-15 && (r[(0, 1)] + s).abs() < 1e-15);
 /// ```
 pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
+    let b = q.nrows();
+    // X = M⁻¹ for M = (I + Q)ᵀ = I + Qᵀ, row i of M is column i of Q plus eᵢ. PEFT's
+    // R = 2(I + Q)⁻¹ − I = 2Xᵀ − I; the textbook 2(I − Q)⁻¹ − I = 2X − I (Q skew) is its
+    // transpose, bit for bit.
+    let mut m = vec![T::zero(); b * b];
+    for (i, row) in m.chunks_exact_mut(b.max(1)).enumerate().take(b) {
+        match q.col(i).try_as_col_major() {
+            Some(col) => row.copy_from_slice(col.as_slice()),
+            None => {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = q[(j, i)];
+                }
+            }
+        }
+        row[i] += T::one();
+    }
+    if b <= GJ_MAX_BLOCK && invert_unpivoted(&mut m, b, T::c(0.5)) {
+        let two = T::c(2.0);
+        let at = |i: usize, j: usize| {
+            let v = two * m[i * b + j];
+            if i == j { v - T::one() } else { v }
+        };
+        let r = match convention {
+            CayleyConvention::Peft => Mat::<T>::from_fn(b, b, |i, j| at(j, i)),
+            CayleyConvention::Textbook => Mat::<T>::from_fn(b, b, at),
+        };
+        if r.as_ref().is_all_finite() {
+            return Ok(r);
+        }
+    }
+    cayley_exact_lu(q, convention)
+}
+
+/// [`cayley_exact`] by faer's partially pivoted LU of `I − Q` (the fallback).
+fn cayley_exact_lu<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
     let b = q.nrows();
     // A = I − Q, X = I + Q.
     let mut a = Mat::<T>::from_fn(b, b, |i, j| if i == j { T::one() } else { -q[(i, j)] });
@@ -141,6 +185,21 @@ mod tests {
         let q = Mat::<f32>::zeros(7, 7);
         let r = cayley_exact(q.as_ref(), CayleyConvention::Peft).unwrap();
         assert_eq!(r, Mat::<f32>::identity(7, 7));
+    }
+
+    #[test]
+    fn small_pivot_falls_back_to_lu() {
+        // Not skew: the second pivot of I + Qᵀ is 0, so the pivoted LU of I − Q takes over, and
+        // finds it singular too.
+        let q = faer::mat![[0.0f64, 1.0], [1.0, 0.0]];
+        assert!(cayley_exact(q.as_ref(), CayleyConvention::Peft).is_err());
+        // A skew block takes the Gauss–Jordan path and matches the LU fallback to rounding.
+        let q = skew_from_packed(&[0.4f64, -0.7, 1.3, 0.2, -0.9, 0.6], 4).unwrap();
+        for conv in [CayleyConvention::Peft, CayleyConvention::Textbook] {
+            let gj = cayley_exact(q.as_ref(), conv).unwrap();
+            let lu = cayley_exact_lu(q.as_ref(), conv).unwrap();
+            assert!((gj - lu).norm_max() < 1e-14);
+        }
     }
 
     #[test]

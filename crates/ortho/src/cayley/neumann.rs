@@ -1,7 +1,9 @@
 //! Truncated Cayley–Neumann polynomials `R = Σₖ cₖ Qᵏ` and their vector–Jacobian product.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+
+use crate::matrix::zeroed_with;
 
 use crate::real::Real;
 
@@ -15,36 +17,47 @@ pub(crate) fn neumann_with_tape<T: Real>(
 ) -> (Mat<T>, Vec<Mat<T>>) {
     let b = q.nrows();
     let p = coeffs.len().saturating_sub(1);
-    let add_diagonal = |m: &mut Mat<T>, c: f64| {
+    let add_diagonal = |mut m: MatMut<'_, T>, c: f64| {
         let c = T::c(c);
         for i in 0..b {
             m[(i, i)] += c;
         }
     };
-    let mut h = Mat::<T>::zeros(b, b);
-    add_diagonal(&mut h, coeffs.last().copied().unwrap_or(1.0));
+    let h = zeroed_with(b, b, |m| {
+        add_diagonal(m, coeffs.last().copied().unwrap_or(1.0))
+    });
     if p == 0 {
         return (h, Vec::new());
     }
     let mut tape: Vec<Mat<T>> = Vec::with_capacity(p);
     // H_{p−1} = c_{p−1}I + Q·(c_p I) = c_{p−1}I + c_p Q, without a product.
     let cp = T::c(coeffs[p]);
-    let mut next = q * faer::Scale(cp);
-    add_diagonal(&mut next, coeffs[p - 1]);
-    tape.push(h);
-    h = next;
+    let mut h = {
+        let next = zeroed_with(b, b, |mut m| {
+            m.copy_from(q);
+            for j in 0..b {
+                for x in m.as_mut().col_mut(j).iter_mut() {
+                    *x *= cp;
+                }
+            }
+            add_diagonal(m, coeffs[p - 1]);
+        });
+        tape.push(h);
+        next
+    };
     for k in (0..p - 1).rev() {
         // H_k = c_k I + Q·H_{k+1}: one product, then the diagonal.
-        let mut next = Mat::<T>::zeros(b, b);
-        matmul(
-            next.as_mut(),
-            Accum::Replace,
-            q,
-            h.as_ref(),
-            T::one(),
-            Par::Seq,
-        );
-        add_diagonal(&mut next, coeffs[k]);
+        let next = zeroed_with(b, b, |mut m| {
+            matmul(
+                m.as_mut(),
+                Accum::Replace,
+                q,
+                h.as_ref(),
+                T::one(),
+                Par::Seq,
+            );
+            add_diagonal(m, coeffs[k]);
+        });
         tape.push(h);
         h = next;
     }
@@ -80,9 +93,12 @@ pub(crate) fn neumann_vjp_with_tape<T: Real>(
     g: MatRef<'_, T>,
 ) -> Mat<T> {
     let b = q.nrows();
-    let mut dq = Mat::<T>::zeros(b, b);
-    let mut gk = g.to_owned();
-    let mut next = Mat::<T>::zeros(b, b);
+    let mut dq = zeroed_with(b, b, |_| {});
+    if tape.is_empty() {
+        return dq;
+    }
+    let mut gk = zeroed_with(b, b, |mut m| m.copy_from(g));
+    let mut next = zeroed_with(b, b, |_| {});
     for (k, h) in tape.iter().enumerate() {
         matmul(
             dq.as_mut(),

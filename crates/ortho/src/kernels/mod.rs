@@ -1,0 +1,51 @@
+//! Hand-written, runtime-dispatched kernels.
+//!
+//! Every kernel body is generic over the scalar and over a `FMA` flag and is compiled three
+//! times: portable (`a·b + c`, two roundings), AVX2 + FMA and AVX-512F/VL (`fma(a, b, c)`, one
+//! rounding), picked per call with `is_x86_feature_detected!`. Each output element is one fixed
+//! chain of operations whatever the vector width, so the AVX2 and AVX-512 versions give identical
+//! bits; the portable version differs only by rounding. Nothing depends on the number of threads.
+
+pub(crate) mod gauss_jordan;
+
+use crate::real::Real;
+
+/// The instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Baseline target features, no fused multiply-add.
+    Portable,
+    /// AVX2 and FMA (x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// AVX-512F and FMA (x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+/// The best instruction set of this CPU (detection is cached by the standard library).
+pub(crate) fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// `a·b + c`: fused (one rounding) when `FMA`, else a product and a sum.
+#[inline(always)]
+pub(crate) fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA {
+        num_traits::Float::mul_add(a, b, c)
+    } else {
+        a * b + c
+    }
+}
