@@ -39,7 +39,7 @@ pub struct BlockRotation<T: Real> {
     skew: Vec<Mat<T>>,
     blocks: Vec<Mat<T>>,
     /// Horner intermediates per stored block (Neumann only).
-    tapes: Vec<Vec<Mat<T>>>,
+    tapes: Vec<Mat<T>>,
 }
 
 /// Gradients returned by [`BlockRotation::backward`].
@@ -86,14 +86,14 @@ impl<T: Real> BlockRotation<T> {
             .neumann_coefficients()
             .unwrap_or_else(|| vec![1.0]);
         // Per block (one rayon task each): unpack Q from its packed row, then R(Q).
-        type Built<T> = Result<(Mat<T>, Mat<T>, Vec<Mat<T>>)>;
+        type Built<T> = Result<(Mat<T>, Mat<T>, Mat<T>)>;
         let built: Vec<Built<T>> = (0..rows)
             .into_par_iter()
             .map(|i| {
                 let q = skew_from_row(packed, i, b);
                 match parameterization {
                     Parameterization::Exact(conv) => match cayley_exact(q.as_ref(), conv) {
-                        Ok(r) => Ok((q, r, Vec::new())),
+                        Ok(r) => Ok((q, r, Mat::zeros(0, 0))),
                         Err(_) => Err(OrthoError::Singular { block: i }),
                     },
                     Parameterization::Neumann { .. } => {
@@ -282,7 +282,7 @@ impl<T: Real> BlockRotation<T> {
         match self.spec.parameterization() {
             Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks[i].as_ref(), conv, g),
             Parameterization::Neumann { .. } => {
-                neumann_vjp_with_tape(self.skew[i].as_ref(), &self.tapes[i], g)
+                neumann_vjp_with_tape(self.skew[i].as_ref(), self.tapes[i].as_ref(), g)
             }
         }
     }

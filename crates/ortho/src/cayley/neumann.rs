@@ -1,6 +1,7 @@
 //! Truncated Cayley–Neumann polynomials `R = Σₖ cₖ Qᵏ` and their vector–Jacobian product.
 
 use faer::linalg::matmul::matmul;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use crate::matrix::zeroed_with;
@@ -9,12 +10,10 @@ use crate::real::Real;
 
 /// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` by Horner's rule, `Hₚ = cₚI`, `Hₖ = cₖI + Q·Hₖ₊₁`, `R = H₀`.
 ///
-/// Returns `R` and the Horner intermediates `H₁ … Hₚ` the backward pass needs.
+/// Returns `R` and the tape of Horner intermediates the backward pass needs, one `b × p·b`
+/// matrix whose column block `k` is `Hₖ₊₁` (two allocations per block whatever `p`).
 /// Costs `p − 1` matrix products (`H_{p−1}` is formed without one).
-pub(crate) fn neumann_with_tape<T: Real>(
-    q: MatRef<'_, T>,
-    coeffs: &[f64],
-) -> (Mat<T>, Vec<Mat<T>>) {
+pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
     let b = q.nrows();
     let p = coeffs.len().saturating_sub(1);
     let add_diagonal = |mut m: MatMut<'_, T>, c: f64| {
@@ -23,46 +22,65 @@ pub(crate) fn neumann_with_tape<T: Real>(
             m[(i, i)] += c;
         }
     };
-    let h = zeroed_with(b, b, |m| {
-        add_diagonal(m, coeffs.last().copied().unwrap_or(1.0))
-    });
+    let c_last = coeffs.last().copied().unwrap_or(1.0);
     if p == 0 {
-        return (h, Vec::new());
+        return (
+            zeroed_with(b, b, |m| add_diagonal(m, c_last)),
+            Mat::zeros(b, 0),
+        );
     }
-    let mut tape: Vec<Mat<T>> = Vec::with_capacity(p);
-    // H_{p−1} = c_{p−1}I + Q·(c_p I) = c_{p−1}I + c_p Q, without a product.
     let cp = T::c(coeffs[p]);
-    let mut h = {
-        let next = zeroed_with(b, b, |mut m| {
-            m.copy_from(q);
+    // H_{k+1} in column block k; H_p = c_p I, H_{p−1} = c_{p−1}I + c_p Q (no product).
+    let mut tape = zeroed_with(b, p * b, |mut t| {
+        add_diagonal(t.rb_mut().subcols_mut((p - 1) * b, b), c_last);
+        if p >= 2 {
+            let mut h = t.rb_mut().subcols_mut((p - 2) * b, b);
             for j in 0..b {
-                for x in m.as_mut().col_mut(j).iter_mut() {
-                    *x *= cp;
+                for (x, &v) in h.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
+                    *x = v * cp;
                 }
             }
-            add_diagonal(m, coeffs[p - 1]);
-        });
-        tape.push(h);
-        next
-    };
-    for k in (0..p - 1).rev() {
-        // H_k = c_k I + Q·H_{k+1}: one product, then the diagonal.
-        let next = zeroed_with(b, b, |mut m| {
+            add_diagonal(h, coeffs[p - 1]);
+        }
+    });
+    // H_k = c_k I + Q·H_{k+1}, for k = p−2 … 1 into the tape, then R = H_0.
+    for k in (1..p.saturating_sub(1)).rev() {
+        let (left, right) = tape.as_mut().split_at_col_mut(k * b);
+        let mut hk = left.subcols_mut((k - 1) * b, b);
+        matmul(
+            hk.rb_mut(),
+            Accum::Replace,
+            q,
+            right.rb().subcols(0, b),
+            T::one(),
+            Par::Seq,
+        );
+        add_diagonal(hk, coeffs[k]);
+    }
+    let r = if p == 1 {
+        // H_0 = c_0 I + c_1 Q.
+        zeroed_with(b, b, |mut m| {
+            for j in 0..b {
+                for (x, &v) in m.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
+                    *x = v * cp;
+                }
+            }
+            add_diagonal(m, coeffs[0]);
+        })
+    } else {
+        zeroed_with(b, b, |mut m| {
             matmul(
-                m.as_mut(),
+                m.rb_mut(),
                 Accum::Replace,
                 q,
-                h.as_ref(),
+                tape.as_ref().subcols(0, b),
                 T::one(),
                 Par::Seq,
             );
-            add_diagonal(m, coeffs[k]);
-        });
-        tape.push(h);
-        h = next;
-    }
-    tape.reverse(); // tape[k] = H_{k+1}
-    (h, tape)
+            add_diagonal(m, coeffs[0]);
+        })
+    };
+    (r, tape)
 }
 
 /// Cayley–Neumann polynomial `R = Σ_{k=0}^{p} cₖ Qᵏ` of one block (coefficients from
@@ -84,40 +102,42 @@ pub fn neumann_polynomial<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> Mat<T> {
 /// `∂L/∂Q += Gₖ·Hₖ₊₁ᵀ` and `Gₖ₊₁ = Qᵀ·Gₖ`.
 pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) -> Mat<T> {
     let (_, tape) = neumann_with_tape(q, coeffs);
-    neumann_vjp_with_tape(q, &tape, g)
+    neumann_vjp_with_tape(q, tape.as_ref(), g)
 }
 
+/// [`neumann_vjp`] from the tape of [`neumann_with_tape`] (column block `k` is `Hₖ₊₁`).
 pub(crate) fn neumann_vjp_with_tape<T: Real>(
     q: MatRef<'_, T>,
-    tape: &[Mat<T>],
+    tape: MatRef<'_, T>,
     g: MatRef<'_, T>,
 ) -> Mat<T> {
     let b = q.nrows();
+    let p = tape.ncols().checked_div(b).unwrap_or(0);
     let mut dq = zeroed_with(b, b, |_| {});
-    if tape.is_empty() {
+    if p == 0 {
         return dq;
     }
-    let mut gk = zeroed_with(b, b, |mut m| m.copy_from(g));
-    let mut next = zeroed_with(b, b, |_| {});
-    for (k, h) in tape.iter().enumerate() {
+    // G_k and G_{k+1} side by side in one allocation.
+    let mut work = zeroed_with(b, 2 * b, |mut m| m.rb_mut().subcols_mut(0, b).copy_from(g));
+    for k in 0..p {
+        let cur = (k % 2) * b; // G_k's column block; G_{k+1} goes to the other
+        let h = tape.subcols(k * b, b);
         matmul(
             dq.as_mut(),
             Accum::Add,
-            gk.as_ref(),
+            work.as_ref().subcols(cur, b),
             h.transpose(),
             T::one(),
             Par::Seq,
         );
-        if k + 1 < tape.len() {
-            matmul(
-                next.as_mut(),
-                Accum::Replace,
-                q.transpose(),
-                gk.as_ref(),
-                T::one(),
-                Par::Seq,
-            );
-            std::mem::swap(&mut gk, &mut next);
+        if k + 1 < p {
+            let (left, right) = work.as_mut().split_at_col_mut(b);
+            let (gk, next) = if cur == 0 {
+                (left.rb(), right)
+            } else {
+                (right.rb(), left)
+            };
+            matmul(next, Accum::Replace, q.transpose(), gk, T::one(), Par::Seq);
         }
     }
     dq
