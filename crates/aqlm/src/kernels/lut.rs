@@ -183,6 +183,75 @@ fn gather_t1_k256(
 }
 }
 
+/// [`gather_t1_k256`], with AVX2's hardware gather when the CPU has it: one `vgatherdps` adds
+/// table `i` to the eight sums of a row block (lane `r` = row `r`), the same additions in the
+/// same order as the portable loop, so the same bits. (LLVM vectorizes the portable loop into
+/// eight scalar loads and shuffles per table, which saturates the shuffle port.)
+fn gather_t1(
+    codes: &[u8],
+    tables: &[[f32; 256]],
+    n_tab: usize,
+    i0: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { gather_t1_avx2(codes, tables, n_tab, i0, o0, acc) };
+        return;
+    }
+    gather_t1_k256(codes, tables, n_tab, i0, o0, acc);
+}
+
+/// The AVX2 body of [`gather_t1`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gather_t1_avx2(
+    codes: &[u8],
+    tables: &[[f32; 256]],
+    n_tab: usize,
+    i0: usize,
+    o0: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadl_epi64, _mm256_add_ps, _mm256_cvtepu8_epi32, _mm256_i32gather_ps,
+        _mm256_loadu_ps, _mm256_storeu_ps,
+    };
+    const R: usize = ROW_INTERLEAVE;
+    let (c8, _) = codes.as_chunks::<R>();
+    for (p, tabs) in tables.chunks(T1_TABLES_PER_PASS).enumerate() {
+        let first = i0 + p * T1_TABLES_PER_PASS;
+        // Two row blocks at a time: two independent chains of additions.
+        for (bi, accr) in acc.chunks_mut(2 * R).enumerate() {
+            let ob = o0 / R + 2 * bi;
+            let rows0 = &c8[ob * n_tab + first..][..tabs.len()];
+            // A lone last block reuses its own codes for the second chain (its sums are dropped).
+            let ob1 = if accr.len() > R { ob + 1 } else { ob };
+            let rows1 = &c8[ob1 * n_tab + first..][..tabs.len()];
+            let mut sum = [0f32; 2 * R];
+            sum[..accr.len()].copy_from_slice(accr);
+            // SAFETY: `sum` holds 16 f32; each code row holds 8 bytes; every index is a byte,
+            // so `< 256 = tab.len()`.
+            unsafe {
+                let mut v0 = _mm256_loadu_ps(sum.as_ptr());
+                let mut v1 = _mm256_loadu_ps(sum.as_ptr().add(R));
+                for ((tab, c0), c1) in tabs.iter().zip(rows0).zip(rows1) {
+                    let i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(c0.as_ptr().cast::<__m128i>()));
+                    let i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(c1.as_ptr().cast::<__m128i>()));
+                    v0 = _mm256_add_ps(v0, _mm256_i32gather_ps::<4>(tab.as_ptr(), i0));
+                    v1 = _mm256_add_ps(v1, _mm256_i32gather_ps::<4>(tab.as_ptr(), i1));
+                }
+                _mm256_storeu_ps(sum.as_mut_ptr(), v0);
+                _mm256_storeu_ps(sum.as_mut_ptr().add(R), v1);
+            }
+            let n = accr.len();
+            accr.copy_from_slice(&sum[..n]);
+        }
+    }
+}
+
 multiversion! {
 /// Fast path for `2^B = 256`, `og = 1` and a token count that is a multiple of 8: eight rows
 /// at a time (codes from [`AqlmLayer::codes_u8_interleaved`], `o0` a multiple of 8), tokens
@@ -261,7 +330,7 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             acc.par_chunks_mut(T1_ROWS_PER_TASK)
                 .enumerate()
                 .for_each(|(ci, a)| {
-                    gather_t1_k256(codes_u8, tables, n_tab, j0 * m, ci * T1_ROWS_PER_TASK, a)
+                    gather_t1(codes_u8, tables, n_tab, j0 * m, ci * T1_ROWS_PER_TASK, a)
                 });
         } else if fast8 {
             let span = (j1 - j0) * m;
@@ -371,4 +440,38 @@ fn scatter_task(
         }
     }
 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hardware-gather one-token path adds exactly what the portable loop adds, in the same
+    /// order: identical bits, including a partial last block of rows and several passes.
+    #[test]
+    fn t1_gather_matches_the_portable_loop_bit_for_bit() {
+        let (n_og, n_tab) = (21usize, 70usize);
+        let mut s = 7u64;
+        let mut next = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u32
+        };
+        let mut codes = vec![0u8; n_og.div_ceil(ROW_INTERLEAVE) * n_tab * ROW_INTERLEAVE];
+        for (i, c) in codes.iter_mut().enumerate() {
+            // Rows past n_og stay 0, as in the layer's cache.
+            if (i % ROW_INTERLEAVE) + (i / (n_tab * ROW_INTERLEAVE)) * ROW_INTERLEAVE < n_og {
+                *c = next() as u8;
+            }
+        }
+        let tables: Vec<[f32; 256]> = (0..n_tab)
+            .map(|_| std::array::from_fn(|_| next() as f32 / u32::MAX as f32 - 0.5))
+            .collect();
+        let start: Vec<f32> = (0..n_og).map(|i| i as f32 * 0.25).collect();
+        let (mut a, mut b) = (start.clone(), start);
+        gather_t1(&codes, &tables, n_tab, 0, 0, &mut a);
+        gather_t1_k256(&codes, &tables, n_tab, 0, 0, &mut b);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
 }
