@@ -51,14 +51,24 @@ impl Kernel {
     ];
 }
 
-/// From this many tokens on, [`AqlmLayer::backward_input`] uses [`Kernel::TiledGemm`].
+/// From this many tokens on, [`AqlmLayer::backward_input`] uses [`Kernel::TiledGemm`] for
+/// layers without the vectorized `og = 1`, `ig = 8` decoder.
 pub const TILED_GEMM_MIN_TOKENS: usize = 32;
 
-/// From this many tokens on, [`AqlmLayer::forward`] uses [`Kernel::TiledGemm`]. Measured on
-/// 4096×4096 2x8 (criterion, 2 cores): at 16 tokens the tiled decode + GEMM takes 7.5 ms against
-/// 13.0 ms for the lookup tables, whose cost grows by about 0.75 ms per token from 1.95 ms at one
-/// token, so the crossover is near 8–12 tokens.
+/// From this many tokens on, [`AqlmLayer::forward`] uses [`Kernel::TiledGemm`] for layers
+/// without the vectorized `og = 1`, `ig = 8` decoder.
 pub const TILED_GEMM_MIN_TOKENS_FORWARD: usize = 12;
+
+/// For `og = 1`, `ig = 8` layers (vectorized decoder), [`AqlmLayer::forward`] uses
+/// [`Kernel::TiledGemm`] from this many tokens on. Measured on 4096×4096 2x8 (2 cores, best of
+/// 10): tiled 5–7 ms at 2–16 tokens, against 1.06 ms for the one-token lookup tables but
+/// 16–19 ms for them at 2, 4 or 12 tokens (5.9 ms at 8, where both are equal).
+pub const TILED_GEMM_MIN_TOKENS_FORWARD_G8: usize = 2;
+
+/// For `og = 1`, `ig = 8` layers, [`AqlmLayer::backward_input`] uses [`Kernel::TiledGemm`] from
+/// this many tokens on: measured on 4096×4096 2x8, it beats the scatter tables at every token
+/// count (3.2 against 10.0 ms at one token, 5.5 against 11.5 ms at 16).
+pub const TILED_GEMM_MIN_TOKENS_G8: usize = 1;
 
 /// Below this many tokens, large-codebook layers (no [`Kernel::Lut`]) use
 /// [`Kernel::DecodeDot`] for the forward.
@@ -78,12 +88,24 @@ impl AqlmLayer {
             && s.num_codebooks * s.codebook_size() * s.out_group_size <= self.out_features
     }
 
+    /// Whether the layer has the vectorized tile decoder (`og = 1`, `ig = 8`), which makes
+    /// [`Kernel::TiledGemm`] the fastest choice from a couple of tokens on.
+    fn fast_decode(&self) -> bool {
+        self.scheme.out_group_size == 1 && self.scheme.in_group_size == 8
+    }
+
     /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows: [`Kernel::TiledGemm`] from
-    /// [`TILED_GEMM_MIN_TOKENS_FORWARD`] tokens on; below, [`Kernel::Lut`] when it suits the layer
-    /// (`2^B ≤ 256` and `M·2^B·og ≤ out`), else [`Kernel::DecodeDot`] up to
+    /// [`TILED_GEMM_MIN_TOKENS_FORWARD_G8`] tokens on for `og = 1`, `ig = 8` layers and from
+    /// [`TILED_GEMM_MIN_TOKENS_FORWARD`] tokens on for the others; below, [`Kernel::Lut`] when it
+    /// suits the layer (`2^B ≤ 256` and `M·2^B·og ≤ out`), else [`Kernel::DecodeDot`] up to
     /// [`DECODE_DOT_MAX_FORWARD_TOKENS`] tokens, else [`Kernel::TiledGemm`].
     pub fn auto_kernel(&self, tokens: usize) -> Kernel {
-        if tokens >= TILED_GEMM_MIN_TOKENS_FORWARD {
+        let tiled_from = if self.fast_decode() {
+            TILED_GEMM_MIN_TOKENS_FORWARD_G8
+        } else {
+            TILED_GEMM_MIN_TOKENS_FORWARD
+        };
+        if tokens >= tiled_from && (self.lut_suits() || tokens > DECODE_DOT_MAX_FORWARD_TOKENS) {
             Kernel::TiledGemm
         } else if self.lut_suits() {
             Kernel::Lut
@@ -95,10 +117,15 @@ impl AqlmLayer {
     }
 
     /// The kernel [`AqlmLayer::backward_input`] uses for `tokens` rows: as
-    /// [`AqlmLayer::auto_kernel`] but with [`TILED_GEMM_MIN_TOKENS`] and
-    /// [`DECODE_DOT_MAX_BACKWARD_TOKENS`] (the scatter kernel stays faster longer).
+    /// [`AqlmLayer::auto_kernel`] with [`TILED_GEMM_MIN_TOKENS_G8`] / [`TILED_GEMM_MIN_TOKENS`]
+    /// and [`DECODE_DOT_MAX_BACKWARD_TOKENS`].
     pub fn auto_backward_kernel(&self, tokens: usize) -> Kernel {
-        if tokens >= TILED_GEMM_MIN_TOKENS {
+        let tiled_from = if self.fast_decode() {
+            TILED_GEMM_MIN_TOKENS_G8
+        } else {
+            TILED_GEMM_MIN_TOKENS
+        };
+        if tokens >= tiled_from && (self.lut_suits() || tokens > DECODE_DOT_MAX_BACKWARD_TOKENS) {
             Kernel::TiledGemm
         } else if self.lut_suits() {
             Kernel::Lut
