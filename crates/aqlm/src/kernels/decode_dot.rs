@@ -8,7 +8,7 @@
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
-use super::layout::{feature_major_scaled, from_feature_major, token_major};
+use super::layout::{by_input_groups, from_feature_major, token_major};
 use super::simd::multiversion;
 use crate::layer::AqlmLayer;
 
@@ -159,16 +159,8 @@ fn forward_1x_g8_t1(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32])
 
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
-    let t = dy.nrows();
-    let (og, ig) = (layer.scheme.out_group_size, layer.scheme.in_group_size);
-    let sdy = feature_major_scaled(dy, &layer.scales, og);
-    let codes_t = layer.codes_by_input();
-    let groups = (COLS_PER_TASK / ig).max(1);
-    let mut out = vec![0f32; layer.in_features * t];
-    out.par_chunks_mut(groups * ig * t)
-        .enumerate()
-        .for_each(|(ci, chunk)| backward_task(layer, &sdy, codes_t, t, ci * groups, chunk));
-    from_feature_major(&out, t, layer.in_features)
+    let groups = (COLS_PER_TASK / layer.scheme.in_group_size).max(1);
+    by_input_groups(layer, dy, groups, backward_task)
 }
 
 multiversion! {

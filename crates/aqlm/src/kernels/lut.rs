@@ -12,7 +12,7 @@
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
-use super::layout::{feature_major, feature_major_scaled, from_feature_major};
+use super::layout::{by_input_groups, feature_major, from_feature_major};
 use super::simd::multiversion;
 use crate::layer::{AqlmLayer, ROW_INTERLEAVE};
 
@@ -357,15 +357,7 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
 
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
-    let t = dy.nrows();
-    let (og, ig) = (layer.scheme.out_group_size, layer.scheme.in_group_size);
-    let sdy = feature_major_scaled(dy, &layer.scales, og);
-    let codes_t = layer.codes_by_input();
-    let mut out = vec![0f32; layer.in_features * t];
-    out.par_chunks_mut(GROUPS_PER_TASK * ig * t)
-        .enumerate()
-        .for_each(|(ci, chunk)| scatter_task(layer, &sdy, codes_t, t, ci * GROUPS_PER_TASK, chunk));
-    from_feature_major(&out, t, layer.in_features)
+    by_input_groups(layer, dy, GROUPS_PER_TASK, scatter_task)
 }
 
 multiversion! {
