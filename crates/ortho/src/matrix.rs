@@ -2,10 +2,28 @@
 
 use std::mem::MaybeUninit;
 
-use faer::{Mat, MatMut};
+use faer::{Mat, MatMut, MatRef};
 use rayon::prelude::*;
 
 use crate::real::Real;
+
+/// Whether every entry of `m` is finite: a boolean AND down contiguous columns (vectorized;
+/// faer's `is_all_finite` visits entries one by one through a closure), with a fallback for other
+/// layouts.
+pub(crate) fn all_finite<T: Real>(m: MatRef<'_, T>) -> bool {
+    let by_rows = m.transpose();
+    let (m, cols) = if m.row_stride() == 1 || m.ncols() == 0 {
+        (m, m.ncols())
+    } else if by_rows.row_stride() == 1 {
+        (by_rows, by_rows.ncols())
+    } else {
+        return m.is_all_finite();
+    };
+    (0..cols).all(|j| match m.col(j).try_as_col_major() {
+        Some(col) => col.as_slice().iter().fold(true, |ok, v| ok & v.is_finite()),
+        None => m.col(j).is_all_finite(),
+    })
+}
 
 /// A `rows × cols` zero matrix, written with plain (vectorizable) stores, then handed to `fill`.
 pub(crate) fn zeroed_with<T: Real>(

@@ -5,7 +5,9 @@
 //! Entry `k` of a row holds `Q[i][j] = v[k]` and `Q[j][i] = −v[k]` for `i < j`, i.e. `Q = U − Uᵀ`
 //! with `U` the strictly upper-triangular matrix holding `v`.
 
-use faer::{Mat, MatRef};
+use faer::reborrow::ReborrowMut;
+use faer::{ColRef, Mat, MatRef};
+use rayon::prelude::*;
 
 use crate::error::{OrthoError, Result, shape_err};
 use crate::matrix::zeroed_with;
@@ -72,46 +74,117 @@ pub fn skew_from_packed<T: Real>(v: &[T], block_size: usize) -> Result<Mat<T>> {
             v.len().to_string(),
         ));
     }
-    Ok(skew_from_fn(b, |k| v[k]))
+    Ok(skew_from_slice(v, b))
 }
 
-/// The skew block `Q = U − Uᵀ` of packed row `row` of a `[r, b(b−1)/2]` parameter matrix (shapes
-/// checked by the caller).
-pub(crate) fn skew_from_row<T: Real>(packed: MatRef<'_, T>, row: usize, b: usize) -> Mat<T> {
-    let r = packed.row(row);
-    match r.try_as_row_major() {
-        Some(r) => {
-            let v = r.as_slice();
-            skew_from_fn(b, |k| v[k])
-        }
-        None => skew_from_fn(b, |k| r[k]),
-    }
-}
-
-/// `Q = U − Uᵀ` with `U[i][j] = v(packed_index(b, i, j))` for `i < j`.
-fn skew_from_fn<T: Real>(b: usize, v: impl Fn(usize) -> T) -> Mat<T> {
-    zeroed_with(b, b, |mut q| {
-        // Column by column (faer is column-major): above the diagonal Q[i][j] = v[k(i, j)] with
-        // k(0, j) = j − 1 and k(i + 1, j) = k(i, j) + b − i − 2; below it Q[i][j] = −v[k(j, i)],
-        // a contiguous run of the packed row starting at k(j, j + 1).
-        for j in 0..b {
-            let Some(col) = q.as_mut().col_mut(j).try_as_col_major_mut() else {
-                continue; // unreachable: a fresh matrix has unit row stride
-            };
-            let col = col.as_slice_mut();
-            let mut k = j.wrapping_sub(1);
-            for (i, x) in col[..j].iter_mut().enumerate() {
-                *x = v(k);
-                k = k.wrapping_add(b - i - 2);
+/// Rows of a packed `[r, n]` parameter matrix handed to `f(scratch, i, row_i)` as contiguous
+/// slices, in parallel over groups of up to [`MAX_ROWS_PER_TASK`] rows (fewer when there are few
+/// rows for the threads), with one `scratch = init()` per group; the results in row order,
+/// independent of the grouping.
+///
+/// Rows of a row-major matrix are used in place; a column-major matrix (faer's default) is
+/// transposed group by group first, reading down its columns: reading one of its rows directly
+/// would touch a new cache line for every element.
+pub(crate) fn par_map_rows<T: Real, S, U: Send>(
+    packed: MatRef<'_, T>,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &[T]) -> U + Sync + Send,
+) -> Vec<U> {
+    let rows = packed.nrows();
+    let per_task = (rows / (4 * rayon::current_num_threads())).clamp(1, MAX_ROWS_PER_TASK);
+    let groups: Vec<Vec<U>> = (0..rows.div_ceil(per_task))
+        .into_par_iter()
+        .map(|g| {
+            let (i0, m) = (g * per_task, per_task.min(rows - g * per_task));
+            let block = packed.subrows(i0, m);
+            let mut scratch = init();
+            if let Some(rows) = (0..m)
+                .map(|l| block.row(l).try_as_row_major().map(|r| r.as_slice()))
+                .collect::<Option<Vec<_>>>()
+            {
+                return rows
+                    .into_iter()
+                    .enumerate()
+                    .map(|(l, v)| f(&mut scratch, i0 + l, v))
+                    .collect();
             }
-            if j + 1 < b {
-                let k0 = packed_index(b, j, j + 1);
-                for (d, x) in col[j + 1..].iter_mut().enumerate() {
-                    *x = -v(k0 + d);
+            let n = block.ncols().max(1);
+            let buf = transposed_rows(block);
+            buf.chunks_exact(n)
+                .take(m)
+                .enumerate()
+                .map(|(l, v)| f(&mut scratch, i0 + l, v))
+                .collect()
+        })
+        .collect();
+    groups.into_iter().flatten().collect()
+}
+
+/// Most rows per rayon task in [`par_map_rows`]: a cache line of a column-major `f32` matrix.
+const MAX_ROWS_PER_TASK: usize = 16;
+
+/// The rows of `block` (`m × n`) concatenated: row `l` is `buf[l·n ..]`. Filled column by column
+/// (contiguous reads of a column-major matrix), whole groups of [`MAX_ROWS_PER_TASK`] rows with a
+/// fixed-length inner loop.
+fn transposed_rows<T: Real>(block: MatRef<'_, T>) -> Vec<T> {
+    const M: usize = MAX_ROWS_PER_TASK;
+    let (m, n) = (block.nrows(), block.ncols());
+    let mut buf = vec![T::zero(); m * n];
+    for k in 0..n {
+        let col = block.col(k);
+        match col
+            .try_as_col_major()
+            .and_then(|c| <&[T; M]>::try_from(c.as_slice()).ok())
+        {
+            Some(col) => {
+                for l in 0..M {
+                    buf[l * n + k] = col[l];
+                }
+            }
+            None => {
+                for (l, &v) in col.iter().enumerate() {
+                    buf[l * n + k] = v;
                 }
             }
         }
+    }
+    buf
+}
+
+/// [`skew_from_packed`] without the length check (the caller guarantees `v.len() ≥ b(b−1)/2`).
+pub(crate) fn skew_from_slice<T: Real>(v: &[T], b: usize) -> Mat<T> {
+    let mut buf = vec![T::zero(); b * b];
+    fill_skew(v, b, &mut buf, b);
+    zeroed_with(b, b, |mut q| {
+        for (j, col) in buf.chunks_exact(b.max(1)).enumerate() {
+            q.rb_mut().col_mut(j).copy_from(ColRef::from_slice(col));
+        }
     })
+}
+
+/// Writes `Q = U − Uᵀ` (`U[i][j] = v[packed_index(b, i, j)]`, `i < j`) column-major with column
+/// stride `ld` into `out` (column `j` is `out[j·ld .. j·ld + b]`; other entries are untouched).
+/// Read as row-major with row stride `ld`, that is `Qᵀ = −Q`.
+///
+/// One pass over the packed row: its run `k(j, j + 1) …` holds row `j` right of the diagonal,
+/// `Q[j][i] = v[k(j, i)]` (one entry in each later column), and, negated, column `j` below the
+/// diagonal (contiguous).
+pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
+    for j in 0..b {
+        let (left, right) = out.split_at_mut((j + 1) * ld);
+        let col = &mut left[j * ld..j * ld + b];
+        col[j] = T::zero();
+        if j + 1 < b {
+            let k0 = packed_index(b, j, j + 1);
+            let run = &v[k0..k0 + b - j - 1];
+            for (x, &y) in col[j + 1..].iter_mut().zip(run) {
+                *x = -y;
+            }
+            for (d, &y) in run.iter().enumerate() {
+                right[d * ld + j] = y;
+            }
+        }
+    }
 }
 
 /// Reads the packed row of a (skew) block: `v[k] = Q[i][j]` for `i < j` in `triu_indices` order.
@@ -237,5 +310,82 @@ mod tests {
     fn shape_errors() {
         assert!(skew_from_packed(&[1.0f32; 5], 4).is_err());
         assert!(skew_blocks(Mat::<f32>::zeros(2, 5).as_ref(), 4).is_err());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Minimum over trials of the mean time per call (µs): robust to bursts of noise. With
+    /// `PROBE=<name>` only that probe runs, long enough for `perf stat`.
+    fn probe(name: &str, mut f: impl FnMut()) {
+        let only = std::env::var("PROBE").ok();
+        if only.as_deref().is_some_and(|o| o != name) {
+            return;
+        }
+        let trials = if only.is_some() { 400 } else { 40 };
+        let t = (0..trials)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..200 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 200.0 * 1e6
+            })
+            .fold(f64::INFINITY, f64::min);
+        eprintln!("{name} {t:.3}");
+    }
+
+    #[test]
+    #[ignore]
+    fn timing_probe_pieces() {
+        use std::hint::black_box;
+        let b = 32;
+        let v: Vec<f32> = (0..n_elements(b))
+            .map(|k| (k as f32 * 0.37).sin() * 0.02)
+            .collect();
+        let q = skew_from_slice(&v, b);
+        probe("skew_from_slice", || {
+            black_box(skew_from_slice(black_box(&v), b));
+        });
+        probe("zeroed_with", || {
+            black_box(zeroed_with::<f32>(b, b, |_| {}));
+        });
+        probe("cayley_exact", || {
+            black_box(crate::cayley_exact(black_box(q.as_ref()), Default::default()).unwrap());
+        });
+        let mut scratch = Vec::new();
+        probe("cayley_exact_packed", || {
+            black_box(
+                crate::cayley::cayley_exact_packed(
+                    black_box(&v),
+                    b,
+                    Default::default(),
+                    &mut scratch,
+                )
+                .unwrap(),
+            );
+        });
+        let ld = crate::kernels::gauss_jordan::padded_stride(b);
+        let mut m0 = vec![0.0f32; b * ld];
+        for i in 0..b {
+            for j in 0..b {
+                m0[i * ld + j] = q[(j, i)] + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let mut m = m0.clone();
+        probe("gj", || {
+            m.copy_from_slice(&m0);
+            assert!(crate::kernels::gauss_jordan::invert_unpivoted(
+                black_box(&mut m),
+                b,
+                0.5
+            ));
+        });
+        let p = faer::Mat::<f32>::from_fn(128, n_elements(b), |i, k| (i + k) as f32 * 1e-4);
+        probe("par_map_rows_x128", || {
+            black_box(par_map_rows(black_box(p.as_ref()), || (), |_, _, v| v[3]));
+        });
     }
 }

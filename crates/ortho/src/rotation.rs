@@ -4,12 +4,15 @@ use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use crate::apply::{Side, apply_blocks, apply_blocks_backward};
-use crate::cayley::{cayley_exact, cayley_exact_vjp, neumann_vjp_with_tape, neumann_with_tape};
+use crate::cayley::{
+    cayley_exact_packed, cayley_exact_vjp, neumann_vjp_with_tape, neumann_with_tape,
+};
 use crate::diagnostics::{
     DivergencePolicy, check_neumann_convergence, orthogonality_error, skew_norm_bound,
 };
 use crate::error::{OrthoError, Result, shape_err};
-use crate::packing::{packed_grad_from_skew_grad, skew_from_row};
+use crate::matrix::all_finite;
+use crate::packing::{packed_grad_from_skew_grad, par_map_rows, skew_from_slice};
 use crate::parameterization::Parameterization;
 use crate::real::Real;
 use crate::spec::RotationSpec;
@@ -71,7 +74,7 @@ impl<T: Real> BlockRotation<T> {
                 format!("[{}, {}]", packed.nrows(), packed.ncols()),
             ));
         }
-        if !packed.is_all_finite() {
+        if !all_finite(packed) {
             let block = (0..rows)
                 .find(|&i| !packed.row(i).is_all_finite())
                 .unwrap_or(0);
@@ -85,24 +88,20 @@ impl<T: Real> BlockRotation<T> {
         let coeffs = parameterization
             .neumann_coefficients()
             .unwrap_or_else(|| vec![1.0]);
-        // Per block (one rayon task each): unpack Q from its packed row, then R(Q).
+        // Per block: unpack Q from its packed row, then R(Q).
         type Built<T> = Result<(Mat<T>, Mat<T>, Mat<T>)>;
-        let built: Vec<Built<T>> = (0..rows)
-            .into_par_iter()
-            .map(|i| {
-                let q = skew_from_row(packed, i, b);
-                match parameterization {
-                    Parameterization::Exact(conv) => match cayley_exact(q.as_ref(), conv) {
-                        Ok(r) => Ok((q, r, Mat::zeros(0, 0))),
-                        Err(_) => Err(OrthoError::Singular { block: i }),
-                    },
-                    Parameterization::Neumann { .. } => {
-                        let (r, tape) = neumann_with_tape(q.as_ref(), &coeffs);
-                        Ok((q, r, tape))
-                    }
+        let built: Vec<Built<T>> =
+            par_map_rows(packed, Vec::new, |scratch, i, v| match parameterization {
+                Parameterization::Exact(conv) => match cayley_exact_packed(v, b, conv, scratch) {
+                    Ok((q, r)) => Ok((q, r, Mat::zeros(0, 0))),
+                    Err(_) => Err(OrthoError::Singular { block: i }),
+                },
+                Parameterization::Neumann { .. } => {
+                    let q = skew_from_slice(v, b);
+                    let (r, tape) = neumann_with_tape(q.as_ref(), &coeffs);
+                    Ok((q, r, tape))
                 }
-            })
-            .collect();
+            });
         let mut skew = Vec::with_capacity(rows);
         let mut blocks = Vec::with_capacity(rows);
         let mut tapes = Vec::with_capacity(rows);

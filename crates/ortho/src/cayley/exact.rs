@@ -3,17 +3,15 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::lu::partial_pivoting::{factor, solve};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Conj, Mat, MatRef, Par};
+use faer::reborrow::ReborrowMut;
+use faer::{Accum, ColRef, Conj, Mat, MatRef, Par};
 
 use crate::error::{OrthoError, Result};
-use crate::kernels::gauss_jordan::invert_unpivoted;
+use crate::kernels::gauss_jordan::{MAX_N, invert_unpivoted, padded_stride};
+use crate::matrix::zeroed_with;
+use crate::packing::{fill_skew, skew_from_slice};
 use crate::parameterization::CayleyConvention;
 use crate::real::Real;
-
-/// Largest block size for the Gauss–Jordan path: beyond it the pivoted LU is used, whose rounding
-/// error grows more slowly with `b` (f32 at `b = 256` exceeded the `5·10⁻⁶` orthogonality
-/// budget with Gauss–Jordan: `5.4·10⁻⁶`).
-const GJ_MAX_BLOCK: usize = 64;
 
 /// Exact Cayley transform of one skew block `Q` (`b × b`).
 ///
@@ -40,36 +38,108 @@ const GJ_MAX_BLOCK: usize = 64;
 /// ```
 pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
     let b = q.nrows();
-    // X = M⁻¹ for M = (I + Q)ᵀ = I + Qᵀ, row i of M is column i of Q plus eᵢ. PEFT's
-    // R = 2(I + Q)⁻¹ − I = 2Xᵀ − I; the textbook 2(I − Q)⁻¹ − I = 2X − I (Q skew) is its
-    // transpose, bit for bit.
-    let mut m = vec![T::zero(); b * b];
-    for (i, row) in m.chunks_exact_mut(b.max(1)).enumerate().take(b) {
-        match q.col(i).try_as_col_major() {
-            Some(col) => row.copy_from_slice(col.as_slice()),
-            None => {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = q[(j, i)];
+    if b <= MAX_N {
+        // Row i of M = I + Qᵀ is column i of Q plus eᵢ.
+        let ld = padded_stride(b);
+        let mut m = vec![T::zero(); b * ld];
+        for (i, row) in m.chunks_exact_mut(ld).enumerate() {
+            let row = &mut row[..b];
+            match q.col(i).try_as_col_major() {
+                Some(col) => row.copy_from_slice(col.as_slice()),
+                None => {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = q[(j, i)];
+                    }
                 }
             }
+            row[i] += T::one();
         }
-        row[i] += T::one();
-    }
-    if b <= GJ_MAX_BLOCK && invert_unpivoted(&mut m, b, T::c(0.5)) {
-        let two = T::c(2.0);
-        let at = |i: usize, j: usize| {
-            let v = two * m[i * b + j];
-            if i == j { v - T::one() } else { v }
-        };
-        let r = match convention {
-            CayleyConvention::Peft => Mat::<T>::from_fn(b, b, |i, j| at(j, i)),
-            CayleyConvention::Textbook => Mat::<T>::from_fn(b, b, at),
-        };
-        if r.as_ref().is_all_finite() {
+        if let Some(r) = rotation_by_gauss_jordan(&mut m, b, convention) {
             return Ok(r);
         }
     }
     cayley_exact_lu(q, convention)
+}
+
+/// The skew block `Q` of a packed row `v` (see [`skew_from_packed`](crate::skew_from_packed)) and
+/// its exact Cayley transform: what [`cayley_exact`] computes, with `Q` written once, straight
+/// into the elimination buffer `m` (scratch, any contents). The caller checked `v`'s length.
+pub(crate) fn cayley_exact_packed<T: Real>(
+    v: &[T],
+    b: usize,
+    convention: CayleyConvention,
+    m: &mut Vec<T>,
+) -> Result<(Mat<T>, Mat<T>)> {
+    if b > MAX_N {
+        let q = skew_from_slice(v, b);
+        let r = cayley_exact_lu(q.as_ref(), convention)?;
+        return Ok((q, r));
+    }
+    let ld = padded_stride(b);
+    m.clear();
+    m.resize(b * ld, T::zero());
+    // Column-major Q with column stride `ld` is row-major Qᵀ: M − I.
+    fill_skew(v, b, m, ld);
+    let q = zeroed_with(b, b, |mut q| {
+        for (j, row) in m.chunks_exact(ld).enumerate() {
+            q.rb_mut()
+                .col_mut(j)
+                .copy_from(ColRef::from_slice(&row[..b]));
+        }
+    });
+    for i in 0..b {
+        m[i * ld + i] = T::one();
+    }
+    match rotation_by_gauss_jordan(m, b, convention) {
+        Some(r) => Ok((q, r)),
+        None => {
+            let r = cayley_exact_lu(q.as_ref(), convention)?;
+            Ok((q, r))
+        }
+    }
+}
+
+/// The exact transform from `m` = `M = I + Qᵀ`, row-major with stride [`padded_stride`]`(b)`, by
+/// Gauss–Jordan (`m` is overwritten); `None` on a small pivot or a non-finite result.
+///
+/// `X = M⁻¹`; PEFT's `R = 2(I + Q)⁻¹ − I = 2Xᵀ − I`, whose column `j` is `2·(row j of X) − eⱼ`;
+/// the textbook `2(I − Q)⁻¹ − I = 2X − I` (`Q` skew) is its transpose, bit for bit.
+fn rotation_by_gauss_jordan<T: Real>(
+    m: &mut [T],
+    b: usize,
+    convention: CayleyConvention,
+) -> Option<Mat<T>> {
+    let ld = padded_stride(b);
+    if !invert_unpivoted(m, b, T::c(0.5)) {
+        return None;
+    }
+    // A boolean AND over the plain slice (associative, so it vectorizes, unlike a sum).
+    if !m.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return None;
+    }
+    let two = T::c(2.0);
+    Some(zeroed_with(b, b, |mut r| {
+        for j in 0..b {
+            let mut col = r.rb_mut().col_mut(j);
+            match (convention, col.rb_mut().try_as_col_major_mut()) {
+                (CayleyConvention::Peft, Some(col)) => {
+                    for (out, &v) in col.as_slice_mut().iter_mut().zip(&m[j * ld..j * ld + b]) {
+                        *out = two * v;
+                    }
+                }
+                _ => {
+                    for i in 0..b {
+                        col[i] = two
+                            * match convention {
+                                CayleyConvention::Peft => m[j * ld + i],
+                                CayleyConvention::Textbook => m[i * ld + j],
+                            };
+                    }
+                }
+            }
+            col[j] -= T::one();
+        }
+    }))
 }
 
 /// [`cayley_exact`] by faer's partially pivoted LU of `I − Q` (the fallback).

@@ -3,6 +3,7 @@
 mod exact;
 mod neumann;
 
+pub(crate) use exact::cayley_exact_packed;
 pub use exact::{cayley_exact, cayley_exact_vjp};
 pub use neumann::{neumann_polynomial, neumann_vjp};
 pub(crate) use neumann::{neumann_vjp_with_tape, neumann_with_tape};
