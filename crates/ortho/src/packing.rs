@@ -108,12 +108,10 @@ pub(crate) fn par_map_rows<T: Real, S, U: Send>(
                     .map(|(l, v)| f(&mut scratch, i0 + l, v))
                     .collect();
             }
-            let n = block.ncols().max(1);
+            let n = block.ncols();
             let buf = transposed_rows(block);
-            buf.chunks_exact(n)
-                .take(m)
-                .enumerate()
-                .map(|(l, v)| f(&mut scratch, i0 + l, v))
+            (0..m)
+                .map(|l| f(&mut scratch, i0 + l, &buf[l * n..(l + 1) * n]))
                 .collect()
         })
         .collect();
@@ -304,6 +302,25 @@ mod tests {
         }
         assert!(block_size_from_n_elements(5).is_err());
         assert!(block_size_from_n_elements(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn par_map_rows_sees_every_row_in_order() {
+        for (rows, cols) in [(1usize, 6usize), (5, 0), (17, 10), (40, 3), (16, 496)] {
+            let m = Mat::<f64>::from_fn(rows, cols, |i, k| (i * 1000 + k) as f64);
+            let want: Vec<Vec<f64>> = (0..rows)
+                .map(|i| (0..cols).map(|k| m[(i, k)]).collect())
+                .collect();
+            let got = par_map_rows(m.as_ref(), || 0usize, |_, i, v| (i, v.to_vec()));
+            let row_major = m.transpose().to_owned();
+            let got_rm = par_map_rows(row_major.transpose(), || (), |_, i, v| (i, v.to_vec()));
+            for g in [got, got_rm] {
+                assert_eq!(g.len(), rows);
+                for (i, (gi, v)) in g.into_iter().enumerate() {
+                    assert_eq!((gi, &v), (i, &want[i]));
+                }
+            }
+        }
     }
 
     #[test]
