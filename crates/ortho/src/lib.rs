@@ -46,6 +46,8 @@ pub mod parameterization;
 pub mod real;
 pub mod rotation;
 pub mod spec;
+#[cfg(test)]
+mod timing_probe;
 
 pub use cayley::{cayley_exact, cayley_exact_vjp, neumann_polynomial, neumann_vjp, rotation_block};
 pub use coft::{CoftRadius, project_coft};

@@ -1,0 +1,97 @@
+//! Per-call timings of the pieces of building rotation blocks (`b = 32`, `f32`), for profiling:
+//! `PROBE=<name> cargo test --release -p oftq-ortho --lib timing_probe -- --ignored --nocapture`
+//! (without `PROBE`, all of them). Speed targets are checked by the criterion bench, not here.
+
+use faer::Mat;
+
+use crate::matrix::zeroed_with;
+use crate::packing::{n_elements, par_map_rows, skew_from_slice};
+
+/// Minimum over trials of the mean time per call (µs): robust to bursts of noise. With
+/// `PROBE=<name>` only that probe runs, long enough for `perf record`.
+fn probe(name: &str, mut f: impl FnMut()) {
+    let only = std::env::var("PROBE").ok();
+    if only.as_deref().is_some_and(|o| o != name) {
+        return;
+    }
+    let trials = if only.is_some() { 400 } else { 40 };
+    let t = (0..trials)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..200 {
+                f();
+            }
+            t.elapsed().as_secs_f64() / 200.0 * 1e6
+        })
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("{name} {t:.3}");
+}
+
+#[test]
+#[ignore]
+fn timing_probe_pieces() {
+    use std::hint::black_box;
+    let b = 32;
+    let v: Vec<f32> = (0..n_elements(b))
+        .map(|k| (k as f32 * 0.37).sin() * 0.02)
+        .collect();
+    let q = skew_from_slice(&v, b);
+    probe("skew_from_slice", || {
+        black_box(skew_from_slice(black_box(&v), b));
+    });
+    probe("zeroed_with", || {
+        black_box(zeroed_with::<f32>(b, b, |_| {}));
+    });
+    probe("cayley_exact", || {
+        black_box(crate::cayley_exact(black_box(q.as_ref()), Default::default()).unwrap());
+    });
+    let mut scratch = Vec::new();
+    probe("cayley_exact_packed", || {
+        black_box(
+            crate::cayley::cayley_exact_packed(black_box(&v), b, Default::default(), &mut scratch)
+                .unwrap(),
+        );
+    });
+    let ld = crate::kernels::gauss_jordan::padded_stride(b);
+    let mut m0 = vec![0.0f32; b * ld];
+    for i in 0..b {
+        for j in 0..b {
+            m0[i * ld + j] = q[(j, i)] + if i == j { 1.0 } else { 0.0 };
+        }
+    }
+    let mut m = m0.clone();
+    probe("gj", || {
+        m.copy_from_slice(&m0);
+        assert!(crate::kernels::gauss_jordan::invert_unpivoted(
+            black_box(&mut m),
+            b,
+            0.5
+        ));
+    });
+    let coeffs = [1.0, 2.0, 2.0, 2.0, 1.0];
+    probe("neumann_with_tape", || {
+        black_box(crate::cayley::neumann_with_tape(
+            black_box(q.as_ref()),
+            &coeffs,
+        ));
+    });
+    let h = skew_from_slice(&v, b);
+    let mut out = faer::Mat::<f32>::zeros(b, b);
+    probe("faer_matmul_32", || {
+        faer::linalg::matmul::matmul(
+            out.as_mut(),
+            faer::Accum::Replace,
+            black_box(q.as_ref()),
+            h.as_ref(),
+            1.0,
+            faer::Par::Seq,
+        );
+    });
+    probe("zeroed_16k", || {
+        black_box(zeroed_with::<f32>(b, 4 * b, |_| {}));
+    });
+    let p = Mat::<f32>::from_fn(128, n_elements(b), |i, k| (i + k) as f32 * 1e-4);
+    probe("par_map_rows_x128", || {
+        black_box(par_map_rows(black_box(p.as_ref()), || (), |_, _, v| v[3]));
+    });
+}
