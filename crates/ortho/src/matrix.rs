@@ -31,18 +31,35 @@ pub(crate) fn zeroed_with<T: Real>(
     cols: usize,
     fill: impl FnOnce(MatMut<'_, T>),
 ) -> Mat<T> {
+    let mut m = zeroed_storage_with(rows, cols, |_, _| {});
+    fill(m.as_mut());
+    m
+}
+
+/// A `rows × cols` zero matrix whose whole column-major storage is handed to `fill(storage, ld)`
+/// as one slice: entry `(i, j)` is `storage[i + j·ld]` (`ld ≥ rows`; the padding rows are zero
+/// too and may be written, they are never read as entries).
+pub(crate) fn zeroed_storage_with<T: Real>(
+    rows: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [T], usize),
+) -> Mat<T> {
     let mut m = Mat::<T>::with_capacity(rows, cols);
-    let len = m.col_stride().unsigned_abs() * cols;
+    let ld = m.col_stride().unsigned_abs();
+    let len = ld * cols;
     if len > 0 {
         // SAFETY: the reserved capacity holds at least `col_stride · cols` elements (column stride
         // `row_capacity ≥ rows`); a `MaybeUninit` view of uninitialised memory is sound.
         let spare =
             unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut().cast::<MaybeUninit<T>>(), len) };
         spare.fill(MaybeUninit::new(T::zero()));
+        // SAFETY: the same `len` elements, all initialised just above; `MaybeUninit<T>` has the
+        // layout of `T`, and the slice is the only access to them while `fill` runs.
+        let storage = unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), len) };
+        fill(storage, ld);
     }
-    // SAFETY: every element of the new shape was just initialised.
+    // SAFETY: every element of the new shape was initialised above.
     unsafe { m.set_dims(rows, cols) };
-    fill(m.as_mut());
     m
 }
 

@@ -5,12 +5,11 @@
 //! Entry `k` of a row holds `Q[i][j] = v[k]` and `Q[j][i] = −v[k]` for `i < j`, i.e. `Q = U − Uᵀ`
 //! with `U` the strictly upper-triangular matrix holding `v`.
 
-use faer::reborrow::ReborrowMut;
-use faer::{ColRef, Mat, MatRef};
+use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use crate::error::{OrthoError, Result, shape_err};
-use crate::matrix::zeroed_with;
+use crate::matrix::zeroed_storage_with;
 use crate::real::Real;
 
 /// Number of packed parameters of one `b × b` skew block: `b(b−1)/2`.
@@ -151,13 +150,7 @@ fn transposed_rows<T: Real>(block: MatRef<'_, T>) -> Vec<T> {
 
 /// [`skew_from_packed`] without the length check (the caller guarantees `v.len() ≥ b(b−1)/2`).
 pub(crate) fn skew_from_slice<T: Real>(v: &[T], b: usize) -> Mat<T> {
-    let mut buf = vec![T::zero(); b * b];
-    fill_skew(v, b, &mut buf, b);
-    zeroed_with(b, b, |mut q| {
-        for (j, col) in buf.chunks_exact(b.max(1)).enumerate() {
-            q.rb_mut().col_mut(j).copy_from(ColRef::from_slice(col));
-        }
-    })
+    zeroed_storage_with(b, b, |q, ld| fill_skew(v, b, q, ld))
 }
 
 /// Writes `Q = U − Uᵀ` (`U[i][j] = v[packed_index(b, i, j)]`, `i < j`) column-major with column

@@ -4,9 +4,7 @@ use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use crate::apply::{Side, apply_blocks, apply_blocks_backward};
-use crate::cayley::{
-    cayley_exact_packed, cayley_exact_vjp, neumann_vjp_with_tape, neumann_with_tape,
-};
+use crate::cayley::{cayley_exact_packed, cayley_exact_vjp, neumann_packed, neumann_vjp_with_tape};
 use crate::diagnostics::{
     DivergencePolicy, check_neumann_convergence, orthogonality_error, skew_norm_bound,
 };
@@ -19,8 +17,8 @@ use crate::spec::RotationSpec;
 
 /// A block-diagonal rotation `R_bd = diag(R₁, …, R_r)` built from packed skew parameters.
 ///
-/// Holds, per stored block, the skew block `Q`, the rotation block `R(Q)` and what the backward
-/// pass needs. Applied input-centrically: `forward(x) = x · R_bd` for activations `x [tokens, d]`
+/// Holds the packed parameters, and per stored block the rotation block `R(Q)` and what the
+/// backward pass needs (the Neumann tape, which starts with `Q`). Applied input-centrically: `forward(x) = x · R_bd` for activations `x [tokens, d]`
 /// (each length-`b` slice of a row times its block), exactly PEFT's `OFTRotationModule.forward`.
 ///
 /// ```
@@ -39,9 +37,11 @@ use crate::spec::RotationSpec;
 #[derive(Debug, Clone)]
 pub struct BlockRotation<T: Real> {
     spec: RotationSpec,
-    skew: Vec<Mat<T>>,
+    /// The packed parameters `[stored blocks, b(b−1)/2]` the blocks were built from.
+    params: Mat<T>,
     blocks: Vec<Mat<T>>,
-    /// Horner intermediates per stored block (Neumann only).
+    /// Per stored block (Neumann only): `Q` and the Horner intermediates, see
+    /// [`neumann_packed`].
     tapes: Vec<Mat<T>>,
 }
 
@@ -88,32 +88,26 @@ impl<T: Real> BlockRotation<T> {
         let coeffs = parameterization
             .neumann_coefficients()
             .unwrap_or_else(|| vec![1.0]);
-        // Per block: unpack Q from its packed row, then R(Q).
-        type Built<T> = Result<(Mat<T>, Mat<T>, Mat<T>)>;
+        // Per block: R(Q) straight from its packed row.
+        type Built<T> = Result<(Mat<T>, Mat<T>)>;
         let built: Vec<Built<T>> =
             par_map_rows(packed, Vec::new, |scratch, i, v| match parameterization {
                 Parameterization::Exact(conv) => match cayley_exact_packed(v, b, conv, scratch) {
-                    Ok((q, r)) => Ok((q, r, Mat::zeros(0, 0))),
+                    Ok(r) => Ok((r, Mat::zeros(0, 0))),
                     Err(_) => Err(OrthoError::Singular { block: i }),
                 },
-                Parameterization::Neumann { .. } => {
-                    let q = skew_from_slice(v, b);
-                    let (r, tape) = neumann_with_tape(q.as_ref(), &coeffs);
-                    Ok((q, r, tape))
-                }
+                Parameterization::Neumann { .. } => Ok(neumann_packed(v, b, &coeffs)),
             });
-        let mut skew = Vec::with_capacity(rows);
         let mut blocks = Vec::with_capacity(rows);
         let mut tapes = Vec::with_capacity(rows);
         for b in built {
-            let (q, r, tape) = b?;
-            skew.push(q);
+            let (r, tape) = b?;
             blocks.push(r);
             tapes.push(tape);
         }
         Ok(Self {
             spec: *spec,
-            skew,
+            params: packed.to_owned(),
             blocks,
             tapes,
         })
@@ -127,7 +121,7 @@ impl<T: Real> BlockRotation<T> {
             // Unreachable: zero parameters are finite, well-shaped and never singular.
             Err(_) => Self {
                 spec: *spec,
-                skew: Vec::new(),
+                params: Mat::zeros(rows, cols),
                 blocks: Vec::new(),
                 tapes: Vec::new(),
             },
@@ -144,9 +138,10 @@ impl<T: Real> BlockRotation<T> {
         &self.blocks
     }
 
-    /// The stored skew blocks `Q₁ … Q_s`.
-    pub fn skew_blocks(&self) -> &[Mat<T>] {
-        &self.skew
+    /// The stored skew blocks `Q₁ … Q_s`, unpacked from the parameters.
+    pub fn skew_blocks(&self) -> Vec<Mat<T>> {
+        let b = self.spec.block_size();
+        par_map_rows(self.params.as_ref(), || (), |_, _, v| skew_from_slice(v, b))
     }
 
     fn check_input(&self, what: &'static str, x: MatRef<'_, T>) -> Result<()> {
@@ -280,9 +275,7 @@ impl<T: Real> BlockRotation<T> {
     fn skew_grad(&self, i: usize, g: MatRef<'_, T>) -> Mat<T> {
         match self.spec.parameterization() {
             Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks[i].as_ref(), conv, g),
-            Parameterization::Neumann { .. } => {
-                neumann_vjp_with_tape(self.skew[i].as_ref(), self.tapes[i].as_ref(), g)
-            }
+            Parameterization::Neumann { .. } => neumann_vjp_with_tape(self.tapes[i].as_ref(), g),
         }
     }
 
@@ -296,7 +289,7 @@ impl<T: Real> BlockRotation<T> {
 
     /// Certified upper bounds on `‖Q_i‖₂` of every stored block ([`skew_norm_bound`]).
     pub fn skew_norm_bounds(&self) -> Vec<T> {
-        self.skew
+        self.skew_blocks()
             .par_iter()
             .map(|q| skew_norm_bound(q.as_ref()))
             .collect()

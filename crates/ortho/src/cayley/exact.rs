@@ -4,7 +4,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::lu::partial_pivoting::{factor, solve};
 use faer::linalg::matmul::matmul;
 use faer::reborrow::ReborrowMut;
-use faer::{Accum, ColRef, Conj, Mat, MatRef, Par};
+use faer::{Accum, Conj, Mat, MatRef, Par};
 
 use crate::error::{OrthoError, Result};
 use crate::kernels::gauss_jordan::{MAX_N, invert_unpivoted, padded_stride};
@@ -61,42 +61,29 @@ pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> 
     cayley_exact_lu(q, convention)
 }
 
-/// The skew block `Q` of a packed row `v` (see [`skew_from_packed`](crate::skew_from_packed)) and
-/// its exact Cayley transform: what [`cayley_exact`] computes, with `Q` written once, straight
-/// into the elimination buffer `m` (scratch, any contents). The caller checked `v`'s length.
+/// [`cayley_exact`] of the skew block of a packed row `v` (see
+/// [`skew_from_packed`](crate::skew_from_packed)), with `Q` written straight into the
+/// elimination buffer `m` (scratch, any contents). The caller checked `v`'s length.
 pub(crate) fn cayley_exact_packed<T: Real>(
     v: &[T],
     b: usize,
     convention: CayleyConvention,
     m: &mut Vec<T>,
-) -> Result<(Mat<T>, Mat<T>)> {
-    if b > MAX_N {
-        let q = skew_from_slice(v, b);
-        let r = cayley_exact_lu(q.as_ref(), convention)?;
-        return Ok((q, r));
-    }
-    let ld = padded_stride(b);
-    m.clear();
-    m.resize(b * ld, T::zero());
-    // Column-major Q with column stride `ld` is row-major Qᵀ: M − I.
-    fill_skew(v, b, m, ld);
-    let q = zeroed_with(b, b, |mut q| {
-        for (j, row) in m.chunks_exact(ld).enumerate() {
-            q.rb_mut()
-                .col_mut(j)
-                .copy_from(ColRef::from_slice(&row[..b]));
+) -> Result<Mat<T>> {
+    if b <= MAX_N {
+        let ld = padded_stride(b);
+        m.clear();
+        m.resize(b * ld, T::zero());
+        // Column-major Q with column stride `ld` is row-major Qᵀ: M − I.
+        fill_skew(v, b, m, ld);
+        for i in 0..b {
+            m[i * ld + i] = T::one();
         }
-    });
-    for i in 0..b {
-        m[i * ld + i] = T::one();
-    }
-    match rotation_by_gauss_jordan(m, b, convention) {
-        Some(r) => Ok((q, r)),
-        None => {
-            let r = cayley_exact_lu(q.as_ref(), convention)?;
-            Ok((q, r))
+        if let Some(r) = rotation_by_gauss_jordan(m, b, convention) {
+            return Ok(r);
         }
     }
+    cayley_exact_lu(skew_from_slice(v, b).as_ref(), convention)
 }
 
 /// The exact transform from `m` = `M = I + Qᵀ`, row-major with stride [`padded_stride`]`(b)`, by

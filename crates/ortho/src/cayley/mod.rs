@@ -5,8 +5,10 @@ mod neumann;
 
 pub(crate) use exact::cayley_exact_packed;
 pub use exact::{cayley_exact, cayley_exact_vjp};
+#[cfg(test)]
+pub(crate) use neumann::neumann_with_tape;
+pub(crate) use neumann::{neumann_packed, neumann_vjp_with_tape};
 pub use neumann::{neumann_polynomial, neumann_vjp};
-pub(crate) use neumann::{neumann_vjp_with_tape, neumann_with_tape};
 
 use faer::{Mat, MatRef};
 

@@ -4,17 +4,44 @@ use faer::linalg::matmul::matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-use crate::matrix::zeroed_with;
+use crate::matrix::{zeroed_storage_with, zeroed_with};
+use crate::packing::fill_skew;
 
 use crate::real::Real;
 
 /// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` by Horner's rule, `Hₚ = cₚI`, `Hₖ = cₖI + Q·Hₖ₊₁`, `R = H₀`.
 ///
-/// Returns `R` and the tape of Horner intermediates the backward pass needs, one `b × p·b`
-/// matrix whose column block `k` is `Hₖ₊₁` (two allocations per block whatever `p`).
+/// Returns `R` and the tape the backward pass needs: one `b × (p+1)·b` matrix whose column block
+/// 0 is `Q` and column block `k ≥ 1` is `Hₖ` (two allocations per block whatever `p`).
 /// Costs `p − 1` matrix products (`H_{p−1}` is formed without one).
 pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
     let b = q.nrows();
+    let mut tape = zeroed_with(b, tape_blocks(coeffs) * b, |mut t| {
+        t.rb_mut().subcols_mut(0, b).copy_from(q);
+    });
+    let r = horner(&mut tape, b, coeffs);
+    (r, tape)
+}
+
+/// [`neumann_with_tape`] for the skew block of a packed row `v` (see
+/// [`skew_from_packed`](crate::skew_from_packed)), written straight into the tape. The caller
+/// checked `v`'s length.
+pub(crate) fn neumann_packed<T: Real>(v: &[T], b: usize, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
+    let mut tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
+        fill_skew(v, b, t, ld);
+    });
+    let r = horner(&mut tape, b, coeffs);
+    (r, tape)
+}
+
+/// Column blocks of the tape: `Q`, then `H₁ … Hₚ`.
+fn tape_blocks(coeffs: &[f64]) -> usize {
+    coeffs.len().max(1)
+}
+
+/// Horner's rule on a tape whose column block 0 holds `Q` (the other blocks are zero): writes
+/// `Hₚ … H₁` into blocks `p … 1` and returns `R = H₀`.
+fn horner<T: Real>(tape: &mut Mat<T>, b: usize, coeffs: &[f64]) -> Mat<T> {
     let p = coeffs.len().saturating_sub(1);
     let add_diagonal = |mut m: MatMut<'_, T>, c: f64| {
         let c = T::c(c);
@@ -24,28 +51,28 @@ pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (M
     };
     let c_last = coeffs.last().copied().unwrap_or(1.0);
     if p == 0 {
-        return (
-            zeroed_with(b, b, |m| add_diagonal(m, c_last)),
-            Mat::zeros(b, 0),
-        );
+        return zeroed_with(b, b, |m| add_diagonal(m, c_last));
     }
     let cp = T::c(coeffs[p]);
-    // H_{k+1} in column block k; H_p = c_p I, H_{p−1} = c_{p−1}I + c_p Q (no product).
-    let mut tape = zeroed_with(b, p * b, |mut t| {
-        add_diagonal(t.rb_mut().subcols_mut((p - 1) * b, b), c_last);
-        if p >= 2 {
-            let mut h = t.rb_mut().subcols_mut((p - 2) * b, b);
-            for j in 0..b {
-                for (x, &v) in h.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
-                    *x = v * cp;
-                }
+    // `dst ← c_p·Q + c·I` (H_{p−1}, or R when p = 1: no product).
+    let scaled_q_plus = |mut dst: MatMut<'_, T>, q: MatRef<'_, T>, c: f64| {
+        for j in 0..b {
+            for (x, &v) in dst.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
+                *x = v * cp;
             }
-            add_diagonal(h, coeffs[p - 1]);
         }
-    });
-    // H_k = c_k I + Q·H_{k+1}, for k = p−2 … 1 into the tape, then R = H_0.
-    for k in (1..p.saturating_sub(1)).rev() {
-        let (left, right) = tape.as_mut().split_at_col_mut(k * b);
+        add_diagonal(dst, c);
+    };
+    let (q, mut hs) = tape.as_mut().split_at_col_mut(b);
+    let q = q.rb();
+    add_diagonal(hs.rb_mut().subcols_mut((p - 1) * b, b), c_last);
+    if p == 1 {
+        return zeroed_with(b, b, |m| scaled_q_plus(m, q, coeffs[0]));
+    }
+    scaled_q_plus(hs.rb_mut().subcols_mut((p - 2) * b, b), q, coeffs[p - 1]);
+    // H_k (block k − 1 of `hs`) = c_k I + Q·H_{k+1}, for k = p−2 … 1, then R = H_0.
+    for k in (1..p - 1).rev() {
+        let (left, right) = hs.rb_mut().split_at_col_mut(k * b);
         let mut hk = left.subcols_mut((k - 1) * b, b);
         matmul(
             hk.rb_mut(),
@@ -57,30 +84,17 @@ pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (M
         );
         add_diagonal(hk, coeffs[k]);
     }
-    let r = if p == 1 {
-        // H_0 = c_0 I + c_1 Q.
-        zeroed_with(b, b, |mut m| {
-            for j in 0..b {
-                for (x, &v) in m.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
-                    *x = v * cp;
-                }
-            }
-            add_diagonal(m, coeffs[0]);
-        })
-    } else {
-        zeroed_with(b, b, |mut m| {
-            matmul(
-                m.rb_mut(),
-                Accum::Replace,
-                q,
-                tape.as_ref().subcols(0, b),
-                T::one(),
-                Par::Seq,
-            );
-            add_diagonal(m, coeffs[0]);
-        })
-    };
-    (r, tape)
+    zeroed_with(b, b, |mut m| {
+        matmul(
+            m.rb_mut(),
+            Accum::Replace,
+            q,
+            hs.rb().subcols(0, b),
+            T::one(),
+            Par::Seq,
+        );
+        add_diagonal(m, coeffs[0]);
+    })
 }
 
 /// Cayley–Neumann polynomial `R = Σ_{k=0}^{p} cₖ Qᵏ` of one block (coefficients from
@@ -102,26 +116,24 @@ pub fn neumann_polynomial<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> Mat<T> {
 /// `∂L/∂Q += Gₖ·Hₖ₊₁ᵀ` and `Gₖ₊₁ = Qᵀ·Gₖ`.
 pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) -> Mat<T> {
     let (_, tape) = neumann_with_tape(q, coeffs);
-    neumann_vjp_with_tape(q, tape.as_ref(), g)
+    neumann_vjp_with_tape(tape.as_ref(), g)
 }
 
-/// [`neumann_vjp`] from the tape of [`neumann_with_tape`] (column block `k` is `Hₖ₊₁`).
-pub(crate) fn neumann_vjp_with_tape<T: Real>(
-    q: MatRef<'_, T>,
-    tape: MatRef<'_, T>,
-    g: MatRef<'_, T>,
-) -> Mat<T> {
-    let b = q.nrows();
-    let p = tape.ncols().checked_div(b).unwrap_or(0);
+/// [`neumann_vjp`] from the tape of [`neumann_with_tape`] (column block 0 is `Q`, block `k` is
+/// `Hₖ`).
+pub(crate) fn neumann_vjp_with_tape<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
+    let b = tape.nrows();
+    let p = tape.ncols().checked_div(b).unwrap_or(1).saturating_sub(1);
     let mut dq = zeroed_with(b, b, |_| {});
     if p == 0 {
         return dq;
     }
+    let q = tape.subcols(0, b);
     // G_k and G_{k+1} side by side in one allocation.
     let mut work = zeroed_with(b, 2 * b, |mut m| m.rb_mut().subcols_mut(0, b).copy_from(g));
     for k in 0..p {
         let cur = (k % 2) * b; // G_k's column block; G_{k+1} goes to the other
-        let h = tape.subcols(k * b, b);
+        let h = tape.subcols((k + 1) * b, b);
         matmul(
             dq.as_mut(),
             Accum::Add,
