@@ -171,8 +171,8 @@ pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
             for (x, &y) in col[j + 1..].iter_mut().zip(run) {
                 *x = -y;
             }
-            for (d, &y) in run.iter().enumerate() {
-                right[d * ld + j] = y;
+            for (later, &y) in right.chunks_exact_mut(ld).zip(run) {
+                later[j] = y;
             }
         }
     }
