@@ -656,21 +656,21 @@ fn reduce_lanes<T: Real, const L: usize>(v: [T; L]) -> T {
     let mut w = v;
     if L >= 16 {
         for l in 0..8 {
-            w[l] = w[l] + w[l + 8];
+            w[l] += w[l + 8];
         }
     }
     if L >= 8 {
         for l in 0..4 {
-            w[l] = w[l] + w[l + 4];
+            w[l] += w[l + 4];
         }
     }
     if L >= 4 {
         for l in 0..2 {
-            w[l] = w[l] + w[l + 2];
+            w[l] += w[l + 2];
         }
     }
     if L >= 2 {
-        w[0] = w[0] + w[1];
+        w[0] += w[1];
     }
     w[0]
 }
