@@ -63,28 +63,30 @@ pub(crate) fn zeroed_storage_with<T: Real>(
     m
 }
 
-/// A `rows × cols` matrix built block of columns by block of columns in parallel: the task of
-/// column block `j` (columns `j·width ..`, the last one possibly narrower) zero-fills its block
-/// and hands it to `fill(j, block)`. Zeroing inside the task that then writes the block keeps
-/// it in that core's cache and spreads it over the threads (one serial 8 MiB fill cost about a
-/// quarter of a 512 × 4096 rotation). Returns the matrix and `fill`'s results in block order.
-pub(crate) fn par_col_blocks<T: Real, U: Send>(
+/// A `rows × cols` matrix built block of columns by block of columns in parallel, without a
+/// zero-fill: the task of column block `j` (columns
+/// `j·width ..`, `ncols` of them, the last block possibly narrower) gets its storage
+/// uninitialised as `fill(j, storage, ncols, col_stride)`, element `(i, c)` of the block at
+/// `storage[i + c·col_stride]`. Returns the matrix and `fill`'s results in block order.
+///
+/// # Safety
+/// `fill` must initialise every `storage[i + c·col_stride]`, `i < rows`, `c < ncols`, of the
+/// block it is given (the padding rows past `rows` may stay uninitialised).
+pub(crate) unsafe fn par_col_blocks_uninit<T: Real, U: Send>(
     rows: usize,
     cols: usize,
     width: usize,
-    fill: impl Fn(usize, MatMut<'_, T>) -> U + Sync + Send,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>], usize, usize) -> U + Sync + Send,
 ) -> (Mat<T>, Vec<U>) {
+    let width = width.max(1);
     let mut m = Mat::<T>::with_capacity(rows, cols);
     let stride = m.col_stride().unsigned_abs();
-    if rows == 0 || cols == 0 || width == 0 || stride == 0 {
-        let mut m = Mat::<T>::zeros(rows, cols);
-        let out = m
-            .as_mut()
-            .par_col_chunks_mut(width.max(1))
-            .enumerate()
-            .map(|(j, block)| fill(j, block))
+    if rows == 0 || cols == 0 || stride == 0 {
+        let out = (0..cols.div_ceil(width))
+            .into_par_iter()
+            .map(|j| fill(j, &mut [], width.min(cols - j * width), 0))
             .collect();
-        return (m, out);
+        return (Mat::zeros(rows, cols), out);
     }
     // SAFETY: the reserved capacity holds `col_stride · cols` elements (column stride
     // `row_capacity ≥ rows`, at least `cols` columns); a `MaybeUninit` view of uninitialised
@@ -96,18 +98,11 @@ pub(crate) fn par_col_blocks<T: Real, U: Send>(
         .par_chunks_mut(stride * width)
         .enumerate()
         .map(|(j, chunk)| {
-            chunk.fill(MaybeUninit::new(T::zero()));
-            let len = chunk.len();
-            // SAFETY: every element of `chunk` was just initialised; `MaybeUninit<T>` has the
-            // layout of `T`.
-            let chunk =
-                unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<T>(), len) };
-            let block =
-                MatMut::from_column_major_slice_with_stride_mut(chunk, rows, len / stride, stride);
-            fill(j, block)
+            let ncols = chunk.len() / stride;
+            fill(j, chunk, ncols, stride)
         })
         .collect();
-    // SAFETY: the chunks cover all `cols` columns, each fully initialised above.
+    // SAFETY: the chunks cover all `cols` columns, each initialised by `fill` (the contract).
     unsafe { m.set_dims(rows, cols) };
     (m, out)
 }
@@ -119,14 +114,17 @@ mod tests {
     #[test]
     fn par_col_blocks_covers_every_column_once() {
         for (rows, cols, width) in [(5, 12, 4), (3, 10, 4), (0, 8, 4), (4, 0, 2), (7, 7, 7)] {
-            let (m, tags) = par_col_blocks::<f64, usize>(rows, cols, width, |j, mut b| {
-                for c in 0..b.ncols() {
-                    for r in 0..b.nrows() {
-                        b[(r, c)] += (j * 100 + c * 10 + r) as f64;
+            let fill = |j: usize, b: &mut [MaybeUninit<f64>], ncols: usize, ld: usize| {
+                assert_eq!(ncols, width.min(cols - j * width));
+                for c in 0..ncols {
+                    for r in 0..rows {
+                        b[r + c * ld].write((j * 100 + c * 10 + r) as f64);
                     }
                 }
                 j
-            });
+            };
+            // SAFETY: `fill` writes every element of its block.
+            let (m, tags) = unsafe { par_col_blocks_uninit::<f64, usize>(rows, cols, width, fill) };
             assert_eq!((m.nrows(), m.ncols()), (rows, cols));
             assert_eq!(tags, (0..cols.div_ceil(width)).collect::<Vec<_>>());
             for c in 0..cols {

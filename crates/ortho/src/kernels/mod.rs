@@ -6,6 +6,7 @@
 //! chain of operations whatever the vector width, so the AVX2 and AVX-512 versions give identical
 //! bits; the portable version differs only by rounding. Nothing depends on the number of threads.
 
+pub(crate) mod block_gemm;
 pub(crate) mod gauss_jordan;
 
 use crate::real::Real;
@@ -48,4 +49,18 @@ pub(crate) fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
     } else {
         a * b + c
     }
+}
+
+/// Hints the CPU to bring the cache line holding `p` into L1 (a no-op off x86-64). Never faults,
+/// whatever `p` is.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it does not access memory architecturally and never
+    // faults, for any address; SSE is part of the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

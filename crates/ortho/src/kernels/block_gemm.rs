@@ -1,0 +1,730 @@
+//! Register-tiled products for block-diagonal rotations: `Y = α·X·B` ([`gemm_uninit`],
+//! [`gemm_acc`]) and `C = Xᵀ·D` ([`gemm_tn_uninit`]), written into uninitialised memory so the
+//! caller needs no zero-fill.
+//!
+//! Shapes are those of one rotation block: `X` is `m × k` with `m` large (tokens) and
+//! `k = n = b` small; they are general-purpose though (any `m, k, n ≥ 0`, e.g. `32 × 32 × 32`).
+//!
+//! Rounding (the same for every instruction set with FMA, hence AVX2 and AVX-512 give identical
+//! bits; the portable version rounds the product and the sum separately):
+//! - `Y = α·X·B`: `y_ij = α · s_ij` with `s_ij = (…((x_i0·b_0j) + x_i1·b_1j) + …) + x_i,k−1·b_k−1,j`,
+//!   one fused multiply-add per term in ascending `p` starting from `0`; accumulating,
+//!   `y_ij ← y_ij + α·s_ij` (one fused multiply-add).
+//! - `C = Xᵀ·D`: `c_pq` splits the rows into `L` lanes (`L = 16` for `f32`, `8` for `f64`): lane `l`
+//!   sums `x_ip·d_iq` over `i ≡ l (mod L)` in ascending `i` (one multiply-add each, the rows past
+//!   the last full group of `L` padded with zeros), then the lanes are added pairwise:
+//!   `v_l ← v_l + v_{l+L/2}`, then `L/4`, …, `1`; `c_pq = v_0`.
+
+use std::mem::MaybeUninit;
+
+use faer::{Mat, MatRef};
+
+use super::{Isa, isa, madd, prefetch};
+use crate::real::Real;
+
+/// Lanes of the `Xᵀ·D` partial sums for a scalar of `size` bytes: one AVX-512 register.
+const fn tn_lanes(size: usize) -> usize {
+    64 / size
+}
+
+// ---------------------------------------------------------------------------------------------
+// Y = α·X·B
+// ---------------------------------------------------------------------------------------------
+
+/// What the `X·B` kernel does with an output element: `Overwrite` writes `α·s` into (possibly
+/// uninitialised) memory, `Accumulate` reads it and writes `y + α·s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// `y ← α·s` (the old value is never read).
+    Overwrite,
+    /// `y ← y + α·s`.
+    Accumulate,
+}
+
+/// The operands of `Y = α·X·B` as raw parts, checked by [`GemmArgs::new`].
+///
+/// `x` points to `X[0, 0]` of the `m × k` matrix with strides `(rsx, csx)`; `b` to `B[0, 0]` of the
+/// `k × n` matrix with strides `(rsb, csb)`; `y` to `Y[0, 0]`, column-major with column stride
+/// `ldy ≥ m` (`Y[i, j]` at `y + i + j·ldy`).
+#[derive(Clone, Copy)]
+struct GemmArgs<T> {
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    x: *const T,
+    rsx: isize,
+    csx: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    y: *mut T,
+    ldy: usize,
+    store: Store,
+}
+
+impl<T: Real> GemmArgs<T> {
+    /// Checks the shapes against `y_len` elements of output storage.
+    fn new(
+        alpha: T,
+        x: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+        y: *mut T,
+        y_len: usize,
+        ldy: usize,
+        store: Store,
+    ) -> Self {
+        let (m, k, n) = (x.nrows(), x.ncols(), b.ncols());
+        assert_eq!(b.nrows(), k, "X·B: inner dimensions differ");
+        assert!(
+            n <= 1 || ldy >= m,
+            "X·B: output column stride below the row count"
+        );
+        let need = if n == 0 || m == 0 {
+            0
+        } else {
+            (n - 1) * ldy + m
+        };
+        assert!(y_len >= need, "X·B: output storage too short");
+        Self {
+            m,
+            n,
+            k,
+            alpha,
+            x: x.as_ptr(),
+            rsx: x.row_stride(),
+            csx: x.col_stride(),
+            b: b.as_ptr(),
+            rsb: b.row_stride(),
+            csb: b.col_stride(),
+            y,
+            ldy,
+            store,
+        }
+    }
+}
+
+/// Writes `Y = α·X·B` into `y` (column-major, column stride `ldy`, `Y[i, j]` at `y[i + j·ldy]`),
+/// never reading it; on return every `y[i + j·ldy]` with `i < m`, `j < n` is initialised (and
+/// nothing else is written). `X` (`m × k`) and `B` (`k × n`) may have any strides, so `Rᵀ` is
+/// `r.transpose()`. Rounding: see the module notes.
+///
+/// # Panics
+/// If `B` does not have `k` rows, `ldy < m` with more than one column, or `y` is too short.
+pub(crate) fn gemm_uninit<T: Real>(
+    alpha: T,
+    x: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    y: &mut [MaybeUninit<T>],
+    ldy: usize,
+) {
+    gemm_uninit_with(isa(), alpha, x, b, y, ldy);
+}
+
+/// [`gemm_uninit`] with an explicit instruction set (tests compare them).
+pub(crate) fn gemm_uninit_with<T: Real>(
+    isa: Isa,
+    alpha: T,
+    x: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    y: &mut [MaybeUninit<T>],
+    ldy: usize,
+) {
+    let args = GemmArgs::new(
+        alpha,
+        x,
+        b,
+        y.as_mut_ptr().cast(),
+        y.len(),
+        ldy,
+        Store::Overwrite,
+    );
+    // SAFETY: `args` was checked against `y`, borrowed mutably for the call; `x` and `b` are
+    // valid views for their shapes and strides; `Overwrite` never reads `y`.
+    unsafe { gemm_dispatch(isa, args) }
+}
+
+/// `Y ← Y + α·X·B` for an initialised `y` (layout as in [`gemm_uninit`]).
+///
+/// # Panics
+/// As [`gemm_uninit`].
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn gemm_acc<T: Real>(
+    alpha: T,
+    x: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    y: &mut [T],
+    ldy: usize,
+) {
+    gemm_acc_with(isa(), alpha, x, b, y, ldy);
+}
+
+/// [`gemm_acc`] with an explicit instruction set.
+pub(crate) fn gemm_acc_with<T: Real>(
+    isa: Isa,
+    alpha: T,
+    x: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    y: &mut [T],
+    ldy: usize,
+) {
+    let args = GemmArgs::new(alpha, x, b, y.as_mut_ptr(), y.len(), ldy, Store::Accumulate);
+    // SAFETY: as in `gemm_uninit_with`; `y` is initialised, so reading it is sound.
+    unsafe { gemm_dispatch(isa, args) }
+}
+
+/// Picks the compiled version and the register tile for `isa` and `T`.
+///
+/// # Safety
+/// `args` must describe valid memory: `X` and `B` readable at every in-range index, `Y` writable
+/// (and readable if `Store::Accumulate`) at every `i + j·ldy`, `i < m`, `j < n`, and not
+/// overlapping `X` or `B`.
+unsafe fn gemm_dispatch<T: Real>(isa: Isa, args: GemmArgs<T>) {
+    if args.m == 0 || args.n == 0 {
+        return;
+    }
+    let f32 = size_of::<T>() == 4;
+    // SAFETY (all arms): the contract of this function; the instruction sets are only used if
+    // detected.
+    unsafe {
+        match (isa, f32) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, true) => gemm_avx512::<T, 32, 8>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, false) => gemm_avx512::<T, 16, 8>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, true) => gemm_avx2::<T, 16, 6>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => gemm_avx2::<T, 8, 6>(args),
+            (_, true) => gemm_imp::<T, false, 8, 4>(args),
+            (_, false) => gemm_imp::<T, false, 4, 4>(args),
+        }
+    }
+}
+
+/// AVX-512 build of [`gemm_imp`].
+///
+/// # Safety
+/// As [`gemm_dispatch`], and the CPU supports AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn gemm_avx512<T: Real, const MR: usize, const NR: usize>(args: GemmArgs<T>) {
+    // SAFETY: forwarded contract.
+    unsafe { gemm_imp::<T, true, MR, NR>(args) }
+}
+
+/// AVX2 build of [`gemm_imp`].
+///
+/// # Safety
+/// As [`gemm_dispatch`], and the CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_avx2<T: Real, const MR: usize, const NR: usize>(args: GemmArgs<T>) {
+    // SAFETY: forwarded contract.
+    unsafe { gemm_imp::<T, true, MR, NR>(args) }
+}
+
+/// The `X·B` driver: for each row tile of `MR` rows, packs `X`'s rows into a contiguous
+/// zero-padded panel (`panel[p·MR + i] = X[i0 + i, p]`, so the column stride of `X`, often a
+/// multiple of 4 KiB that maps every column to the same cache set, no longer matters), then runs
+/// the `MR × NR` micro-kernel over the column tiles and a `MR × 1` one over the remaining columns.
+///
+/// # Safety
+/// As [`gemm_dispatch`], with `m, n ≥ 1`.
+#[inline(always)]
+unsafe fn gemm_imp<T: Real, const FMA: bool, const MR: usize, const NR: usize>(a: GemmArgs<T>) {
+    let mut panel = vec![T::zero(); MR * a.k];
+    let mut i0 = 0;
+    while i0 < a.m {
+        let mr = MR.min(a.m - i0);
+        // SAFETY: rows `i0 .. i0 + mr < m` and columns `< k` of `X` are in range.
+        unsafe { pack_rows::<T, MR>(&mut panel, a, i0, mr) };
+        let mut j0 = 0;
+        while j0 + NR <= a.n {
+            // SAFETY: columns `j0 .. j0 + NR ≤ n` and rows `i0 .. i0 + mr ≤ m` are in range.
+            unsafe { micro::<T, FMA, MR, NR>(&panel, a, i0, mr, j0) };
+            j0 += NR;
+        }
+        while j0 < a.n {
+            // SAFETY: column `j0 < n` is in range.
+            unsafe { micro::<T, FMA, MR, 1>(&panel, a, i0, mr, j0) };
+            j0 += 1;
+        }
+        i0 += MR;
+    }
+}
+
+/// `panel[p·MR + i] = X[i0 + i, p]` for `i < mr`, `0` for `mr ≤ i < MR`, every `p < k`.
+///
+/// # Safety
+/// `X` is readable at rows `i0 .. i0 + mr` and columns `0 .. k`; `panel.len() = MR·k`.
+#[inline(always)]
+unsafe fn pack_rows<T: Real, const MR: usize>(
+    panel: &mut [T],
+    a: GemmArgs<T>,
+    i0: usize,
+    mr: usize,
+) {
+    for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+        // SAFETY: `(i0, p)` is in range (`p < k` since `panel` has `k` chunks).
+        let col = unsafe { a.x.offset(i0 as isize * a.rsx + p as isize * a.csx) };
+        if mr == MR && a.rsx == 1 {
+            // SAFETY: `MR` contiguous elements of column `p` from row `i0` are in range.
+            let src = unsafe { std::slice::from_raw_parts(col, MR) };
+            dst.copy_from_slice(src);
+            if i0 + 2 * MR <= a.m {
+                // The next row tile of this column, one tile of work ahead: the columns are
+                // usually 4 KiB-multiple strides apart, which no hardware prefetcher follows.
+                let next = col.wrapping_add(MR).cast::<u8>();
+                for off in (0..MR * size_of::<T>()).step_by(64) {
+                    prefetch(next.wrapping_add(off));
+                }
+            }
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = if i < mr {
+                    // SAFETY: row `i0 + i < m`.
+                    unsafe { *col.offset(i as isize * a.rsx) }
+                } else {
+                    T::zero()
+                };
+            }
+        }
+    }
+}
+
+/// One `MR × NR` tile: `acc[j][i] = Σ_p panel[p·MR + i]·B[p, j0 + j]` (fused, ascending `p`), then
+/// `Y[i0 + i, j0 + j] = α·acc` (or `+=`) for `i < mr`.
+///
+/// # Safety
+/// `B` is readable at rows `< k`, columns `j0 .. j0 + NR`; `Y` is writable (readable when
+/// accumulating) at rows `i0 .. i0 + mr`, columns `j0 .. j0 + NR`; `panel.len() = MR·k`.
+#[inline(always)]
+unsafe fn micro<T: Real, const FMA: bool, const MR: usize, const NR: usize>(
+    panel: &[T],
+    a: GemmArgs<T>,
+    i0: usize,
+    mr: usize,
+    j0: usize,
+) {
+    let mut acc = [[T::zero(); MR]; NR];
+    // SAFETY: column `j0 < n` of `B`.
+    let b0 = unsafe { a.b.offset(j0 as isize * a.csb) };
+    let xp = panel.as_ptr();
+    for p in 0..a.k {
+        // SAFETY: `panel[p·MR .. (p + 1)·MR]`, in range as `panel.len() = MR·k`.
+        let xv = unsafe { xp.add(p * MR).cast::<[T; MR]>().read_unaligned() };
+        // SAFETY: row `p < k` of `B`.
+        let brow = unsafe { b0.offset(p as isize * a.rsb) };
+        for j in 0..NR {
+            // SAFETY: `B[p, j0 + j]`, in range.
+            let bj = unsafe { *brow.offset(j as isize * a.csb) };
+            for i in 0..MR {
+                acc[j][i] = madd::<T, FMA>(xv[i], bj, acc[j][i]);
+            }
+        }
+    }
+    // SAFETY: `Y[i0, j0]`, in range.
+    let y0 = unsafe { a.y.add(i0 + j0 * a.ldy) };
+    if mr == MR {
+        for j in 0..NR {
+            // SAFETY: `Y[i0 .. i0 + MR, j0 + j]`, in range; `Y` does not overlap the inputs.
+            unsafe { store_col::<T, FMA, MR>(y0.add(j * a.ldy), acc[j], a.alpha, a.store) };
+        }
+    } else {
+        // Through a full-height scratch column, so that `acc` is only ever indexed by constants
+        // (a runtime index would keep it in memory, stored on every step of the loop above).
+        for j in 0..NR {
+            // SAFETY: `Y[i0 .. i0 + mr, j0 + j]`, in range.
+            let col = unsafe { y0.add(j * a.ldy) };
+            let mut buf = [T::zero(); MR];
+            if a.store == Store::Accumulate {
+                for (i, v) in buf.iter_mut().take(mr).enumerate() {
+                    // SAFETY: in range, initialised when accumulating.
+                    *v = unsafe { col.add(i).read() };
+                }
+            }
+            // SAFETY: `buf` holds `MR` initialised elements.
+            unsafe { store_col::<T, FMA, MR>(buf.as_mut_ptr(), acc[j], a.alpha, a.store) };
+            for (i, &v) in buf.iter().take(mr).enumerate() {
+                // SAFETY: `Y[i0 + i, j0 + j]` with `i < mr`, in range. A raw element write, no
+                // reference to possibly uninitialised memory.
+                unsafe { col.add(i).write(v) };
+            }
+        }
+    }
+}
+
+/// `col[i] = α·v[i]` (or `col[i] + α·v[i]`) for `i < W`.
+///
+/// # Safety
+/// `col` is writable (and readable, initialised, when accumulating) for `W` elements.
+#[inline(always)]
+unsafe fn store_col<T: Real, const FMA: bool, const W: usize>(
+    col: *mut T,
+    v: [T; W],
+    alpha: T,
+    store: Store,
+) {
+    let mut out = [T::zero(); W];
+    match store {
+        Store::Overwrite => {
+            for i in 0..W {
+                out[i] = alpha * v[i];
+            }
+        }
+        Store::Accumulate => {
+            // SAFETY: readable and initialised when accumulating.
+            let old = unsafe { col.cast::<[T; W]>().read_unaligned() };
+            for i in 0..W {
+                out[i] = madd::<T, FMA>(alpha, v[i], old[i]);
+            }
+        }
+    }
+    // SAFETY: writable for `W` elements.
+    unsafe { col.cast::<[T; W]>().write_unaligned(out) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// C = Xᵀ·D
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `C = Xᵀ·D` into `c` (column-major, column stride `ldc`, `C[p, q]` at `c[p + q·ldc]`),
+/// never reading it; on return every `c[p + q·ldc]`, `p < k`, `q < n`, is initialised. `X` is
+/// `m × k`, `D` is `m × n`; column-major operands (row stride 1) are used in place, others are
+/// first copied. The sum over `m` is the lane-split chain of the module notes (`m = 0` gives 0).
+///
+/// # Panics
+/// If `X` and `D` have different row counts, `ldc < k` with more than one column, or `c` is too
+/// short.
+pub(crate) fn gemm_tn_uninit<T: Real>(
+    x: MatRef<'_, T>,
+    d: MatRef<'_, T>,
+    c: &mut [MaybeUninit<T>],
+    ldc: usize,
+) {
+    gemm_tn_uninit_with(isa(), x, d, c, ldc);
+}
+
+/// The operands of `C = Xᵀ·D`: column-major `X` (`m × k`, column stride `ldx`), `D` (`m × n`,
+/// `ldd`) and `C` (`k × n`, `ldc`).
+#[derive(Clone, Copy)]
+struct TnArgs<T> {
+    m: usize,
+    k: usize,
+    n: usize,
+    x: *const T,
+    ldx: usize,
+    d: *const T,
+    ldd: usize,
+    c: *mut T,
+    ldc: usize,
+}
+
+/// [`gemm_tn_uninit`] with an explicit instruction set (tests compare them).
+pub(crate) fn gemm_tn_uninit_with<T: Real>(
+    isa: Isa,
+    x: MatRef<'_, T>,
+    d: MatRef<'_, T>,
+    c: &mut [MaybeUninit<T>],
+    ldc: usize,
+) {
+    let (m, k, n) = (x.nrows(), x.ncols(), d.ncols());
+    assert_eq!(d.nrows(), m, "Xᵀ·D: row counts differ");
+    assert!(
+        n <= 1 || ldc >= k,
+        "Xᵀ·D: output column stride below the row count"
+    );
+    let need = if n == 0 || k == 0 {
+        0
+    } else {
+        (n - 1) * ldc + k
+    };
+    assert!(c.len() >= need, "Xᵀ·D: output storage too short");
+    if k == 0 || n == 0 {
+        return;
+    }
+    // Column-major views with non-negative column strides (copies otherwise, rare).
+    let contiguous = |v: MatRef<'_, T>| v.row_stride() == 1 && v.col_stride() >= 0;
+    let (xo, do_);
+    let x = if contiguous(x) {
+        x
+    } else {
+        xo = x.to_owned();
+        xo.as_ref()
+    };
+    let d = if contiguous(d) {
+        d
+    } else {
+        do_ = d.to_owned();
+        do_.as_ref()
+    };
+    let args = TnArgs {
+        m,
+        k,
+        n,
+        x: x.as_ptr(),
+        ldx: x.col_stride().unsigned_abs(),
+        d: d.as_ptr(),
+        ldd: d.col_stride().unsigned_abs(),
+        c: c.as_mut_ptr().cast(),
+        ldc,
+    };
+    let f32 = size_of::<T>() == 4;
+    // SAFETY (all arms): `x` and `d` are column-major views of their shapes, `c` was checked and is
+    // borrowed mutably (so it overlaps neither); the instruction sets are only used if detected.
+    unsafe {
+        match (isa, f32) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, true) => tn_avx512::<T, { tn_lanes(4) }, 4, 4>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, false) => tn_avx512::<T, { tn_lanes(8) }, 4, 4>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, true) => tn_avx2::<T, { tn_lanes(4) }, 2, 2>(args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => tn_avx2::<T, { tn_lanes(8) }, 2, 2>(args),
+            (_, true) => tn_imp::<T, false, { tn_lanes(4) }, 2, 2>(args),
+            (_, false) => tn_imp::<T, false, { tn_lanes(8) }, 2, 2>(args),
+        }
+    }
+}
+
+/// AVX-512 build of [`tn_imp`].
+///
+/// # Safety
+/// As [`tn_imp`], and the CPU supports AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn tn_avx512<T: Real, const L: usize, const TP: usize, const TQ: usize>(a: TnArgs<T>) {
+    // SAFETY: forwarded contract.
+    unsafe { tn_imp::<T, true, L, TP, TQ>(a) }
+}
+
+/// AVX2 build of [`tn_imp`].
+///
+/// # Safety
+/// As [`tn_imp`], and the CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tn_avx2<T: Real, const L: usize, const TP: usize, const TQ: usize>(a: TnArgs<T>) {
+    // SAFETY: forwarded contract.
+    unsafe { tn_imp::<T, true, L, TP, TQ>(a) }
+}
+
+/// The `Xᵀ·D` driver: `TP × TQ` tiles of `C` (columns of `X` outer, so a tile's `TP` columns of `X`
+/// stay in L1 while the columns of `D` stream past), edges by `1 × TQ`, `TP × 1`, `1 × 1` tiles.
+///
+/// # Safety
+/// `X` readable as `m × k` column-major with stride `ldx`, `D` as `m × n` with `ldd`, `C` writable
+/// as `k × n` with `ldc`, not overlapping the inputs; `k, n ≥ 1`.
+#[inline(always)]
+unsafe fn tn_imp<T: Real, const FMA: bool, const L: usize, const TP: usize, const TQ: usize>(
+    a: TnArgs<T>,
+) {
+    let mut p0 = 0;
+    while p0 < a.k {
+        let full_p = p0 + TP <= a.k;
+        let mut q0 = 0;
+        while q0 < a.n {
+            let full_q = q0 + TQ <= a.n;
+            // SAFETY (all arms): the tile's rows and columns are in range.
+            unsafe {
+                match (full_p, full_q) {
+                    (true, true) => tn_tile::<T, FMA, L, TP, TQ>(a, p0, q0),
+                    (true, false) => tn_tile::<T, FMA, L, TP, 1>(a, p0, q0),
+                    (false, true) => tn_tile::<T, FMA, L, 1, TQ>(a, p0, q0),
+                    (false, false) => tn_tile::<T, FMA, L, 1, 1>(a, p0, q0),
+                }
+            }
+            q0 += if full_q { TQ } else { 1 };
+        }
+        p0 += if full_p { TP } else { 1 };
+    }
+}
+
+/// `C[p0 + s, q0 + t] = Σ_i X[i, p0 + s]·D[i, q0 + t]` for `s < TP`, `t < TQ`, summed in `L` lanes.
+///
+/// # Safety
+/// Columns `p0 .. p0 + TP` of `X` and `q0 .. q0 + TQ` of `D` and `C` are in range.
+#[inline(always)]
+unsafe fn tn_tile<T: Real, const FMA: bool, const L: usize, const TP: usize, const TQ: usize>(
+    a: TnArgs<T>,
+    p0: usize,
+    q0: usize,
+) {
+    let mut acc = [[[T::zero(); L]; TQ]; TP];
+    // SAFETY (both): columns `p0 + s` of `X` and `q0 + t` of `D` are in range.
+    let xc: [*const T; TP] = std::array::from_fn(|s| unsafe { a.x.add((p0 + s) * a.ldx) });
+    let dc: [*const T; TQ] = std::array::from_fn(|t| unsafe { a.d.add((q0 + t) * a.ldd) });
+    // The last `m mod L` rows, zero-padded, in scratch columns read by the same loop body as the
+    // full groups.
+    let full = a.m / L * L;
+    let rest = a.m - full;
+    let mut xt = [[T::zero(); L]; TP];
+    let mut dt = [[T::zero(); L]; TQ];
+    if rest > 0 {
+        for s in 0..TP {
+            // SAFETY: rows `full .. m` of a column in range.
+            xt[s][..rest]
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(xc[s].add(full), rest) });
+        }
+        for t in 0..TQ {
+            // SAFETY: as above.
+            dt[t][..rest]
+                .copy_from_slice(unsafe { std::slice::from_raw_parts(dc[t].add(full), rest) });
+        }
+    }
+    let mut i = 0;
+    while i < full {
+        // SAFETY: rows `i .. i + L ≤ m` of columns in range.
+        unsafe { tn_load_step::<T, FMA, L, TP, TQ>(&mut acc, xc, dc, i) };
+        i += L;
+    }
+    if rest > 0 {
+        let xs: [*const T; TP] = std::array::from_fn(|s| xt[s].as_ptr());
+        let ds: [*const T; TQ] = std::array::from_fn(|t| dt[t].as_ptr());
+        // SAFETY: the scratch columns hold `L` elements each.
+        unsafe { tn_load_step::<T, FMA, L, TP, TQ>(&mut acc, xs, ds, 0) };
+    }
+    // An optimisation barrier between the loop and the reduction below: without it LLVM keeps
+    // `acc` in memory and stores all of it on every step of the loop (measured: ~2× slower). It
+    // has no effect on the values.
+    let acc = std::hint::black_box(acc);
+    for s in 0..TP {
+        for t in 0..TQ {
+            // SAFETY: `C[p0 + s, q0 + t]` is in range and writable.
+            unsafe {
+                a.c.add(p0 + s + (q0 + t) * a.ldc)
+                    .write(reduce_lanes(acc[s][t]))
+            };
+        }
+    }
+}
+
+/// Loads `L` elements from `xc[s] + i` and `dc[t] + i` and runs [`tn_step`].
+///
+/// # Safety
+/// Each `xc[s] + i .. + L` and `dc[t] + i .. + L` is readable.
+#[inline(always)]
+unsafe fn tn_load_step<
+    T: Real,
+    const FMA: bool,
+    const L: usize,
+    const TP: usize,
+    const TQ: usize,
+>(
+    acc: &mut [[[T; L]; TQ]; TP],
+    xc: [*const T; TP],
+    dc: [*const T; TQ],
+    i: usize,
+) {
+    let mut xv = [[T::zero(); L]; TP];
+    let mut dv = [[T::zero(); L]; TQ];
+    for s in 0..TP {
+        // SAFETY: the contract.
+        xv[s] = unsafe { xc[s].add(i).cast::<[T; L]>().read_unaligned() };
+    }
+    for t in 0..TQ {
+        // SAFETY: the contract.
+        dv[t] = unsafe { dc[t].add(i).cast::<[T; L]>().read_unaligned() };
+    }
+    tn_step::<T, FMA, L, TP, TQ>(acc, &xv, &dv);
+}
+
+/// `acc[s][t][l] += xv[s][l]·dv[t][l]` (one multiply-add each).
+#[inline(always)]
+fn tn_step<T: Real, const FMA: bool, const L: usize, const TP: usize, const TQ: usize>(
+    acc: &mut [[[T; L]; TQ]; TP],
+    xv: &[[T; L]; TP],
+    dv: &[[T; L]; TQ],
+) {
+    for s in 0..TP {
+        for t in 0..TQ {
+            for l in 0..L {
+                acc[s][t][l] = madd::<T, FMA>(xv[s][l], dv[t][l], acc[s][t][l]);
+            }
+        }
+    }
+}
+
+/// Pairwise sum of the lanes: `v_l ← v_l + v_{l+h}` for `h = L/2, L/4, …, 1`; returns `v_0`
+/// (`L` a power of two, at most 16). Written with constant bounds only: a runtime index would keep
+/// the caller's accumulators in memory.
+#[inline(always)]
+fn reduce_lanes<T: Real, const L: usize>(v: [T; L]) -> T {
+    const { assert!(L.is_power_of_two() && L <= 16) };
+    let mut w = v;
+    if L >= 16 {
+        for l in 0..8 {
+            w[l] += w[l + 8];
+        }
+    }
+    if L >= 8 {
+        for l in 0..4 {
+            w[l] += w[l + 4];
+        }
+    }
+    if L >= 4 {
+        for l in 0..2 {
+            w[l] += w[l + 2];
+        }
+    }
+    if L >= 2 {
+        w[0] += w[1];
+    }
+    w[0]
+}
+
+/// Copies `src` (any strides) into uninitialised column-major storage `dst` (column stride
+/// `ld ≥ rows`); on return every `dst[i + j·ld]`, `i < rows`, `j < cols`, is initialised.
+///
+/// # Panics
+/// If `dst` is too short or `ld` too small.
+pub(crate) fn copy_uninit<T: Real>(src: MatRef<'_, T>, dst: &mut [MaybeUninit<T>], ld: usize) {
+    let (m, n) = (src.nrows(), src.ncols());
+    assert!(n <= 1 || ld >= m, "copy: column stride below the row count");
+    assert!(
+        n == 0 || m == 0 || dst.len() >= (n - 1) * ld + m,
+        "copy: storage too short"
+    );
+    for j in 0..n {
+        let col = &mut dst[j * ld..j * ld + m];
+        match src.col(j).try_as_col_major() {
+            Some(s) => {
+                for (d, &v) in col.iter_mut().zip(s.as_slice()) {
+                    d.write(v);
+                }
+            }
+            None => {
+                for (i, d) in col.iter_mut().enumerate() {
+                    d.write(src[(i, j)]);
+                }
+            }
+        }
+    }
+}
+
+/// A `rows × cols` matrix whose storage is handed uninitialised to `fill(storage, col_stride)`.
+///
+/// # Safety
+/// `fill` must initialise every `storage[i + j·col_stride]`, `i < rows`, `j < cols`.
+pub(crate) unsafe fn mat_uninit_with<T: Real>(
+    rows: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>], usize),
+) -> Mat<T> {
+    let mut m = Mat::<T>::with_capacity(rows, cols);
+    let stride = m.col_stride().unsigned_abs();
+    let len = stride * cols;
+    // SAFETY: the reserved capacity holds `col_stride · cols` elements; a `MaybeUninit` view of
+    // uninitialised memory is sound and is the only access until `set_dims`.
+    let spare =
+        unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut().cast::<MaybeUninit<T>>(), len) };
+    fill(spare, stride);
+    // SAFETY: `fill` initialised every element of the new shape (the contract).
+    unsafe { m.set_dims(rows, cols) };
+    m
+}
+
+#[cfg(test)]
+mod tests;
