@@ -1,10 +1,9 @@
 //! Truncated Cayley–Neumann polynomials `R = Σₖ cₖ Qᵏ` and their vector–Jacobian product.
 
-use faer::linalg::matmul::matmul;
-use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Mat, MatRef};
 
-use crate::matrix::{zeroed_storage_with, zeroed_with};
+use crate::kernels::block_gemm::gemm_acc;
+use crate::matrix::zeroed_storage_with;
 use crate::packing::fill_skew;
 
 use crate::real::Real;
@@ -16,22 +15,28 @@ use crate::real::Real;
 /// Costs `p − 1` matrix products (`H_{p−1}` is formed without one).
 pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
     let b = q.nrows();
-    let mut tape = zeroed_with(b, tape_blocks(coeffs) * b, |mut t| {
-        t.rb_mut().subcols_mut(0, b).copy_from(q);
+    let mut r = None;
+    let tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
+        for j in 0..b {
+            for (x, &v) in t[j * ld..j * ld + b].iter_mut().zip(q.col(j).iter()) {
+                *x = v;
+            }
+        }
+        r = Some(horner(t, ld, b, coeffs));
     });
-    let r = horner(&mut tape, b, coeffs);
-    (r, tape)
+    (r.unwrap_or_else(|| Mat::zeros(b, b)), tape)
 }
 
 /// [`neumann_with_tape`] for the skew block of a packed row `v` (see
 /// [`skew_from_packed`](crate::skew_from_packed)), written straight into the tape. The caller
 /// checked `v`'s length.
 pub(crate) fn neumann_packed<T: Real>(v: &[T], b: usize, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
-    let mut tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
+    let mut r = None;
+    let tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
         fill_skew(v, b, t, ld);
+        r = Some(horner(t, ld, b, coeffs));
     });
-    let r = horner(&mut tape, b, coeffs);
-    (r, tape)
+    (r.unwrap_or_else(|| Mat::zeros(b, b)), tape)
 }
 
 /// Column blocks of the tape: `Q`, then `H₁ … Hₚ`.
@@ -39,61 +44,59 @@ fn tape_blocks(coeffs: &[f64]) -> usize {
     coeffs.len().max(1)
 }
 
-/// Horner's rule on a tape whose column block 0 holds `Q` (the other blocks are zero): writes
-/// `Hₚ … H₁` into blocks `p … 1` and returns `R = H₀`.
-fn horner<T: Real>(tape: &mut Mat<T>, b: usize, coeffs: &[f64]) -> Mat<T> {
+/// The `b × b` matrix at the start of `s`, column-major with column stride `ld`.
+fn block<T: Real>(s: &[T], b: usize, ld: usize) -> MatRef<'_, T> {
+    let len = if b == 0 { 0 } else { (b - 1) * ld + b };
+    MatRef::from_column_major_slice_with_stride(&s[..len], b, b, ld)
+}
+
+/// `m[i + i·ld] += c` for `i < b`.
+fn add_diagonal<T: Real>(m: &mut [T], b: usize, ld: usize, c: f64) {
+    let c = T::c(c);
+    for i in 0..b {
+        m[i + i * ld] += c;
+    }
+}
+
+/// Horner's rule on the zeroed column-major storage `t` (column stride `ld`) of a tape whose
+/// column block 0 holds `Q`: writes `Hₚ … H₁` into blocks `p … 1` and returns `R = H₀`.
+fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64]) -> Mat<T> {
     let p = coeffs.len().saturating_sub(1);
-    let add_diagonal = |mut m: MatMut<'_, T>, c: f64| {
-        let c = T::c(c);
-        for i in 0..b {
-            m[(i, i)] += c;
-        }
-    };
+    let w = b * ld; // one column block of the storage
     let c_last = coeffs.last().copied().unwrap_or(1.0);
-    if p == 0 {
-        return zeroed_with(b, b, |m| add_diagonal(m, c_last));
+    if p == 0 || b == 0 {
+        return zeroed_storage_with(b, b, |m, ldm| add_diagonal(m, b, ldm, c_last));
     }
     let cp = T::c(coeffs[p]);
+    add_diagonal(&mut t[p * w..], b, ld, c_last);
     // `dst ← c_p·Q + c·I` (H_{p−1}, or R when p = 1: no product).
-    let scaled_q_plus = |mut dst: MatMut<'_, T>, q: MatRef<'_, T>, c: f64| {
+    let scaled_q_plus = |dst: &mut [T], ldd: usize, q: &[T], c: f64| {
         for j in 0..b {
-            for (x, &v) in dst.rb_mut().col_mut(j).iter_mut().zip(q.col(j).iter()) {
+            for (x, &v) in dst[j * ldd..j * ldd + b]
+                .iter_mut()
+                .zip(&q[j * ld..j * ld + b])
+            {
                 *x = v * cp;
             }
         }
-        add_diagonal(dst, c);
+        add_diagonal(dst, b, ldd, c);
     };
-    let (q, mut hs) = tape.as_mut().split_at_col_mut(b);
-    let q = q.rb();
-    add_diagonal(hs.rb_mut().subcols_mut((p - 1) * b, b), c_last);
     if p == 1 {
-        return zeroed_with(b, b, |m| scaled_q_plus(m, q, coeffs[0]));
+        return zeroed_storage_with(b, b, |m, ldm| scaled_q_plus(m, ldm, t, coeffs[0]));
     }
-    scaled_q_plus(hs.rb_mut().subcols_mut((p - 2) * b, b), q, coeffs[p - 1]);
+    let (q, hs) = t.split_at_mut(w);
+    scaled_q_plus(&mut hs[(p - 2) * w..], ld, q, coeffs[p - 1]);
+    let q = block(q, b, ld);
     // H_k (block k − 1 of `hs`) = c_k I + Q·H_{k+1}, for k = p−2 … 1, then R = H_0.
     for k in (1..p - 1).rev() {
-        let (left, right) = hs.rb_mut().split_at_col_mut(k * b);
-        let mut hk = left.subcols_mut((k - 1) * b, b);
-        matmul(
-            hk.rb_mut(),
-            Accum::Replace,
-            q,
-            right.rb().subcols(0, b),
-            T::one(),
-            Par::Seq,
-        );
-        add_diagonal(hk, coeffs[k]);
+        let (left, right) = hs.split_at_mut(k * w);
+        let hk = &mut left[(k - 1) * w..];
+        add_diagonal(hk, b, ld, coeffs[k]);
+        gemm_acc(T::one(), q, block(right, b, ld), hk, ld);
     }
-    zeroed_with(b, b, |mut m| {
-        matmul(
-            m.rb_mut(),
-            Accum::Replace,
-            q,
-            hs.rb().subcols(0, b),
-            T::one(),
-            Par::Seq,
-        );
-        add_diagonal(m, coeffs[0]);
+    zeroed_storage_with(b, b, |m, ldm| {
+        add_diagonal(m, b, ldm, coeffs[0]);
+        gemm_acc(T::one(), q, block(hs, b, ld), m, ldm);
     })
 }
 
@@ -124,33 +127,27 @@ pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) 
 pub(crate) fn neumann_vjp_with_tape<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
     let b = tape.nrows();
     let p = tape.ncols().checked_div(b).unwrap_or(1).saturating_sub(1);
-    let mut dq = zeroed_with(b, b, |_| {});
-    if p == 0 {
-        return dq;
-    }
     let q = tape.subcols(0, b);
-    // G_k and G_{k+1} side by side in one allocation.
-    let mut work = zeroed_with(b, 2 * b, |mut m| m.rb_mut().subcols_mut(0, b).copy_from(g));
-    for k in 0..p {
-        let cur = (k % 2) * b; // G_k's column block; G_{k+1} goes to the other
-        let h = tape.subcols((k + 1) * b, b);
-        matmul(
-            dq.as_mut(),
-            Accum::Add,
-            work.as_ref().subcols(cur, b),
-            h.transpose(),
-            T::one(),
-            Par::Seq,
-        );
-        if k + 1 < p {
-            let (left, right) = work.as_mut().split_at_col_mut(b);
-            let (gk, next) = if cur == 0 {
-                (left.rb(), right)
+    // G_1 … G_{p−1} (G_0 = G), each b × b with column stride b, zero until written.
+    let mut work = vec![T::zero(); p.saturating_sub(1) * b * b];
+    zeroed_storage_with(b, b, |dq, ld| {
+        for k in 0..p {
+            let (done, next) = work.split_at_mut(k * b * b);
+            let gk = if k == 0 {
+                g
             } else {
-                (right.rb(), left)
+                block(&done[(k - 1) * b * b..], b, b)
             };
-            matmul(next, Accum::Replace, q.transpose(), gk, T::one(), Par::Seq);
+            gemm_acc(
+                T::one(),
+                gk,
+                tape.subcols((k + 1) * b, b).transpose(),
+                dq,
+                ld,
+            );
+            if k + 1 < p {
+                gemm_acc(T::one(), q.transpose(), gk, next, b);
+            }
         }
-    }
-    dq
+    })
 }
