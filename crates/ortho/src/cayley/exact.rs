@@ -2,13 +2,13 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::lu::partial_pivoting::{factor, solve};
-use faer::linalg::matmul::matmul;
 use faer::reborrow::ReborrowMut;
-use faer::{Accum, Conj, Mat, MatRef, Par};
+use faer::{Conj, Mat, MatRef, Par};
 
 use crate::error::{OrthoError, Result};
+use crate::kernels::block_gemm::gemm_acc;
 use crate::kernels::gauss_jordan::{MAX_N, invert_unpivoted, padded_stride};
-use crate::matrix::zeroed_with;
+use crate::matrix::{zeroed_storage_with, zeroed_with};
 use crate::packing::{fill_skew, skew_from_slice};
 use crate::parameterization::CayleyConvention;
 use crate::real::Real;
@@ -182,33 +182,24 @@ pub fn cayley_exact_vjp<T: Real>(
     g: MatRef<'_, T>,
 ) -> Mat<T> {
     let b = r.nrows();
-    // P = (R + I)ᵀ
-    let p = Mat::<T>::from_fn(b, b, |i, j| {
-        r[(j, i)] + if i == j { T::one() } else { T::zero() }
-    });
-    let mut pg = Mat::<T>::zeros(b, b);
-    matmul(
-        pg.as_mut(),
-        Accum::Replace,
-        p.as_ref(),
-        g,
-        T::one(),
-        Par::Seq,
-    );
+    // P = (R + I)ᵀ, column-major with column stride b.
+    let mut p = vec![T::zero(); b * b];
+    for (j, col) in p.chunks_exact_mut(b.max(1)).enumerate().take(b) {
+        for (i, x) in col.iter_mut().enumerate() {
+            *x = r[(j, i)];
+        }
+        col[j] += T::one();
+    }
+    let p = MatRef::from_column_major_slice(&p, b, b);
+    let mut pg = vec![T::zero(); b * b];
+    gemm_acc(T::one(), p, g, &mut pg, b);
     let half = match convention {
         CayleyConvention::Textbook => T::c(0.5),
         CayleyConvention::Peft => T::c(-0.5),
     };
-    let mut out = Mat::<T>::zeros(b, b);
-    matmul(
-        out.as_mut(),
-        Accum::Replace,
-        pg.as_ref(),
-        p.as_ref(),
-        half,
-        Par::Seq,
-    );
-    out
+    zeroed_storage_with(b, b, |out, ld| {
+        gemm_acc(half, MatRef::from_column_major_slice(&pg, b, b), p, out, ld);
+    })
 }
 
 #[cfg(test)]
