@@ -308,10 +308,10 @@ mod tests {
         let mut nan = vec![0.0f32; 16];
         nan[0] = f32::NAN;
         assert!(!invert_unpivoted(&mut nan, 1, 0.5));
-        // A small pivot inside a block of four (the third) is caught too.
+        // A small pivot inside a later pivot block (its second) is caught too.
         let mut b = vec![0.0f64; 4 * 16];
         for i in 0..4 {
-            b[i * 16 + i] = if i == 2 { 0.1 } else { 1.0 };
+            b[i * 16 + i] = if i == 3 { 0.1 } else { 1.0 };
         }
         assert!(!invert_unpivoted(&mut b, 4, 0.5));
         assert!(!invert_unpivoted(&mut [1.0f64; 3], 2, 0.5));
