@@ -18,8 +18,9 @@ use crate::spec::RotationSpec;
 /// A block-diagonal rotation `R_bd = diag(R₁, …, R_r)` built from packed skew parameters.
 ///
 /// Holds the packed parameters, and per stored block the rotation block `R(Q)` and what the
-/// backward pass needs (the Neumann tape, which starts with `Q`). Applied input-centrically: `forward(x) = x · R_bd` for activations `x [tokens, d]`
-/// (each length-`b` slice of a row times its block), exactly PEFT's `OFTRotationModule.forward`.
+/// backward pass needs (the Neumann tape, which starts with `Q`). Applied input-centrically:
+/// `forward(x) = x · R_bd` for activations `x [tokens, d]` (each length-`b` slice of a row times
+/// its block), exactly PEFT's `OFTRotationModule.forward`.
 ///
 /// ```
 /// use faer::Mat;
