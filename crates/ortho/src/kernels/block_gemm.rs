@@ -148,7 +148,6 @@ pub(crate) fn gemm_uninit_with<T: Real>(
 ///
 /// # Panics
 /// As [`gemm_uninit`].
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn gemm_acc<T: Real>(
     alpha: T,
     x: MatRef<'_, T>,

@@ -56,6 +56,19 @@ fn run_xb<T: Real>(isa: Isa, alpha: T, x: MatRef<'_, T>, b: MatRef<'_, T>, pad: 
     y
 }
 
+/// The instruction sets with fused multiply-add (AVX2, AVX-512) gave identical bits.
+fn assert_fused_agree<T: Real>(outs: &[(Isa, Vec<T>)], what: &str) {
+    let fused: Vec<_> = outs.iter().filter(|(i, _)| *i != Isa::Portable).collect();
+    for w in fused.windows(2) {
+        assert!(
+            w[0].1 == w[1].1,
+            "{:?} vs {:?} differ at {what}",
+            w[0].0,
+            w[1].0
+        );
+    }
+}
+
 fn check_close<T: Real>(got: &[T], ld: usize, want: &Mat<f64>, scale: f64, tol: f64, what: &str) {
     for j in 0..want.ncols() {
         for i in 0..want.nrows() {
@@ -89,15 +102,7 @@ fn xb_all_shapes<T: Real>(tol: f64) {
                     );
                     outs.push((isa, y));
                 }
-                let fused: Vec<_> = outs.iter().filter(|(i, _)| *i != Isa::Portable).collect();
-                for w in fused.windows(2) {
-                    assert!(
-                        w[0].1 == w[1].1,
-                        "{:?} vs {:?} differ at {m}x{k}x{n}",
-                        w[0].0,
-                        w[1].0
-                    );
-                }
+                assert_fused_agree(&outs, &format!("{m}x{k}x{n}"));
             }
         }
     }
@@ -177,10 +182,7 @@ fn xb_accumulates() {
             }
             outs.push((isa, y));
         }
-        let fused: Vec<_> = outs.iter().filter(|(i, _)| *i != Isa::Portable).collect();
-        for w in fused.windows(2) {
-            assert!(w[0].1 == w[1].1);
-        }
+        assert_fused_agree(&outs, "acc");
     }
     // The public entry point with the detected instruction set.
     let x = filled::<f32>(9, 4, 7);
@@ -256,15 +258,7 @@ fn tn_all_shapes<T: Real>(tol: f64) {
                     );
                     outs.push((isa, c));
                 }
-                let fused: Vec<_> = outs.iter().filter(|(i, _)| *i != Isa::Portable).collect();
-                for w in fused.windows(2) {
-                    assert!(
-                        w[0].1 == w[1].1,
-                        "{:?} vs {:?} differ at {m}x{k}x{n}",
-                        w[0].0,
-                        w[1].0
-                    );
-                }
+                assert_fused_agree(&outs, &format!("{m}x{k}x{n}"));
             }
         }
     }
