@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use faer::Mat;
 use oftq_aqlm::{AqlmCheckpoint, QuantizationConfig};
-use oftq_layer::{LayerError, OftAdapter, OftConfig, load_adapter, load_aqlm_oft, save_adapter};
+use oftq_layer::{
+    LayerError, LoadOptions, OftAdapter, OftConfig, load_adapter, load_aqlm_oft,
+    load_aqlm_oft_with, save_adapter,
+};
 use oftq_ortho::{DivergencePolicy, OrthoError};
 use safetensors::Dtype;
 
@@ -193,6 +196,20 @@ fn strict_divergence_policy_refuses_a_divergent_adapter_on_load() {
         ..strict
     };
     assert!(OftAdapter::with_weight(&exact, 128, weight).is_ok());
+
+    // Through the checkpoint loader: the file cannot say "strict", the caller can.
+    let model = model(tmp.path(), 128);
+    let adapters = [("default".to_string(), dir.clone())];
+    assert!(load_aqlm_oft(&model, "proj", &adapters).is_ok());
+    let strict = LoadOptions {
+        divergence: DivergencePolicy::Error,
+    };
+    let e = load_aqlm_oft_with(&model, "proj", &adapters, strict).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("adapter_model.safetensors") && text.contains("does not converge"),
+        "{text}"
+    );
 }
 
 /// `num_cayley_neumann_terms` is not validated by PEFT; oftq caps it at `MAX_NEUMANN_TERMS`, so an
