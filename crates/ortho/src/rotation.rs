@@ -289,11 +289,23 @@ impl<T: Real> BlockRotation<T> {
     }
 
     /// Certified upper bounds on `‖Q_i‖₂` of every stored block ([`skew_norm_bound`]).
+    ///
+    /// A Neumann rotation reads each `Q` from its tape (this runs on every training step through
+    /// [`check_convergence`](Self::check_convergence)); an exact one unpacks the parameters.
     pub fn skew_norm_bounds(&self) -> Vec<T> {
-        self.skew_blocks()
-            .par_iter()
-            .map(|q| skew_norm_bound(q.as_ref()))
-            .collect()
+        let b = self.spec.block_size();
+        match self.spec.parameterization() {
+            Parameterization::Neumann { .. } => self
+                .tapes
+                .par_iter()
+                .map(|tape| skew_norm_bound(tape.as_ref().subcols(0, b)))
+                .collect(),
+            Parameterization::Exact(_) => self
+                .skew_blocks()
+                .par_iter()
+                .map(|q| skew_norm_bound(q.as_ref()))
+                .collect(),
+        }
     }
 
     /// For a Neumann parameterization, checks that every block's certified `‖Q‖₂` bound is below 1
@@ -510,5 +522,24 @@ mod tests {
             None
         );
         assert!(exact.orthogonality_errors().iter().all(|&e| e < 1e-15));
+    }
+
+    #[test]
+    fn tape_and_parameters_give_the_same_skew_bounds() {
+        let packed = Mat::<f64>::from_fn(3, 10, |i, k| 0.1 * ((i * 10 + k) as f64).sin());
+        let spec = RotationSpec::new(15, 5, false, Parameterization::default()).unwrap();
+        let neumann = BlockRotation::build(&spec, packed.as_ref()).unwrap();
+        let exact = BlockRotation::build(
+            &spec.with_parameterization(Parameterization::Exact(CayleyConvention::Peft)),
+            packed.as_ref(),
+        )
+        .unwrap();
+        let from_params: Vec<f64> = neumann
+            .skew_blocks()
+            .iter()
+            .map(|q| skew_norm_bound(q.as_ref()))
+            .collect();
+        assert_eq!(neumann.skew_norm_bounds(), from_params);
+        assert_eq!(exact.skew_norm_bounds(), from_params);
     }
 }
