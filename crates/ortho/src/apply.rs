@@ -11,6 +11,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
+use crate::block_stack::BlockStack;
 use crate::kernels::block_gemm::{copy_uninit, gemm_tn_uninit, gemm_uninit, mat_uninit_with};
 use crate::matrix::{par_col_blocks_uninit, zeroed_with};
 use crate::real::Real;
@@ -39,7 +40,7 @@ fn dropped(keep: Option<&[bool]>, j: usize) -> bool {
 /// the caller (`x.ncols()` a multiple of `block_size`, one block per position unless `shared`).
 pub(crate) fn apply_blocks<T: Real>(
     x: MatRef<'_, T>,
-    blocks: &[Mat<T>],
+    blocks: &BlockStack<T>,
     block_size: usize,
     shared: bool,
     side: Side,
@@ -51,9 +52,9 @@ pub(crate) fn apply_blocks<T: Real>(
             copy_uninit(xj, yj, ld);
             return;
         }
-        let r = &blocks[if shared { 0 } else { j }];
+        let r = blocks.block(if shared { 0 } else { j });
         let r = match side {
-            Side::Plain => r.as_ref(),
+            Side::Plain => r,
             Side::Transposed => r.transpose(),
         };
         gemm_uninit(T::one(), xj, r, yj, ld);
@@ -68,7 +69,7 @@ pub(crate) fn apply_blocks<T: Real>(
 pub(crate) fn apply_blocks_backward<T: Real>(
     x: MatRef<'_, T>,
     dy: MatRef<'_, T>,
-    blocks: &[Mat<T>],
+    blocks: &BlockStack<T>,
     block_size: usize,
     shared: bool,
     keep: Option<&[bool]>,
@@ -79,7 +80,7 @@ pub(crate) fn apply_blocks_backward<T: Real>(
             copy_uninit(dyj, dxj, ld);
             return Mat::zeros(ncols, ncols);
         }
-        let r = &blocks[if shared { 0 } else { j }];
+        let r = blocks.block(if shared { 0 } else { j });
         gemm_uninit(T::one(), dyj, r.transpose(), dxj, ld);
         let xj = x.subcols(j * block_size, ncols);
         if ncols <= TN_MAX_BLOCK {

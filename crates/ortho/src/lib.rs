@@ -35,6 +35,7 @@
 //! ```
 
 mod apply;
+pub mod block_stack;
 pub mod cayley;
 pub mod coft;
 pub mod diagnostics;
@@ -49,6 +50,7 @@ pub mod spec;
 #[cfg(test)]
 mod timing_probe;
 
+pub use block_stack::{BlockStack, Blocks};
 pub use cayley::{cayley_exact, cayley_exact_vjp, neumann_polynomial, neumann_vjp, rotation_block};
 pub use coft::{CoftRadius, project_coft};
 pub use diagnostics::{

@@ -2,27 +2,15 @@
 
 use std::mem::MaybeUninit;
 
-use faer::{Mat, MatMut, MatRef};
+use faer::{Mat, MatMut};
 use rayon::prelude::*;
 
 use crate::real::Real;
 
-/// Whether every entry of `m` is finite: a boolean AND down contiguous columns (vectorized;
-/// faer's `is_all_finite` visits entries one by one through a closure), with a fallback for other
-/// layouts.
-pub(crate) fn all_finite<T: Real>(m: MatRef<'_, T>) -> bool {
-    let by_rows = m.transpose();
-    let (m, cols) = if m.row_stride() == 1 || m.ncols() == 0 {
-        (m, m.ncols())
-    } else if by_rows.row_stride() == 1 {
-        (by_rows, by_rows.ncols())
-    } else {
-        return m.is_all_finite();
-    };
-    (0..cols).all(|j| match m.col(j).try_as_col_major() {
-        Some(col) => col.as_slice().iter().fold(true, |ok, v| ok & v.is_finite()),
-        None => m.col(j).is_all_finite(),
-    })
+/// Whether every entry of `s` is finite: a boolean AND, which is associative and so vectorizes
+/// (a float sum used as a NaN check would be a serial chain).
+pub(crate) fn slice_finite<T: Real>(s: &[T]) -> bool {
+    s.iter().fold(true, |ok, v| ok & v.is_finite())
 }
 
 /// A `rows × cols` zero matrix, written with plain (vectorizable) stores, then handed to `fill`.
@@ -44,10 +32,22 @@ pub(crate) fn zeroed_storage_with<T: Real>(
     cols: usize,
     fill: impl FnOnce(&mut [T], usize),
 ) -> Mat<T> {
-    let mut m = Mat::<T>::with_capacity(rows, cols);
+    zeroed_storage_padded(rows, cols, rows, fill).0
+}
+
+/// [`zeroed_storage_with`] with the column stride `ld` at least `row_capacity` (faer rounds it up
+/// to its alignment), so `fill(storage, ld)` sees at least `row_capacity − rows` zero padding
+/// rows; returns `fill`'s result too.
+pub(crate) fn zeroed_storage_padded<T: Real, U>(
+    rows: usize,
+    cols: usize,
+    row_capacity: usize,
+    fill: impl FnOnce(&mut [T], usize) -> U,
+) -> (Mat<T>, U) {
+    let mut m = Mat::<T>::with_capacity(row_capacity.max(rows), cols);
     let ld = m.col_stride().unsigned_abs();
     let len = ld * cols;
-    if len > 0 {
+    let out = if len > 0 {
         // SAFETY: the reserved capacity holds at least `col_stride · cols` elements (column stride
         // `row_capacity ≥ rows`); a `MaybeUninit` view of uninitialised memory is sound.
         let spare =
@@ -56,18 +56,87 @@ pub(crate) fn zeroed_storage_with<T: Real>(
         // SAFETY: the same `len` elements, all initialised just above; `MaybeUninit<T>` has the
         // layout of `T`, and the slice is the only access to them while `fill` runs.
         let storage = unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), len) };
-        fill(storage, ld);
-    }
+        fill(storage, ld)
+    } else {
+        fill(&mut [], ld)
+    };
     // SAFETY: every element of the new shape was initialised above.
     unsafe { m.set_dims(rows, cols) };
-    m
+    (m, out)
+}
+
+/// Writes zeros into `s` and returns it initialised.
+pub(crate) fn init_zeroed<T: Real>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    s.fill(MaybeUninit::new(T::zero()));
+    // SAFETY: every element was just written; `MaybeUninit<T>` has the layout of `T`.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [T]) }
+}
+
+/// The storage of a `rows × cols` matrix (column stride [`ld`](Self::ld) `≥ rows`) before it is
+/// initialised: handed out as disjoint ranges of columns (to fill in parallel), then turned into
+/// the matrix once every entry has been written.
+pub(crate) struct UninitMat<T: Real> {
+    /// Allocated, dimensions `0 × 0` until [`assume_init`](Self::assume_init).
+    mat: Mat<T>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<T: Real> UninitMat<T> {
+    /// Storage with column stride at least `row_capacity` (faer rounds it up to its alignment).
+    pub(crate) fn new(rows: usize, cols: usize, row_capacity: usize) -> Self {
+        Self {
+            mat: Mat::with_capacity(row_capacity.max(rows), cols),
+            rows,
+            cols,
+        }
+    }
+
+    /// The column stride.
+    pub(crate) fn ld(&self) -> usize {
+        self.mat.col_stride().unsigned_abs()
+    }
+
+    /// `count` consecutive ranges of `width` columns: entry `(i, c)` of range `j` (column
+    /// `j·width + c`) is `chunk[i + c·ld]`. The range holding the last column is cut there, and
+    /// ranges past it are empty.
+    pub(crate) fn chunks(&mut self, width: usize, count: usize) -> Vec<&mut [MaybeUninit<T>]> {
+        let len = self.ld() * self.cols;
+        let mut rest: &mut [MaybeUninit<T>] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: the reserved capacity holds `col_stride · cols` elements (column stride
+            // `row_capacity ≥ rows`, at least `cols` columns); a `MaybeUninit` view of
+            // uninitialised memory is sound, and `&mut self` makes it the only access.
+            unsafe { std::slice::from_raw_parts_mut(self.mat.as_ptr_mut().cast(), len) }
+        };
+        (0..count)
+            .map(|_| {
+                let take = (self.ld() * width).min(rest.len());
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                rest = tail;
+                head
+            })
+            .collect()
+    }
+
+    /// The matrix.
+    ///
+    /// # Safety
+    /// Every entry `(i, c)`, `i < rows`, `c < cols`, must have been written (padding rows past
+    /// `rows` may stay uninitialised).
+    pub(crate) unsafe fn assume_init(mut self) -> Mat<T> {
+        // SAFETY: the caller's contract; the capacity holds the new dimensions.
+        unsafe { self.mat.set_dims(self.rows, self.cols) };
+        self.mat
+    }
 }
 
 /// A `rows × cols` matrix built block of columns by block of columns in parallel, without a
-/// zero-fill: the task of column block `j` (columns
-/// `j·width ..`, `ncols` of them, the last block possibly narrower) gets its storage
-/// uninitialised as `fill(j, storage, ncols, col_stride)`, element `(i, c)` of the block at
-/// `storage[i + c·col_stride]`. Returns the matrix and `fill`'s results in block order.
+/// zero-fill: the task of column block `j` (columns `j·width ..`, `ncols` of them, the last block
+/// possibly narrower) gets its storage uninitialised as `fill(j, storage, ncols, col_stride)`,
+/// element `(i, c)` of the block at `storage[i + c·col_stride]`. Returns the matrix and `fill`'s
+/// results in block order.
 ///
 /// # Safety
 /// `fill` must initialise every `storage[i + c·col_stride]`, `i < rows`, `c < ncols`, of the
@@ -79,32 +148,16 @@ pub(crate) unsafe fn par_col_blocks_uninit<T: Real, U: Send>(
     fill: impl Fn(usize, &mut [MaybeUninit<T>], usize, usize) -> U + Sync + Send,
 ) -> (Mat<T>, Vec<U>) {
     let width = width.max(1);
-    let mut m = Mat::<T>::with_capacity(rows, cols);
-    let stride = m.col_stride().unsigned_abs();
-    if rows == 0 || cols == 0 || stride == 0 {
-        let out = (0..cols.div_ceil(width))
-            .into_par_iter()
-            .map(|j| fill(j, &mut [], width.min(cols - j * width), 0))
-            .collect();
-        return (Mat::zeros(rows, cols), out);
-    }
-    // SAFETY: the reserved capacity holds `col_stride · cols` elements (column stride
-    // `row_capacity ≥ rows`, at least `cols` columns); a `MaybeUninit` view of uninitialised
-    // memory is sound, and the slice is the only access to it until `set_dims`.
-    let spare = unsafe {
-        std::slice::from_raw_parts_mut(m.as_ptr_mut().cast::<MaybeUninit<T>>(), stride * cols)
-    };
-    let out = spare
-        .par_chunks_mut(stride * width)
+    let mut m = UninitMat::new(rows, cols, rows);
+    let ld = m.ld();
+    let out = m
+        .chunks(width, cols.div_ceil(width))
+        .into_par_iter()
         .enumerate()
-        .map(|(j, chunk)| {
-            let ncols = chunk.len() / stride;
-            fill(j, chunk, ncols, stride)
-        })
+        .map(|(j, chunk)| fill(j, chunk, width.min(cols - j * width), ld))
         .collect();
     // SAFETY: the chunks cover all `cols` columns, each initialised by `fill` (the contract).
-    unsafe { m.set_dims(rows, cols) };
-    (m, out)
+    (unsafe { m.assume_init() }, out)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! Entry `k` of a row holds `Q[i][j] = v[k]` and `Q[j][i] = −v[k]` for `i < j`, i.e. `Q = U − Uᵀ`
 //! with `U` the strictly upper-triangular matrix holding `v`.
 
+use std::mem::MaybeUninit;
+
 use faer::{Mat, MatRef};
-use rayon::prelude::*;
 
 use crate::error::{OrthoError, Result, shape_err};
 use crate::matrix::zeroed_storage_with;
@@ -76,57 +77,55 @@ pub fn skew_from_packed<T: Real>(v: &[T], block_size: usize) -> Result<Mat<T>> {
     Ok(skew_from_slice(v, b))
 }
 
-/// Rows of a packed `[r, n]` parameter matrix handed to `f(scratch, i, row_i)` as contiguous
-/// slices, in parallel over groups of up to [`MAX_ROWS_PER_TASK`] rows (fewer when there are few
-/// rows for the threads), with one `scratch = init()` per group; the results in row order,
-/// independent of the grouping.
-///
-/// Rows of a row-major matrix are used in place; a column-major matrix (faer's default) is
-/// transposed group by group first, reading down its columns: reading one of its rows directly
-/// would touch a new cache line for every element.
-pub(crate) fn par_map_rows<T: Real, S, U: Send>(
-    packed: MatRef<'_, T>,
-    init: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, usize, &[T]) -> U + Sync + Send,
-) -> Vec<U> {
-    let rows = packed.nrows();
-    let per_task = (rows / (4 * rayon::current_num_threads())).clamp(1, MAX_ROWS_PER_TASK);
-    let groups: Vec<Vec<U>> = (0..rows.div_ceil(per_task))
-        .into_par_iter()
-        .map(|g| {
-            let (i0, m) = (g * per_task, per_task.min(rows - g * per_task));
-            let block = packed.subrows(i0, m);
-            let mut scratch = init();
-            if let Some(rows) = (0..m)
-                .map(|l| block.row(l).try_as_row_major().map(|r| r.as_slice()))
-                .collect::<Option<Vec<_>>>()
-            {
-                return rows
-                    .into_iter()
-                    .enumerate()
-                    .map(|(l, v)| f(&mut scratch, i0 + l, v))
-                    .collect();
-            }
-            let n = block.ncols();
-            let buf = transposed_rows(block);
-            (0..m)
-                .map(|l| f(&mut scratch, i0 + l, &buf[l * n..(l + 1) * n]))
-                .collect()
-        })
-        .collect();
-    groups.into_iter().flatten().collect()
+/// Rows of a packed `[rows, n]` parameter matrix per parallel task: up to
+/// [`MAX_ROWS_PER_TASK`], fewer when there are few rows for the threads.
+pub(crate) fn rows_per_task(rows: usize) -> usize {
+    (rows / (4 * rayon::current_num_threads())).clamp(1, MAX_ROWS_PER_TASK)
 }
 
-/// Most rows per rayon task in [`par_map_rows`]: a cache line of a column-major `f32` matrix.
+/// Copies the rows of `block` (`m × n`, `m ≤` [`MAX_ROWS_PER_TASK`]) into the columns of `out`
+/// (column stride `ld ≥ n`: row `l` to `out[l·ld .. l·ld + n]`) and returns them, now contiguous.
+///
+/// A column-major source (faer's default) is read down its columns, 16 rows at a time: reading
+/// one of its rows directly would touch a new cache line for every element.
+pub(crate) fn transpose_rows_into<'a, T: Real>(
+    block: MatRef<'_, T>,
+    out: &'a mut [MaybeUninit<T>],
+    ld: usize,
+) -> Vec<&'a [T]> {
+    let (m, n) = (block.nrows(), block.ncols());
+    write_transposed(block, out, ld);
+    let out: &'a [MaybeUninit<T>] = out;
+    (0..m)
+        .map(|l| match out.get(l * ld..l * ld + n) {
+            // SAFETY: `write_transposed` initialised entries `0..n` of every column `l < m`;
+            // `MaybeUninit<T>` has the layout of `T`.
+            Some(row) if n > 0 => unsafe { &*(std::ptr::from_ref(row) as *const [T]) },
+            _ => &[],
+        })
+        .collect()
+}
+
+/// Most rows per parallel task ([`rows_per_task`]): a cache line of a column-major `f32` matrix.
 const MAX_ROWS_PER_TASK: usize = 16;
 
-/// The rows of `block` (`m × n`) concatenated: row `l` is `buf[l·n ..]`. Filled column by column
-/// (contiguous reads of a column-major matrix), whole groups of [`MAX_ROWS_PER_TASK`] rows with a
-/// fixed-length inner loop.
-fn transposed_rows<T: Real>(block: MatRef<'_, T>) -> Vec<T> {
+/// Writes `block` (`m × n`, `m ≤` [`MAX_ROWS_PER_TASK`]) transposed into `out`: entry `(l, k)` to
+/// `out[k + l·ld]`. A column-major block is read column by column (whole groups of
+/// [`MAX_ROWS_PER_TASK`] rows with a fixed-length inner loop), a row-major one row by row.
+fn write_transposed<T: Real>(block: MatRef<'_, T>, out: &mut [MaybeUninit<T>], ld: usize) {
     const M: usize = MAX_ROWS_PER_TASK;
     let (m, n) = (block.nrows(), block.ncols());
-    let mut buf = vec![T::zero(); m * n];
+    if n == 0 {
+        return;
+    }
+    if block.col_stride() == 1 && n > 1 {
+        for l in 0..m {
+            for (o, &v) in out[l * ld..l * ld + n].iter_mut().zip(block.row(l).iter()) {
+                o.write(v);
+            }
+        }
+        return;
+    }
     for k in 0..n {
         let col = block.col(k);
         match col
@@ -135,17 +134,16 @@ fn transposed_rows<T: Real>(block: MatRef<'_, T>) -> Vec<T> {
         {
             Some(col) => {
                 for l in 0..M {
-                    buf[l * n + k] = col[l];
+                    out[l * ld + k].write(col[l]);
                 }
             }
             None => {
                 for (l, &v) in col.iter().enumerate() {
-                    buf[l * n + k] = v;
+                    out[l * ld + k].write(v);
                 }
             }
         }
     }
-    buf
 }
 
 /// [`skew_from_packed`] without the length check (the caller guarantees `v.len() ≥ b(b−1)/2`).
@@ -160,6 +158,7 @@ pub(crate) fn skew_from_slice<T: Real>(v: &[T], b: usize) -> Mat<T> {
 /// One pass over the packed row: its run `k(j, j + 1) …` holds row `j` right of the diagonal,
 /// `Q[j][i] = v[k(j, i)]` (one entry in each later column), and, negated, column `j` below the
 /// diagonal (contiguous).
+#[inline(always)]
 pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
     for j in 0..b {
         let (left, right) = out.split_at_mut((j + 1) * ld);
@@ -298,19 +297,27 @@ mod tests {
     }
 
     #[test]
-    fn par_map_rows_sees_every_row_in_order() {
-        for (rows, cols) in [(1usize, 6usize), (5, 0), (17, 10), (40, 3), (16, 496)] {
+    fn transpose_rows_into_copies_every_row() {
+        for (rows, cols) in [
+            (1usize, 6usize),
+            (5, 0),
+            (16, 10),
+            (3, 3),
+            (16, 496),
+            (3, 1),
+        ] {
             let m = Mat::<f64>::from_fn(rows, cols, |i, k| (i * 1000 + k) as f64);
-            let want: Vec<Vec<f64>> = (0..rows)
-                .map(|i| (0..cols).map(|k| m[(i, k)]).collect())
-                .collect();
-            let got = par_map_rows(m.as_ref(), || 0usize, |_, i, v| (i, v.to_vec()));
             let row_major = m.transpose().to_owned();
-            let got_rm = par_map_rows(row_major.transpose(), || (), |_, i, v| (i, v.to_vec()));
-            for g in [got, got_rm] {
-                assert_eq!(g.len(), rows);
-                for (i, (gi, v)) in g.into_iter().enumerate() {
-                    assert_eq!((gi, &v), (i, &want[i]));
+            for src in [m.as_ref(), row_major.transpose()] {
+                let ld = cols + 3;
+                let mut out = vec![MaybeUninit::<f64>::uninit(); rows * ld];
+                let got = transpose_rows_into(src, &mut out, ld);
+                assert_eq!(got.len(), rows);
+                for (i, v) in got.into_iter().enumerate() {
+                    assert!(
+                        v.iter().copied().eq((0..cols).map(|k| m[(i, k)])),
+                        "row {i}"
+                    );
                 }
             }
         }

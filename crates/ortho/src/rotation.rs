@@ -4,13 +4,20 @@ use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use crate::apply::{Side, apply_blocks, apply_blocks_backward};
-use crate::cayley::{cayley_exact_packed, cayley_exact_vjp, neumann_packed, neumann_vjp_with_tape};
+use crate::block_stack::BlockStack;
+use crate::cayley::{
+    cayley_exact_packed_into, cayley_exact_vjp, neumann_packed_into, neumann_vjp_with_tape,
+    tape_width,
+};
 use crate::diagnostics::{
     DivergencePolicy, check_neumann_convergence, orthogonality_error, skew_norm_bound,
 };
 use crate::error::{OrthoError, Result, shape_err};
-use crate::matrix::all_finite;
-use crate::packing::{packed_grad_from_skew_grad, par_map_rows, skew_from_slice};
+use crate::kernels::gauss_jordan::padded_stride;
+use crate::matrix::{UninitMat, init_zeroed, slice_finite};
+use crate::packing::{
+    packed_grad_from_skew_grad, rows_per_task, skew_from_slice, transpose_rows_into,
+};
 use crate::parameterization::Parameterization;
 use crate::real::Real;
 use crate::spec::RotationSpec;
@@ -38,12 +45,13 @@ use crate::spec::RotationSpec;
 #[derive(Debug, Clone)]
 pub struct BlockRotation<T: Real> {
     spec: RotationSpec,
-    /// The packed parameters `[stored blocks, b(b−1)/2]` the blocks were built from.
-    params: Mat<T>,
-    blocks: Vec<Mat<T>>,
+    /// The packed parameters the blocks were built from, transposed (`[b(b−1)/2, stored blocks]`):
+    /// column `i` is the packed row of block `i`, contiguous.
+    packed_rows: Mat<T>,
+    blocks: BlockStack<T>,
     /// Per stored block (Neumann only): `Q` and the Horner intermediates, see
     /// [`neumann_packed`].
-    tapes: Vec<Mat<T>>,
+    tapes: BlockStack<T>,
 }
 
 /// Gradients returned by [`BlockRotation::backward`].
@@ -75,42 +83,73 @@ impl<T: Real> BlockRotation<T> {
                 format!("[{}, {}]", packed.nrows(), packed.ncols()),
             ));
         }
-        if !all_finite(packed) {
-            let block = (0..rows)
-                .find(|&i| !packed.row(i).is_all_finite())
-                .unwrap_or(0);
-            return Err(OrthoError::NonFinite {
-                what: "rotation parameters",
-                block,
-            });
-        }
         let b = spec.block_size();
         let parameterization = spec.parameterization();
         let coeffs = parameterization
             .neumann_coefficients()
             .unwrap_or_else(|| vec![1.0]);
-        // Per block: R(Q) straight from its packed row.
-        type Built<T> = Result<(Mat<T>, Mat<T>)>;
-        let built: Vec<Built<T>> =
-            par_map_rows(packed, Vec::new, |scratch, i, v| match parameterization {
-                Parameterization::Exact(conv) => match cayley_exact_packed(v, b, conv, scratch) {
-                    Ok(r) => Ok((r, Mat::zeros(0, 0))),
-                    Err(_) => Err(OrthoError::Singular { block: i }),
-                },
-                Parameterization::Neumann { .. } => Ok(neumann_packed(v, b, &coeffs)),
-            });
-        let mut blocks = Vec::with_capacity(rows);
-        let mut tapes = Vec::with_capacity(rows);
-        for b in built {
-            let (r, tape) = b?;
-            blocks.push(r);
-            tapes.push(tape);
-        }
+        let tape_cols = match parameterization {
+            Parameterization::Exact(_) => 0,
+            Parameterization::Neumann { .. } => tape_width(b, &coeffs),
+        };
+        // Three outputs in one allocation each, filled in parallel by groups of rows: the packed
+        // rows (copied contiguous), the blocks R(Q) and, for Neumann, the tapes.
+        let per_task = rows_per_task(rows);
+        let tasks = rows.div_ceil(per_task);
+        let mut copy = UninitMat::new(cols, rows, cols);
+        let mut blocks = UninitMat::new(b, rows * b, padded_stride(b));
+        let mut tapes = UninitMat::new(b, rows * tape_cols, b);
+        let (ldp, ldr, ldt) = (copy.ld(), blocks.ld(), tapes.ld());
+        let (r_len, t_len) = (b * ldr, tape_cols * ldt);
+        let status: Vec<Result<()>> = copy
+            .chunks(per_task, tasks)
+            .into_par_iter()
+            .zip(blocks.chunks(per_task * b, tasks))
+            .zip(tapes.chunks(per_task * tape_cols, tasks))
+            .enumerate()
+            .map(|(g, ((pc, rc), tc))| {
+                let i0 = g * per_task;
+                let group = packed.subrows(i0, per_task.min(rows - i0));
+                let rows_here = transpose_rows_into(group, pc, ldp);
+                for (l, v) in rows_here.into_iter().enumerate() {
+                    let block = i0 + l;
+                    if !slice_finite(v) {
+                        return Err(OrthoError::NonFinite {
+                            what: "rotation parameters",
+                            block,
+                        });
+                    }
+                    let r = init_zeroed(&mut rc[l * r_len..(l + 1) * r_len]);
+                    match parameterization {
+                        Parameterization::Exact(conv) => {
+                            cayley_exact_packed_into(v, b, conv, r, ldr)
+                                .map_err(|_| OrthoError::Singular { block })?;
+                        }
+                        Parameterization::Neumann { .. } => {
+                            let t = init_zeroed(&mut tc[l * t_len..(l + 1) * t_len]);
+                            neumann_packed_into(v, b, &coeffs, t, ldt, r, ldr);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .collect();
+        // The first failing block, whatever the thread count.
+        status.into_iter().collect::<Result<()>>()?;
+        // SAFETY: every task succeeded, so each wrote all of its rows' packed copy (columns of
+        // `copy`), blocks and tapes (zeroed, then filled).
+        let (packed_rows, blocks, tapes) = unsafe {
+            (
+                copy.assume_init(),
+                blocks.assume_init(),
+                tapes.assume_init(),
+            )
+        };
         Ok(Self {
             spec: *spec,
-            params: packed.to_owned(),
-            blocks,
-            tapes,
+            packed_rows,
+            blocks: BlockStack::from_parts(blocks, rows, b),
+            tapes: BlockStack::from_parts(tapes, rows, tape_cols),
         })
     }
 
@@ -122,9 +161,9 @@ impl<T: Real> BlockRotation<T> {
             // Unreachable: zero parameters are finite, well-shaped and never singular.
             Err(_) => Self {
                 spec: *spec,
-                params: Mat::zeros(rows, cols),
-                blocks: Vec::new(),
-                tapes: Vec::new(),
+                packed_rows: Mat::zeros(cols, rows),
+                blocks: BlockStack::from_parts(Mat::zeros(0, 0), 0, 0),
+                tapes: BlockStack::from_parts(Mat::zeros(0, 0), 0, 0),
             },
         }
     }
@@ -134,15 +173,19 @@ impl<T: Real> BlockRotation<T> {
         &self.spec
     }
 
-    /// The stored rotation blocks `R₁ … R_s` (`s` = stored blocks), each `b × b`.
-    pub fn blocks(&self) -> &[Mat<T>] {
+    /// The stored rotation blocks `R₁ … R_s` (`s` = stored blocks), each `b × b`, in one
+    /// allocation.
+    pub fn blocks(&self) -> &BlockStack<T> {
         &self.blocks
     }
 
     /// The stored skew blocks `Q₁ … Q_s`, unpacked from the parameters.
     pub fn skew_blocks(&self) -> Vec<Mat<T>> {
         let b = self.spec.block_size();
-        par_map_rows(self.params.as_ref(), || (), |_, _, v| skew_from_slice(v, b))
+        (0..self.blocks.len())
+            .into_par_iter()
+            .map(|i| skew_from_slice(self.packed_rows.col_as_slice(i), b))
+            .collect()
     }
 
     fn check_input(&self, what: &'static str, x: MatRef<'_, T>) -> Result<()> {
@@ -275,16 +318,16 @@ impl<T: Real> BlockRotation<T> {
     /// `∂L/∂Q` of stored block `i` given `∂L/∂R_i`.
     fn skew_grad(&self, i: usize, g: MatRef<'_, T>) -> Mat<T> {
         match self.spec.parameterization() {
-            Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks[i].as_ref(), conv, g),
-            Parameterization::Neumann { .. } => neumann_vjp_with_tape(self.tapes[i].as_ref(), g),
+            Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks.block(i), conv, g),
+            Parameterization::Neumann { .. } => neumann_vjp_with_tape(self.tapes.block(i), g),
         }
     }
 
     /// Orthogonality error `‖R_iᵀR_i − I‖₂` of every stored block.
     pub fn orthogonality_errors(&self) -> Vec<T> {
-        self.blocks
-            .par_iter()
-            .map(|r| orthogonality_error(r.as_ref()))
+        (0..self.blocks.len())
+            .into_par_iter()
+            .map(|i| orthogonality_error(self.blocks.block(i)))
             .collect()
     }
 
@@ -295,10 +338,9 @@ impl<T: Real> BlockRotation<T> {
     pub fn skew_norm_bounds(&self) -> Vec<T> {
         let b = self.spec.block_size();
         match self.spec.parameterization() {
-            Parameterization::Neumann { .. } => self
-                .tapes
-                .par_iter()
-                .map(|tape| skew_norm_bound(tape.as_ref().subcols(0, b)))
+            Parameterization::Neumann { .. } => (0..self.tapes.len())
+                .into_par_iter()
+                .map(|i| skew_norm_bound(self.tapes.block(i).subcols(0, b)))
                 .collect(),
             Parameterization::Exact(_) => self
                 .skew_blocks()
@@ -328,7 +370,7 @@ impl<T: Real> BlockRotation<T> {
         let (d, b) = (self.spec.in_features(), self.spec.block_size());
         let mut out = Mat::<T>::zeros(d, d);
         for j in 0..self.spec.n_blocks() {
-            let r = &self.blocks[self.spec.stored_index(j)];
+            let r = self.blocks.block(self.spec.stored_index(j));
             out.as_mut().submatrix_mut(j * b, j * b, b, b).copy_from(r);
         }
         out
@@ -480,6 +522,41 @@ mod tests {
             let x = Mat::<f32>::from_fn(3, 16, |i, j| (i as f32 + 1.0) * (j as f32 - 7.5) / 3.0);
             let y = BlockRotation::identity(&spec).forward(x.as_ref()).unwrap();
             assert_eq!(y, x, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn built_blocks_match_the_single_block_transforms() {
+        // Padded strides (b = 3, 20), the blocked elimination (32) and the LU path (70), over
+        // several parallel groups of rows.
+        for (b, r) in [(3usize, 40usize), (20, 5), (32, 3), (70, 2)] {
+            let packed = random(r, b * (b - 1) / 2, 0.3, b as u64);
+            for p in all_params() {
+                let spec = RotationSpec::new(r * b, b, false, p).unwrap();
+                let rot = BlockRotation::build(&spec, packed.as_ref()).unwrap();
+                let skews = rot.skew_blocks();
+                assert_eq!((rot.blocks().len(), skews.len()), (r, r));
+                for (i, (blk, q)) in rot.blocks().iter().zip(&skews).enumerate() {
+                    let row: Vec<f64> = packed.row(i).iter().copied().collect();
+                    assert_eq!(q, &skew_from_slice(&row, b));
+                    let want = crate::cayley::rotation_block(q.as_ref(), p).unwrap();
+                    assert_eq!(blk, want.as_ref(), "b = {b}, block {i}, {p:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_bad_block_is_reported() {
+        let mut w = Mat::<f32>::zeros(40, 6);
+        w[(30, 0)] = f32::NAN;
+        w[(7, 5)] = f32::NEG_INFINITY;
+        for p in all_params() {
+            let spec = RotationSpec::new(160, 4, false, p).unwrap();
+            assert!(matches!(
+                BlockRotation::build(&spec, w.as_ref()),
+                Err(OrthoError::NonFinite { block: 7, .. })
+            ));
         }
     }
 

@@ -5,7 +5,7 @@
 use faer::Mat;
 
 use crate::matrix::zeroed_with;
-use crate::packing::{n_elements, par_map_rows, skew_from_slice};
+use crate::packing::{n_elements, skew_from_slice};
 
 /// Minimum over trials of the mean time per call (µs): robust to bursts of noise. With
 /// `PROBE=<name>` only that probe runs, long enough for `perf record`.
@@ -39,20 +39,31 @@ fn timing_probe_pieces() {
     probe("skew_from_slice", || {
         black_box(skew_from_slice(black_box(&v), b));
     });
+    let ld = crate::kernels::gauss_jordan::padded_stride(b);
+    let mut buf = vec![0.0f32; b * ld];
+    probe("fill_skew", || {
+        crate::packing::fill_skew(black_box(&v), b, &mut buf, ld);
+        black_box(&mut buf);
+    });
+    probe("alloc_only", || {
+        black_box(Mat::<f32>::with_capacity(b, b));
+    });
+    let mut big = vec![0.0f32; b * ld];
+    probe("memset_only", || {
+        black_box(&mut big).fill(0.0);
+    });
     probe("zeroed_with", || {
         black_box(zeroed_with::<f32>(b, b, |_| {}));
     });
     probe("cayley_exact", || {
         black_box(crate::cayley_exact(black_box(q.as_ref()), Default::default()).unwrap());
     });
-    let mut scratch = Vec::new();
-    probe("cayley_exact_packed", || {
-        black_box(
-            crate::cayley::cayley_exact_packed(black_box(&v), b, Default::default(), &mut scratch)
-                .unwrap(),
-        );
+    let mut r = vec![0.0f32; b * b];
+    probe("cayley_exact_packed_into", || {
+        r.fill(0.0);
+        crate::cayley::cayley_exact_packed_into(black_box(&v), b, Default::default(), &mut r, b)
+            .unwrap();
     });
-    let ld = crate::kernels::gauss_jordan::padded_stride(b);
     let mut m0 = vec![0.0f32; b * ld];
     for i in 0..b {
         for j in 0..b {
@@ -91,7 +102,20 @@ fn timing_probe_pieces() {
         black_box(zeroed_with::<f32>(b, 4 * b, |_| {}));
     });
     let p = Mat::<f32>::from_fn(128, n_elements(b), |i, k| (i + k) as f32 * 1e-4);
-    probe("par_map_rows_x128", || {
-        black_box(par_map_rows(black_box(p.as_ref()), || (), |_, _, v| v[3]));
-    });
+    for (name, parameterization) in [
+        (
+            "build_exact_x128",
+            crate::Parameterization::Exact(Default::default()),
+        ),
+        (
+            "build_neumann5_x128",
+            crate::Parameterization::peft(true, 5),
+        ),
+    ] {
+        let spec = crate::RotationSpec::new(128 * b, b, false, parameterization).unwrap();
+        let p = p.map(|&x| x * 0.1);
+        probe(name, || {
+            black_box(crate::BlockRotation::build(&spec, black_box(p.as_ref())).unwrap());
+        });
+    }
 }

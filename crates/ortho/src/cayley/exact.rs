@@ -2,13 +2,13 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::lu::partial_pivoting::{factor, solve};
-use faer::reborrow::ReborrowMut;
 use faer::{Conj, Mat, MatRef, Par};
 
 use crate::error::{OrthoError, Result};
 use crate::kernels::block_gemm::gemm_acc;
 use crate::kernels::gauss_jordan::{MAX_N, invert_unpivoted, padded_stride};
-use crate::matrix::{zeroed_storage_with, zeroed_with};
+use crate::kernels::vectorized;
+use crate::matrix::{zeroed_storage_padded, zeroed_storage_with};
 use crate::packing::{fill_skew, skew_from_slice};
 use crate::parameterization::CayleyConvention;
 use crate::real::Real;
@@ -38,10 +38,8 @@ use crate::real::Real;
 /// ```
 pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
     let b = q.nrows();
-    if b <= MAX_N {
-        // Row i of M = I + Qᵀ is column i of Q plus eᵢ.
-        let ld = padded_stride(b);
-        let mut m = vec![T::zero(); b * ld];
+    // Row i of M − I = Qᵀ is column i of Q.
+    let by_gauss_jordan = rotation_by_gauss_jordan(b, convention, |m, ld| {
         for (i, row) in m.chunks_exact_mut(ld).enumerate() {
             let row = &mut row[..b];
             match q.col(i).try_as_col_major() {
@@ -52,81 +50,105 @@ pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> 
                     }
                 }
             }
-            row[i] += T::one();
         }
-        if let Some(r) = rotation_by_gauss_jordan(&mut m, b, convention) {
-            return Ok(r);
-        }
-    }
-    cayley_exact_lu(q, convention)
+    });
+    by_gauss_jordan.map_or_else(|| cayley_exact_lu(q, convention), Ok)
 }
 
 /// [`cayley_exact`] of the skew block of a packed row `v` (see
-/// [`skew_from_packed`](crate::skew_from_packed)), with `Q` written straight into the
-/// elimination buffer `m` (scratch, any contents). The caller checked `v`'s length.
-pub(crate) fn cayley_exact_packed<T: Real>(
+/// [`skew_from_packed`](crate::skew_from_packed)) into the caller's zeroed storage `r`
+/// (column-major `b × b`, column stride `ld`), with `Q` written straight into it. The caller
+/// checked `v`'s length.
+///
+/// # Errors
+/// As [`cayley_exact`].
+pub(crate) fn cayley_exact_packed_into<T: Real>(
     v: &[T],
     b: usize,
     convention: CayleyConvention,
-    m: &mut Vec<T>,
-) -> Result<Mat<T>> {
-    if b <= MAX_N {
-        let ld = padded_stride(b);
-        m.clear();
-        m.resize(b * ld, T::zero());
-        // Column-major Q with column stride `ld` is row-major Qᵀ: M − I.
-        fill_skew(v, b, m, ld);
-        for i in 0..b {
-            m[i * ld + i] = T::one();
-        }
-        if let Some(r) = rotation_by_gauss_jordan(m, b, convention) {
-            return Ok(r);
+    r: &mut [T],
+    ld: usize,
+) -> Result<()> {
+    // Column-major Q with column stride `ld` is row-major Qᵀ.
+    let fill_qt = |m: &mut [T], ld: usize| fill_skew(v, b, m, ld);
+    if b <= MAX_N
+        && ld == padded_stride(b)
+        && r.len() == b * ld
+        && vectorized(|| rotation_in_place(r, b, convention, fill_qt))
+    {
+        return Ok(());
+    }
+    let lu = cayley_exact_lu(skew_from_slice(v, b).as_ref(), convention)?;
+    for (j, col) in r.chunks_mut(ld).take(b).enumerate() {
+        for (i, x) in col[..b].iter_mut().enumerate() {
+            *x = lu[(i, j)];
         }
     }
-    cayley_exact_lu(skew_from_slice(v, b).as_ref(), convention)
+    Ok(())
 }
 
-/// The exact transform from `m` = `M = I + Qᵀ`, row-major with stride [`padded_stride`]`(b)`, by
-/// Gauss–Jordan (`m` is overwritten); `None` on a small pivot or a non-finite result.
+/// The exact transform by Gauss–Jordan elimination in the output's own storage, for `b ≤`
+/// [`MAX_N`]; `None` on a small pivot or a non-finite result (or a larger `b`).
 ///
-/// `X = M⁻¹`; PEFT's `R = 2(I + Q)⁻¹ − I = 2Xᵀ − I`, whose column `j` is `2·(row j of X) − eⱼ`;
-/// the textbook `2(I − Q)⁻¹ − I = 2X − I` (`Q` skew) is its transpose, bit for bit.
+/// `fill_qt(m, ld)` writes `Qᵀ` row-major with row stride `ld` = [`padded_stride`]`(b)` into the
+/// zeroed `m`; adding `I` gives `M = I + Qᵀ`, which is inverted in place: `X = M⁻¹`. Read
+/// column-major, as the output matrix, the storage then holds `Xᵀ = (I + Q)⁻¹`, so PEFT's
+/// `R = 2(I + Q)⁻¹ − I` is `2·m − I` in place; the textbook `2(I − Q)⁻¹ − I = 2X − I` (`Q` skew)
+/// is its transpose, bit for bit.
 fn rotation_by_gauss_jordan<T: Real>(
+    b: usize,
+    convention: CayleyConvention,
+    fill_qt: impl FnOnce(&mut [T], usize),
+) -> Option<Mat<T>> {
+    let ld = padded_stride(b);
+    if b == 0 {
+        return Some(Mat::zeros(0, 0));
+    }
+    if b > MAX_N {
+        return None;
+    }
+    let (r, ok) = zeroed_storage_padded(b, b, ld, |m, got_ld| {
+        // Unless faer padded differently (then the LU path takes over).
+        got_ld == ld && vectorized(|| rotation_in_place(m, b, convention, fill_qt))
+    });
+    ok.then_some(r)
+}
+
+/// The body of [`rotation_by_gauss_jordan`] on the zeroed storage `m` (row stride
+/// [`padded_stride`]`(b)`); `false` on a small pivot or a non-finite result.
+#[inline(always)]
+fn rotation_in_place<T: Real>(
     m: &mut [T],
     b: usize,
     convention: CayleyConvention,
-) -> Option<Mat<T>> {
+    fill_qt: impl FnOnce(&mut [T], usize),
+) -> bool {
     let ld = padded_stride(b);
-    if !invert_unpivoted(m, b, T::c(0.5)) {
-        return None;
+    fill_qt(m, ld);
+    for i in 0..b {
+        m[i * ld + i] += T::one();
     }
-    // A boolean AND over the plain slice (associative, so it vectorizes, unlike a sum).
-    if !m.iter().fold(true, |ok, v| ok & v.is_finite()) {
-        return None;
+    if !invert_unpivoted(m, b, T::c(0.5)) {
+        return false;
     }
     let two = T::c(2.0);
-    Some(zeroed_with(b, b, |mut r| {
-        for j in 0..b {
-            let mut col = r.rb_mut().col_mut(j);
-            match (convention, col.rb_mut().try_as_col_major_mut()) {
-                (CayleyConvention::Peft, Some(col)) => {
-                    for (out, &v) in col.as_slice_mut().iter_mut().zip(&m[j * ld..j * ld + b]) {
-                        *out = two * v;
-                    }
-                }
-                _ => {
-                    for i in 0..b {
-                        col[i] = two
-                            * match convention {
-                                CayleyConvention::Peft => m[j * ld + i],
-                                CayleyConvention::Textbook => m[i * ld + j],
-                            };
-                    }
-                }
+    // A boolean AND (associative, so it vectorizes, unlike a float sum used as a NaN check).
+    let mut finite = true;
+    for x in m.iter_mut() {
+        finite &= x.is_finite();
+        *x = two * *x;
+    }
+    for i in 0..b {
+        m[i * ld + i] -= T::one();
+    }
+    if convention == CayleyConvention::Textbook {
+        for j in 1..b {
+            for i in 0..j {
+                m.swap(i + j * ld, j + i * ld);
             }
-            col[j] -= T::one();
         }
-    }))
+    }
+    finite
 }
 
 /// [`cayley_exact`] by faer's partially pivoted LU of `I − Q` (the fallback).

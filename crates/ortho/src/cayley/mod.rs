@@ -3,11 +3,11 @@
 mod exact;
 mod neumann;
 
-pub(crate) use exact::cayley_exact_packed;
+pub(crate) use exact::cayley_exact_packed_into;
 pub use exact::{cayley_exact, cayley_exact_vjp};
 #[cfg(test)]
 pub(crate) use neumann::neumann_with_tape;
-pub(crate) use neumann::{neumann_packed, neumann_vjp_with_tape};
+pub(crate) use neumann::{neumann_packed_into, neumann_vjp_with_tape, tape_width};
 pub use neumann::{neumann_polynomial, neumann_vjp};
 
 use faer::{Mat, MatRef};

@@ -11,37 +11,45 @@ use crate::real::Real;
 /// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` by Horner's rule, `Hₚ = cₚI`, `Hₖ = cₖI + Q·Hₖ₊₁`, `R = H₀`.
 ///
 /// Returns `R` and the tape the backward pass needs: one `b × (p+1)·b` matrix whose column block
-/// 0 is `Q` and column block `k ≥ 1` is `Hₖ` (two allocations per block whatever `p`).
-/// Costs `p − 1` matrix products (`H_{p−1}` is formed without one).
+/// 0 is `Q` and column block `k ≥ 1` is `Hₖ`. Costs `p − 1` matrix products (`H_{p−1}` is formed
+/// without one).
 pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
     let b = q.nrows();
-    let mut r = None;
-    let tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
-        for j in 0..b {
-            for (x, &v) in t[j * ld..j * ld + b].iter_mut().zip(q.col(j).iter()) {
-                *x = v;
+    let width = tape_width(b, coeffs);
+    let mut tape = None;
+    let r = zeroed_storage_with(b, b, |r, ldr| {
+        tape = Some(zeroed_storage_with(b, width, |t, ld| {
+            for j in 0..b {
+                for (x, &v) in t[j * ld..j * ld + b].iter_mut().zip(q.col(j).iter()) {
+                    *x = v;
+                }
             }
-        }
-        r = Some(horner(t, ld, b, coeffs));
+            horner(t, ld, b, coeffs, r, ldr);
+        }));
     });
-    (r.unwrap_or_else(|| Mat::zeros(b, b)), tape)
+    (r, tape.unwrap_or_else(|| Mat::zeros(b, width)))
 }
 
 /// [`neumann_with_tape`] for the skew block of a packed row `v` (see
-/// [`skew_from_packed`](crate::skew_from_packed)), written straight into the tape. The caller
-/// checked `v`'s length.
-pub(crate) fn neumann_packed<T: Real>(v: &[T], b: usize, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
-    let mut r = None;
-    let tape = zeroed_storage_with(b, tape_blocks(coeffs) * b, |t, ld| {
-        fill_skew(v, b, t, ld);
-        r = Some(horner(t, ld, b, coeffs));
-    });
-    (r.unwrap_or_else(|| Mat::zeros(b, b)), tape)
+/// [`skew_from_packed`](crate::skew_from_packed)), into caller storage: the zeroed tape `t`
+/// (`b ×` [`tape_width`], column stride `ldt`), whose block 0 `Q` is written straight from `v`,
+/// and the zeroed `R` (`b × b`, column stride `ldr`). The caller checked `v`'s length.
+pub(crate) fn neumann_packed_into<T: Real>(
+    v: &[T],
+    b: usize,
+    coeffs: &[f64],
+    t: &mut [T],
+    ldt: usize,
+    r: &mut [T],
+    ldr: usize,
+) {
+    fill_skew(v, b, t, ldt);
+    horner(t, ldt, b, coeffs, r, ldr);
 }
 
-/// Column blocks of the tape: `Q`, then `H₁ … Hₚ`.
-fn tape_blocks(coeffs: &[f64]) -> usize {
-    coeffs.len().max(1)
+/// Columns of the tape of a `b × b` block: `Q`, then `H₁ … Hₚ`.
+pub(crate) fn tape_width(b: usize, coeffs: &[f64]) -> usize {
+    coeffs.len().max(1) * b
 }
 
 /// The `b × b` matrix at the start of `s`, column-major with column stride `ld`.
@@ -59,13 +67,15 @@ fn add_diagonal<T: Real>(m: &mut [T], b: usize, ld: usize, c: f64) {
 }
 
 /// Horner's rule on the zeroed column-major storage `t` (column stride `ld`) of a tape whose
-/// column block 0 holds `Q`: writes `Hₚ … H₁` into blocks `p … 1` and returns `R = H₀`.
-fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64]) -> Mat<T> {
+/// column block 0 holds `Q`: writes `Hₚ … H₁` into blocks `p … 1` and `R = H₀` into the zeroed
+/// `r` (column stride `ldr`).
+fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64], r: &mut [T], ldr: usize) {
     let p = coeffs.len().saturating_sub(1);
     let w = b * ld; // one column block of the storage
     let c_last = coeffs.last().copied().unwrap_or(1.0);
     if p == 0 || b == 0 {
-        return zeroed_storage_with(b, b, |m, ldm| add_diagonal(m, b, ldm, c_last));
+        add_diagonal(r, b, ldr, c_last);
+        return;
     }
     let cp = T::c(coeffs[p]);
     add_diagonal(&mut t[p * w..], b, ld, c_last);
@@ -82,7 +92,8 @@ fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64]) -> Mat<T> {
         add_diagonal(dst, b, ldd, c);
     };
     if p == 1 {
-        return zeroed_storage_with(b, b, |m, ldm| scaled_q_plus(m, ldm, t, coeffs[0]));
+        scaled_q_plus(r, ldr, t, coeffs[0]);
+        return;
     }
     let (q, hs) = t.split_at_mut(w);
     scaled_q_plus(&mut hs[(p - 2) * w..], ld, q, coeffs[p - 1]);
@@ -94,10 +105,8 @@ fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64]) -> Mat<T> {
         add_diagonal(hk, b, ld, coeffs[k]);
         gemm_acc(T::one(), q, block(right, b, ld), hk, ld);
     }
-    zeroed_storage_with(b, b, |m, ldm| {
-        add_diagonal(m, b, ldm, coeffs[0]);
-        gemm_acc(T::one(), q, block(hs, b, ld), m, ldm);
-    })
+    add_diagonal(r, b, ldr, coeffs[0]);
+    gemm_acc(T::one(), q, block(hs, b, ld), r, ldr);
 }
 
 /// Cayley–Neumann polynomial `R = Σ_{k=0}^{p} cₖ Qᵏ` of one block (coefficients from

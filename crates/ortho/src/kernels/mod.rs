@@ -41,6 +41,33 @@ pub(crate) fn isa() -> Isa {
     Isa::Portable
 }
 
+/// Runs `f` inside a function compiled for the best instruction set of this CPU ([`isa`]), so
+/// that what LLVM inlines into it (loads, stores, comparisons, copies) is vectorized with AVX-512
+/// or AVX2 rather than the SSE2 baseline. Floating-point results do not change: Rust never fuses
+/// `a·b + c` on its own (use [`madd`] in a kernel for that).
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    match isa() {
+        // SAFETY: the instruction sets are only used if detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_avx2(f) },
+        _ => f(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `a·b + c`: fused (one rounding) when `FMA`, else a product and a sum.
 #[inline(always)]
 pub(crate) fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {

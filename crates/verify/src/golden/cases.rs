@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use faer::Mat;
+use faer::{Mat, MatRef};
 use oftq_layer::load_aqlm_oft;
 use serde::Deserialize;
 
@@ -93,14 +93,14 @@ pub fn check_case(dir: &Path) -> Result<(), GoldenError> {
     // Forward and backward in f32, compared in f64.
     let to32 = |m: &Mat<f64>| Mat::<f32>::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32);
     let to64 =
-        |m: &Mat<f32>| Mat::<f64>::from_fn(m.nrows(), m.ncols(), |i, j| f64::from(m[(i, j)]));
+        |m: MatRef<'_, f32>| Mat::<f64>::from_fn(m.nrows(), m.ncols(), |i, j| f64::from(m[(i, j)]));
     let x = to32(&io.get("x")?.to_mat());
     let (y, cache) = layer
         .forward_cached(x.as_ref(), None)
         .map_err(layer_err("y"))?;
     ensure(
         || what("y"),
-        rel_fro_err(to64(&y).as_ref(), io.get("y")?.to_mat().as_ref()),
+        rel_fro_err(to64(y.as_ref()).as_ref(), io.get("y")?.to_mat().as_ref()),
         Y_TOL,
     )?;
     let gy = to32(&io.get("grad_y")?.to_mat());
@@ -110,7 +110,7 @@ pub fn check_case(dir: &Path) -> Result<(), GoldenError> {
     ensure(
         || what("grad_x"),
         rel_fro_err(
-            to64(&grads.input).as_ref(),
+            to64(grads.input.as_ref()).as_ref(),
             io.get("grad_x")?.to_mat().as_ref(),
         ),
         GRAD_TOL,
@@ -119,7 +119,7 @@ pub fn check_case(dir: &Path) -> Result<(), GoldenError> {
         let key = format!("grad.{name}");
         ensure(
             || what(&key),
-            rel_fro_err(to64(g).as_ref(), io.get(&key)?.to_mat().as_ref()),
+            rel_fro_err(to64(g.as_ref()).as_ref(), io.get(&key)?.to_mat().as_ref()),
             GRAD_TOL,
         )?;
     }
@@ -132,7 +132,7 @@ pub fn check_case(dir: &Path) -> Result<(), GoldenError> {
             let ours = adapter.weight().to_owned();
             ensure(
                 || what(&key),
-                rel_fro_err(to64(&ours).as_ref(), t.to_mat().as_ref()),
+                rel_fro_err(to64(ours.as_ref()).as_ref(), t.to_mat().as_ref()),
                 PROJECTED_TOL,
             )?;
         }
