@@ -9,11 +9,12 @@
 //! `y` and `dx` (it cost ~10% of a 512 × 4096 forward + backward).
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use crate::block_stack::BlockStack;
-use crate::kernels::block_gemm::{copy_uninit, gemm_tn_uninit, gemm_uninit, mat_uninit_with};
-use crate::matrix::{par_col_blocks_uninit, zeroed_with};
+use crate::kernels::block_gemm::{copy_uninit, gemm_tn_uninit, gemm_uninit};
+use crate::matrix::{UninitMat, init_zeroed, par_col_blocks_uninit};
 use crate::real::Real;
 
 /// Largest block size for which `x_jᵀ·dy_j` uses [`gemm_tn_uninit`]; above it faer's packed
@@ -65,7 +66,7 @@ pub(crate) fn apply_blocks<T: Real>(
 }
 
 /// Backward of [`apply_blocks`] with `Side::Plain`: returns `dx = dy · R_bdᵀ` and, per position
-/// `j`, `∂L/∂R_j = x_jᵀ · dy_j` (zero for dropped positions).
+/// `j`, `∂L/∂R_j = x_jᵀ · dy_j` (zero for dropped positions), all of them in one allocation.
 pub(crate) fn apply_blocks_backward<T: Real>(
     x: MatRef<'_, T>,
     dy: MatRef<'_, T>,
@@ -73,26 +74,39 @@ pub(crate) fn apply_blocks_backward<T: Real>(
     block_size: usize,
     shared: bool,
     keep: Option<&[bool]>,
-) -> (Mat<T>, Vec<Mat<T>>) {
-    let fill = |j: usize, dxj: &mut [_], ncols: usize, ld: usize| {
-        let dyj = dy.subcols(j * block_size, ncols);
-        if dropped(keep, j) {
-            copy_uninit(dyj, dxj, ld);
-            return Mat::zeros(ncols, ncols);
-        }
-        let r = blocks.block(if shared { 0 } else { j });
-        gemm_uninit(T::one(), dyj, r.transpose(), dxj, ld);
-        let xj = x.subcols(j * block_size, ncols);
-        if ncols <= TN_MAX_BLOCK {
-            // SAFETY: `gemm_tn_uninit` initialises the whole `b × b` product `x_jᵀ·dy_j`.
-            unsafe { mat_uninit_with(ncols, ncols, |c, ldc| gemm_tn_uninit(xj, dyj, c, ldc)) }
-        } else {
-            zeroed_with(ncols, ncols, |c| {
-                matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq)
-            })
-        }
-    };
-    // SAFETY: `copy_uninit` and `gemm_uninit` initialise every element of the `rows × ncols`
-    // block.
-    unsafe { par_col_blocks_uninit(x.nrows(), x.ncols(), block_size, fill) }
+) -> (Mat<T>, BlockStack<T>) {
+    let (b, positions) = (block_size, x.ncols().checked_div(block_size).unwrap_or(0));
+    let mut dx = UninitMat::new(x.nrows(), x.ncols(), x.nrows());
+    let mut dr = UninitMat::new(b, positions * b, b);
+    let (ldx, ldr) = (dx.ld(), dr.ld());
+    dx.chunks(b, positions)
+        .into_par_iter()
+        .zip(dr.chunks(b, positions))
+        .enumerate()
+        .for_each(|(j, (dxj, drj))| {
+            let dyj = dy.subcols(j * b, b);
+            if dropped(keep, j) {
+                copy_uninit(dyj, dxj, ldx);
+                init_zeroed(drj);
+                return;
+            }
+            let r = blocks.block(if shared { 0 } else { j });
+            gemm_uninit(T::one(), dyj, r.transpose(), dxj, ldx);
+            let xj = x.subcols(j * b, b);
+            if b <= TN_MAX_BLOCK {
+                gemm_tn_uninit(xj, dyj, drj, ldr);
+            } else {
+                let drj = init_zeroed(drj);
+                let c = MatMut::from_column_major_slice_with_stride_mut(drj, b, b, ldr);
+                matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq);
+            }
+        });
+    // SAFETY: every position's task wrote its `rows × b` columns of `dx` (`copy_uninit`,
+    // `gemm_uninit`) and its `b × b` block of `dr` (zeros, `gemm_tn_uninit` or the product).
+    unsafe {
+        (
+            dx.assume_init(),
+            BlockStack::from_parts(dr.assume_init(), positions, b),
+        )
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::mem::MaybeUninit;
 
-use faer::{Mat, MatMut};
+use faer::Mat;
 use rayon::prelude::*;
 
 use crate::real::Real;
@@ -11,17 +11,6 @@ use crate::real::Real;
 /// (a float sum used as a NaN check would be a serial chain).
 pub(crate) fn slice_finite<T: Real>(s: &[T]) -> bool {
     s.iter().fold(true, |ok, v| ok & v.is_finite())
-}
-
-/// A `rows × cols` zero matrix, written with plain (vectorizable) stores, then handed to `fill`.
-pub(crate) fn zeroed_with<T: Real>(
-    rows: usize,
-    cols: usize,
-    fill: impl FnOnce(MatMut<'_, T>),
-) -> Mat<T> {
-    let mut m = zeroed_storage_with(rows, cols, |_, _| {});
-    fill(m.as_mut());
-    m
 }
 
 /// A `rows × cols` zero matrix whose whole column-major storage is handed to `fill(storage, ld)`

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use faer::{Mat, MatRef};
 
 use crate::error::{OrthoError, Result, shape_err};
-use crate::matrix::zeroed_storage_with;
+use crate::matrix::{par_col_blocks_uninit, zeroed_storage_with};
 use crate::real::Real;
 
 /// Number of packed parameters of one `b × b` skew block: `b(b−1)/2`.
@@ -104,6 +104,17 @@ pub(crate) fn transpose_rows_into<'a, T: Real>(
             _ => &[],
         })
         .collect()
+}
+
+/// `mᵀ` as a new column-major matrix, built in parallel by groups of [`MAX_ROWS_PER_TASK`] rows
+/// of `m` (read down their columns when `m` is column-major).
+pub(crate) fn transposed<T: Real>(m: MatRef<'_, T>) -> Mat<T> {
+    const G: usize = MAX_ROWS_PER_TASK;
+    let fill = |j: usize, chunk: &mut [MaybeUninit<T>], ncols: usize, ld: usize| {
+        write_transposed(m.subrows(j * G, ncols), chunk, ld);
+    };
+    // SAFETY: `write_transposed` writes every entry of the chunk's `ncols` columns.
+    unsafe { par_col_blocks_uninit(m.ncols(), m.nrows(), G, fill) }.0
 }
 
 /// Most rows per parallel task ([`rows_per_task`]): a cache line of a column-major `f32` matrix.
@@ -204,15 +215,21 @@ pub fn packed_from_skew<T: Real>(q: MatRef<'_, T>) -> Result<Vec<T>> {
 /// Pulls a gradient with respect to `Q` back to the packed parameters.
 ///
 /// With `Q = U − Uᵀ`, `∂L/∂v_k = G[i][j] − G[j][i]` for the `k`-th pair `i < j` of
-/// `G = ∂L/∂Q` (an arbitrary, not necessarily skew, `b × b` matrix). The result is appended to `out`.
+/// `G = ∂L/∂Q` (an arbitrary, not necessarily skew, `b × b` matrix), written into `out`.
 pub(crate) fn packed_grad_from_skew_grad<T: Real>(g: MatRef<'_, T>, out: &mut [T]) {
     let b = g.nrows();
     let mut k = 0;
     for i in 0..b {
-        for j in i + 1..b {
-            out[k] = g[(i, j)] - g[(j, i)];
-            k += 1;
+        // Row i right of the diagonal minus column i below it (strided views, no index checks).
+        let run = &mut out[k..k + b - i - 1];
+        let (row, col) = (
+            g.row(i).subcols(i + 1, b - i - 1),
+            g.col(i).subrows(i + 1, b - i - 1),
+        );
+        for ((o, &u), &l) in run.iter_mut().zip(row.iter()).zip(col.iter()) {
+            *o = u - l;
         }
+        k += b - i - 1;
     }
 }
 
@@ -320,6 +337,23 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transposed_matches_faer() {
+        for (rows, cols) in [
+            (0usize, 3usize),
+            (3, 0),
+            (1, 1),
+            (17, 5),
+            (40, 33),
+            (496, 128),
+        ] {
+            let m = Mat::<f32>::from_fn(rows, cols, |i, j| (i * 1000 + j) as f32);
+            assert_eq!(transposed(m.as_ref()), m.transpose().to_owned());
+            let rm = m.transpose().to_owned();
+            assert_eq!(transposed(rm.transpose()), rm);
         }
     }
 

@@ -1,12 +1,14 @@
 //! [`BlockRotation`]: rotation blocks built from packed parameters, applied forward and backward.
 
+use std::mem::MaybeUninit;
+
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
 use crate::apply::{Side, apply_blocks, apply_blocks_backward};
 use crate::block_stack::BlockStack;
 use crate::cayley::{
-    cayley_exact_packed_into, cayley_exact_vjp, neumann_packed_into, neumann_vjp_with_tape,
+    cayley_exact_packed_into, cayley_exact_vjp, neumann_packed_into, neumann_vjp_transposed,
     tape_width,
 };
 use crate::diagnostics::{
@@ -14,9 +16,9 @@ use crate::diagnostics::{
 };
 use crate::error::{OrthoError, Result, shape_err};
 use crate::kernels::gauss_jordan::padded_stride;
-use crate::matrix::{UninitMat, init_zeroed, slice_finite};
+use crate::matrix::{UninitMat, init_zeroed, par_col_blocks_uninit, slice_finite};
 use crate::packing::{
-    packed_grad_from_skew_grad, rows_per_task, skew_from_slice, transpose_rows_into,
+    packed_grad_from_skew_grad, rows_per_task, skew_from_slice, transpose_rows_into, transposed,
 };
 use crate::parameterization::Parameterization;
 use crate::real::Real;
@@ -286,40 +288,39 @@ impl<T: Real> BlockRotation<T> {
             ));
         }
         let b = self.spec.block_size();
-        let (dx, mut dr) =
-            apply_blocks_backward(x, dy, &self.blocks, b, self.spec.block_share(), keep);
-        if self.spec.block_share() {
+        let (dx, dr) = apply_blocks_backward(x, dy, &self.blocks, b, self.spec.block_share(), keep);
+        let dr = if self.spec.block_share() {
             let mut acc = Mat::<T>::zeros(b, b);
             for g in &dr {
                 acc += g;
             }
-            dr = vec![acc];
-        }
+            BlockStack::from_parts(acc, 1, b)
+        } else {
+            dr
+        };
         let (rows, cols) = self.spec.param_shape();
-        let mut params = Mat::<T>::zeros(rows, cols);
-        let rows_grad: Vec<Vec<T>> = dr
-            .par_iter()
-            .enumerate()
-            .map(|(i, g)| {
-                let dq = self.skew_grad(i, g.as_ref());
-                let mut out = vec![T::zero(); cols];
-                packed_grad_from_skew_grad(dq.as_ref(), &mut out);
-                out
-            })
-            .collect();
-        for (i, row) in rows_grad.iter().enumerate() {
-            for (k, v) in row.iter().enumerate() {
-                params[(i, k)] = *v;
-            }
-        }
+        // Column i of `by_block` [cols, rows] is the packed gradient of block i.
+        let fill = |i: usize, col: &mut [MaybeUninit<T>], _: usize, _: usize| {
+            let out = init_zeroed(&mut col[..cols]);
+            self.packed_grad(i, dr.block(i), out);
+        };
+        // SAFETY: `fill` initialises all `cols` entries of its column.
+        let (by_block, _) = unsafe { par_col_blocks_uninit(cols, rows, 1, fill) };
+        let params = transposed(by_block.as_ref());
         Ok(RotationGrad { input: dx, params })
     }
 
-    /// `∂L/∂Q` of stored block `i` given `∂L/∂R_i`.
-    fn skew_grad(&self, i: usize, g: MatRef<'_, T>) -> Mat<T> {
+    /// The packed gradient of stored block `i` given `∂L/∂R_i`, through `∂L/∂Q`.
+    fn packed_grad(&self, i: usize, g: MatRef<'_, T>, out: &mut [T]) {
         match self.spec.parameterization() {
-            Parameterization::Exact(conv) => cayley_exact_vjp(self.blocks.block(i), conv, g),
-            Parameterization::Neumann { .. } => neumann_vjp_with_tape(self.tapes.block(i), g),
+            Parameterization::Exact(conv) => {
+                let dq = cayley_exact_vjp(self.blocks.block(i), conv, g);
+                packed_grad_from_skew_grad(dq.as_ref(), out);
+            }
+            Parameterization::Neumann { .. } => {
+                let dqt = neumann_vjp_transposed(self.tapes.block(i), g);
+                packed_grad_from_skew_grad(dqt.transpose(), out);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 
 use faer::Mat;
 
-use crate::matrix::zeroed_with;
+use crate::matrix::zeroed_storage_with;
 use crate::packing::{n_elements, skew_from_slice};
 
 /// Minimum over trials of the mean time per call (µs): robust to bursts of noise. With
@@ -53,7 +53,7 @@ fn timing_probe_pieces() {
         black_box(&mut big).fill(0.0);
     });
     probe("zeroed_with", || {
-        black_box(zeroed_with::<f32>(b, b, |_| {}));
+        black_box(zeroed_storage_with::<f32>(b, b, |_, _| {}));
     });
     probe("cayley_exact", || {
         black_box(crate::cayley_exact(black_box(q.as_ref()), Default::default()).unwrap());
@@ -87,6 +87,17 @@ fn timing_probe_pieces() {
         ));
     });
     let h = skew_from_slice(&v, b);
+    let mut acc = vec![0.0f32; b * b];
+    probe("gemm_acc_32", || {
+        crate::kernels::block_gemm::gemm_acc(1.0, black_box(q.as_ref()), h.as_ref(), &mut acc, b);
+    });
+    let tape = crate::cayley::neumann_with_tape(q.as_ref(), &coeffs).1;
+    probe("neumann_vjp_transposed", || {
+        black_box(crate::cayley::neumann_vjp_transposed(
+            black_box(tape.as_ref()),
+            h.as_ref(),
+        ));
+    });
     let mut out = faer::Mat::<f32>::zeros(b, b);
     probe("faer_matmul_32", || {
         faer::linalg::matmul::matmul(
@@ -99,7 +110,7 @@ fn timing_probe_pieces() {
         );
     });
     probe("zeroed_16k", || {
-        black_box(zeroed_with::<f32>(b, 4 * b, |_| {}));
+        black_box(zeroed_storage_with::<f32>(b, 4 * b, |_, _| {}));
     });
     let p = Mat::<f32>::from_fn(128, n_elements(b), |i, k| (i + k) as f32 * 1e-4);
     for (name, parameterization) in [
@@ -117,5 +128,43 @@ fn timing_probe_pieces() {
         probe(name, || {
             black_box(crate::BlockRotation::build(&spec, black_box(p.as_ref())).unwrap());
         });
+    }
+}
+
+#[test]
+#[ignore]
+fn timing_probe_rotation_sizes() {
+    use std::hint::black_box;
+    let (d, b) = (4096usize, 32usize);
+    let spec =
+        crate::RotationSpec::new(d, b, false, crate::Parameterization::peft(true, 5)).unwrap();
+    let p = Mat::<f32>::from_fn(d / b, n_elements(b), |i, k| {
+        ((i * 7 + k) as f32).sin() * 0.02
+    });
+    let rot = crate::BlockRotation::build(&spec, p.as_ref()).unwrap();
+    for n in [32usize, 64, 128, 512] {
+        let x = Mat::<f32>::from_fn(n, d, |i, j| ((i * 13 + j) as f32).cos());
+        let flops = 2.0 * (n * d * b) as f64;
+        let t0 = std::time::Instant::now();
+        let reps = 4096 / n;
+        let mut best = f64::INFINITY;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                black_box(rot.forward(black_box(x.as_ref())).unwrap());
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        let _ = t0;
+        eprintln!("forward n={n}: {:.1} GFLOP/s", flops / best / 1e9);
+        let mut best = f64::INFINITY;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                black_box(rot.backward(black_box(x.as_ref()), x.as_ref()).unwrap());
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        eprintln!("backward n={n}: {:.1} GFLOP/s", 2.0 * flops / best / 1e9);
     }
 }

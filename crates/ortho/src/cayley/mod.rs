@@ -7,7 +7,7 @@ pub(crate) use exact::cayley_exact_packed_into;
 pub use exact::{cayley_exact, cayley_exact_vjp};
 #[cfg(test)]
 pub(crate) use neumann::neumann_with_tape;
-pub(crate) use neumann::{neumann_packed_into, neumann_vjp_with_tape, tape_width};
+pub(crate) use neumann::{neumann_packed_into, neumann_vjp_transposed, tape_width};
 pub use neumann::{neumann_polynomial, neumann_vjp};
 
 use faer::{Mat, MatRef};

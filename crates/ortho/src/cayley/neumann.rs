@@ -128,34 +128,36 @@ pub fn neumann_polynomial<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> Mat<T> {
 /// `∂L/∂Q += Gₖ·Hₖ₊₁ᵀ` and `Gₖ₊₁ = Qᵀ·Gₖ`.
 pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) -> Mat<T> {
     let (_, tape) = neumann_with_tape(q, coeffs);
-    neumann_vjp_with_tape(tape.as_ref(), g)
+    neumann_vjp_transposed(tape.as_ref(), g)
+        .transpose()
+        .to_owned()
 }
 
-/// [`neumann_vjp`] from the tape of [`neumann_with_tape`] (column block 0 is `Q`, block `k` is
-/// `Hₖ`).
-pub(crate) fn neumann_vjp_with_tape<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
+/// The transpose `(∂L/∂Q)ᵀ` of [`neumann_vjp`], from the tape of [`neumann_with_tape`] (column
+/// block 0 is `Q`, block `k` is `Hₖ`).
+///
+/// Runs the recursion transposed, `Fₖ = Gₖᵀ`: `F₀ = Gᵀ`, `Fₖ₊₁ = Fₖ·Q` and
+/// `(∂L/∂Q)ᵀ = Σₖ Hₖ₊₁·Fₖ`. Every entry is the same chain of products in the same order as in
+/// the untransposed recursion (bit for bit), but the left factors `Fₖ` and `Hₖ₊₁` are
+/// column-major, so the product kernel packs them with plain copies; `Qᵀ` as a left factor
+/// would be a strided gather per product (about half the cost of a `32 × 32` product).
+pub(crate) fn neumann_vjp_transposed<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
     let b = tape.nrows();
     let p = tape.ncols().checked_div(b).unwrap_or(1).saturating_sub(1);
     let q = tape.subcols(0, b);
-    // G_1 … G_{p−1} (G_0 = G), each b × b with column stride b, zero until written.
+    // F_1 … F_{p−1} (F_0 = Gᵀ), each b × b with column stride b, zero until written.
     let mut work = vec![T::zero(); p.saturating_sub(1) * b * b];
-    zeroed_storage_with(b, b, |dq, ld| {
+    zeroed_storage_with(b, b, |dqt, ld| {
         for k in 0..p {
             let (done, next) = work.split_at_mut(k * b * b);
-            let gk = if k == 0 {
-                g
+            let fk = if k == 0 {
+                g.transpose()
             } else {
                 block(&done[(k - 1) * b * b..], b, b)
             };
-            gemm_acc(
-                T::one(),
-                gk,
-                tape.subcols((k + 1) * b, b).transpose(),
-                dq,
-                ld,
-            );
+            gemm_acc(T::one(), tape.subcols((k + 1) * b, b), fk, dqt, ld);
             if k + 1 < p {
-                gemm_acc(T::one(), q.transpose(), gk, next, b);
+                gemm_acc(T::one(), fk, q, next, b);
             }
         }
     })

@@ -17,7 +17,7 @@
 
 use std::mem::MaybeUninit;
 
-use faer::{Mat, MatRef};
+use faer::MatRef;
 
 use super::{Isa, isa, madd, prefetch};
 use crate::real::Real;
@@ -701,28 +701,6 @@ pub(crate) fn copy_uninit<T: Real>(src: MatRef<'_, T>, dst: &mut [MaybeUninit<T>
             }
         }
     }
-}
-
-/// A `rows × cols` matrix whose storage is handed uninitialised to `fill(storage, col_stride)`.
-///
-/// # Safety
-/// `fill` must initialise every `storage[i + j·col_stride]`, `i < rows`, `j < cols`.
-pub(crate) unsafe fn mat_uninit_with<T: Real>(
-    rows: usize,
-    cols: usize,
-    fill: impl FnOnce(&mut [MaybeUninit<T>], usize),
-) -> Mat<T> {
-    let mut m = Mat::<T>::with_capacity(rows, cols);
-    let stride = m.col_stride().unsigned_abs();
-    let len = stride * cols;
-    // SAFETY: the reserved capacity holds `col_stride · cols` elements; a `MaybeUninit` view of
-    // uninitialised memory is sound and is the only access until `set_dims`.
-    let spare =
-        unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut().cast::<MaybeUninit<T>>(), len) };
-    fill(spare, stride);
-    // SAFETY: `fill` initialised every element of the new shape (the contract).
-    unsafe { m.set_dims(rows, cols) };
-    m
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 use super::*;
+use crate::matrix::par_col_blocks_uninit;
+use faer::Mat;
 
 const MS: [usize; 6] = [1, 7, 16, 33, 64, 515];
 const KNS: [usize; 6] = [1, 3, 8, 17, 32, 64];
@@ -314,12 +316,18 @@ fn copy_and_uninit_matrix() {
     let src = filled::<f64>(7, 5, 3);
     // SAFETY: `copy_uninit` initialises every element of the 7 × 5 shape.
     let m = unsafe {
-        mat_uninit_with(7, 5, |s, ld| {
+        par_col_blocks_uninit(7, 5, 5, |_, s, _, ld| {
             copy_uninit(src.as_ref().transpose().transpose(), s, ld)
         })
-    };
+    }
+    .0;
     assert_eq!(m, src);
     // SAFETY: as above, from a transposed (row-stride ≠ 1) source.
-    let t = unsafe { mat_uninit_with(5, 7, |s, ld| copy_uninit(src.as_ref().transpose(), s, ld)) };
+    let t = unsafe {
+        par_col_blocks_uninit(5, 7, 7, |_, s, _, ld| {
+            copy_uninit(src.as_ref().transpose(), s, ld)
+        })
+    }
+    .0;
     assert_eq!(t, src.transpose().to_owned());
 }
