@@ -113,6 +113,9 @@ fn timing_probe_pieces() {
         black_box(zeroed_storage_with::<f32>(b, 4 * b, |_, _| {}));
     });
     let p = Mat::<f32>::from_fn(128, n_elements(b), |i, k| (i + k) as f32 * 1e-4);
+    probe("transposed_x128", || {
+        black_box(crate::packing::transposed(black_box(p.as_ref())));
+    });
     for (name, parameterization) in [
         (
             "build_exact_x128",

@@ -38,20 +38,7 @@ use crate::real::Real;
 /// ```
 pub fn cayley_exact<T: Real>(q: MatRef<'_, T>, convention: CayleyConvention) -> Result<Mat<T>> {
     let b = q.nrows();
-    // Row i of M − I = Qᵀ is column i of Q.
-    let by_gauss_jordan = rotation_by_gauss_jordan(b, convention, |m, ld| {
-        for (i, row) in m.chunks_exact_mut(ld).enumerate() {
-            let row = &mut row[..b];
-            match q.col(i).try_as_col_major() {
-                Some(col) => row.copy_from_slice(col.as_slice()),
-                None => {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = q[(j, i)];
-                    }
-                }
-            }
-        }
-    });
+    let by_gauss_jordan = rotation_by_gauss_jordan(b, convention, Skew::Dense(q));
     by_gauss_jordan.map_or_else(|| cayley_exact_lu(q, convention), Ok)
 }
 
@@ -69,12 +56,13 @@ pub(crate) fn cayley_exact_packed_into<T: Real>(
     r: &mut [T],
     ld: usize,
 ) -> Result<()> {
-    // Column-major Q with column stride `ld` is row-major Qᵀ.
-    let fill_qt = |m: &mut [T], ld: usize| fill_skew(v, b, m, ld);
     if b <= MAX_N
         && ld == padded_stride(b)
         && r.len() == b * ld
-        && vectorized(|| rotation_in_place(r, b, convention, fill_qt))
+        && vectorized(
+            #[inline(always)]
+            || rotation_in_place(r, b, convention, Skew::Packed(v)),
+        )
     {
         return Ok(());
     }
@@ -90,15 +78,15 @@ pub(crate) fn cayley_exact_packed_into<T: Real>(
 /// The exact transform by Gauss–Jordan elimination in the output's own storage, for `b ≤`
 /// [`MAX_N`]; `None` on a small pivot or a non-finite result (or a larger `b`).
 ///
-/// `fill_qt(m, ld)` writes `Qᵀ` row-major with row stride `ld` = [`padded_stride`]`(b)` into the
-/// zeroed `m`; adding `I` gives `M = I + Qᵀ`, which is inverted in place: `X = M⁻¹`. Read
+/// `Qᵀ` is written row-major with row stride `ld` = [`padded_stride`]`(b)` into zeroed storage
+/// `m`; adding `I` gives `M = I + Qᵀ`, which is inverted in place: `X = M⁻¹`. Read
 /// column-major, as the output matrix, the storage then holds `Xᵀ = (I + Q)⁻¹`, so PEFT's
 /// `R = 2(I + Q)⁻¹ − I` is `2·m − I` in place; the textbook `2(I − Q)⁻¹ − I = 2X − I` (`Q` skew)
 /// is its transpose, bit for bit.
 fn rotation_by_gauss_jordan<T: Real>(
     b: usize,
     convention: CayleyConvention,
-    fill_qt: impl FnOnce(&mut [T], usize),
+    q: Skew<'_, T>,
 ) -> Option<Mat<T>> {
     let ld = padded_stride(b);
     if b == 0 {
@@ -109,9 +97,47 @@ fn rotation_by_gauss_jordan<T: Real>(
     }
     let (r, ok) = zeroed_storage_padded(b, b, ld, |m, got_ld| {
         // Unless faer padded differently (then the LU path takes over).
-        got_ld == ld && vectorized(|| rotation_in_place(m, b, convention, fill_qt))
+        got_ld == ld
+            && vectorized(
+                #[inline(always)]
+                || rotation_in_place(m, b, convention, q),
+            )
     });
     ok.then_some(r)
+}
+
+/// Where the skew block comes from (a plain enum rather than a closure, so that writing it is
+/// inlined into the caller's instruction-set-specific code).
+#[derive(Clone, Copy)]
+enum Skew<'a, T> {
+    /// A packed row (see [`skew_from_packed`](crate::skew_from_packed)).
+    Packed(&'a [T]),
+    /// A `b × b` matrix.
+    Dense(MatRef<'a, T>),
+}
+
+impl<T: Real> Skew<'_, T> {
+    /// Writes `Qᵀ` row-major with row stride `ld` into `m` (`b` rows): column `i` of `Q` is row
+    /// `i` of `Qᵀ`, and column-major `Q` with column stride `ld` is exactly that.
+    #[inline(always)]
+    fn write_transposed(self, b: usize, m: &mut [T], ld: usize) {
+        match self {
+            Skew::Packed(v) => fill_skew(v, b, m, ld),
+            Skew::Dense(q) => {
+                for (i, row) in m.chunks_exact_mut(ld).enumerate() {
+                    let row = &mut row[..b];
+                    match q.col(i).try_as_col_major() {
+                        Some(col) => row.copy_from_slice(col.as_slice()),
+                        None => {
+                            for (j, v) in row.iter_mut().enumerate() {
+                                *v = q[(j, i)];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The body of [`rotation_by_gauss_jordan`] on the zeroed storage `m` (row stride
@@ -121,10 +147,10 @@ fn rotation_in_place<T: Real>(
     m: &mut [T],
     b: usize,
     convention: CayleyConvention,
-    fill_qt: impl FnOnce(&mut [T], usize),
+    q: Skew<'_, T>,
 ) -> bool {
     let ld = padded_stride(b);
-    fill_qt(m, ld);
+    q.write_transposed(b, m, ld);
     for i in 0..b {
         m[i * ld + i] += T::one();
     }
