@@ -90,7 +90,8 @@ impl<T: Real> UninitMat<T> {
     /// `j·width + c`) is `chunk[i + c·ld]`. The range holding the last column is cut there, and
     /// ranges past it are empty.
     pub(crate) fn chunks(&mut self, width: usize, count: usize) -> Vec<&mut [MaybeUninit<T>]> {
-        let len = self.ld() * self.cols;
+        let ld = self.ld();
+        let len = ld * self.cols;
         let mut rest: &mut [MaybeUninit<T>] = if len == 0 {
             &mut []
         } else {
@@ -101,7 +102,7 @@ impl<T: Real> UninitMat<T> {
         };
         (0..count)
             .map(|_| {
-                let take = (self.ld() * width).min(rest.len());
+                let take = (ld * width).min(rest.len());
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
                 rest = tail;
                 head
