@@ -52,7 +52,7 @@ pub struct BlockRotation<T: Real> {
     packed_rows: Mat<T>,
     blocks: BlockStack<T>,
     /// Per stored block (Neumann only): `Q` and the Horner intermediates, see
-    /// [`neumann_packed`].
+    /// [`neumann_packed_into`] (for the exact transform, `len` empty items).
     tapes: BlockStack<T>,
 }
 
