@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use faer::{Mat, MatRef};
 
 use crate::error::{OrthoError, Result, shape_err};
+use crate::kernels::transpose::{self, Store as TileStore, TILE, transpose_tile};
 use crate::matrix::{par_col_blocks_uninit, zeroed_storage_with};
 use crate::real::Real;
 
@@ -137,7 +138,29 @@ fn write_transposed<T: Real>(block: MatRef<'_, T>, out: &mut [MaybeUninit<T>], l
         }
         return;
     }
-    for k in 0..n {
+    let mut k0 = 0;
+    if m == M && block.row_stride() == 1 && block.col_stride() > 0 && transpose::available::<T>() {
+        assert!(
+            out.len() >= (M - 1) * ld + n,
+            "transpose: storage too short"
+        );
+        while k0 + TILE <= n {
+            // SAFETY: columns `k0 .. k0 + 16` of `block` hold 16 contiguous rows each (row
+            // stride 1, `m = 16`); row `l < 16` of the output, entries `k0 .. k0 + 16 ≤ n`, lies
+            // in `out` (asserted). The tile is written whole.
+            unsafe {
+                transpose_tile(
+                    block.col(k0).as_ptr(),
+                    block.col_stride().unsigned_abs(),
+                    out.as_mut_ptr().add(k0).cast::<T>(),
+                    ld,
+                    TileStore::All,
+                );
+            }
+            k0 += TILE;
+        }
+    }
+    for k in k0..n {
         let col = block.col(k);
         match col
             .try_as_col_major()
@@ -166,24 +189,52 @@ pub(crate) fn skew_from_slice<T: Real>(v: &[T], b: usize) -> Mat<T> {
 /// stride `ld` into `out` (column `j` is `out[j·ld .. j·ld + b]`; other entries are untouched).
 /// Read as row-major with row stride `ld`, that is `Qᵀ = −Q`.
 ///
-/// One pass over the packed row: its run `k(j, j + 1) …` holds row `j` right of the diagonal,
-/// `Q[j][i] = v[k(j, i)]` (one entry in each later column), and, negated, column `j` below the
-/// diagonal (contiguous).
+/// First every column's zero diagonal and, below it, its negated run of the packed row
+/// (`Q[i][j] = −v[k(j, i)]` for `i > j`: contiguous on both sides); then the strict upper
+/// triangle as the negated transpose of the lower one, `Q[i][j] = −Q[j][i]`, by 16 × 16 register
+/// tiles where the machine has them ([`transpose_tile`]: `f32` with AVX-512) and element by
+/// element for the rest. The values are the same either way, bit for bit.
+///
+/// # Panics
+/// If `out` is shorter than `(b − 1)·ld + b` or `v` than `b(b−1)/2`.
 #[inline(always)]
 pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
+    assert!(
+        b == 0 || out.len() >= (b - 1) * ld + b,
+        "fill_skew: storage too short"
+    );
     for j in 0..b {
-        let (left, right) = out.split_at_mut((j + 1) * ld);
-        let col = &mut left[j * ld..j * ld + b];
+        let col = &mut out[j * ld..j * ld + b];
         col[j] = T::zero();
         if j + 1 < b {
             let k0 = packed_index(b, j, j + 1);
-            let run = &v[k0..k0 + b - j - 1];
-            for (x, &y) in col[j + 1..].iter_mut().zip(run) {
+            for (x, &y) in col[j + 1..].iter_mut().zip(&v[k0..k0 + b - j - 1]) {
                 *x = -y;
             }
-            for (later, &y) in right.chunks_exact_mut(ld).zip(run) {
-                later[j] = y;
-            }
+        }
+    }
+    let full = if transpose::available::<T>() {
+        b / TILE * TILE
+    } else {
+        0
+    };
+    let p = out.as_mut_ptr();
+    for i0 in (0..full).step_by(TILE) {
+        for j0 in (i0..full).step_by(TILE) {
+            let store = if i0 == j0 {
+                TileStore::StrictlyUpperNegated
+            } else {
+                TileStore::AllNegated
+            };
+            // SAFETY: the tile reads rows `j0 ..` of columns `i0 + r` and writes rows `i0 ..` of
+            // columns `j0 + c` (`r, c < 16`, all indices below `b`), inside the first
+            // `(b − 1)·ld + b` elements of `out` (asserted), which is initialised.
+            unsafe { transpose_tile(p.add(i0 * ld + j0), ld, p.add(j0 * ld + i0), ld, store) };
+        }
+    }
+    for j in full..b {
+        for i in 0..j {
+            out[j * ld + i] = -out[i * ld + j];
         }
     }
 }
@@ -335,6 +386,29 @@ mod tests {
                         v.iter().copied().eq((0..cols).map(|k| m[(i, k)])),
                         "row {i}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fill_skew_matches_the_definition() {
+        // f32 at b ≥ 16 takes the register-tile path on AVX-512 machines; padding rows stay put.
+        for b in [1usize, 5, 16, 17, 32, 40, 64] {
+            let v: Vec<f32> = (0..n_elements(b)).map(|k| k as f32 * 0.25 - 3.0).collect();
+            let ld = b + 3;
+            let mut out = vec![f32::NAN; b * ld];
+            fill_skew(&v, b, &mut out, ld);
+            for j in 0..b {
+                for i in 0..ld {
+                    let got = out[j * ld + i];
+                    let want = match i.cmp(&j) {
+                        _ if i >= b => f32::NAN,
+                        std::cmp::Ordering::Less => v[packed_index(b, i, j)],
+                        std::cmp::Ordering::Equal => 0.0,
+                        std::cmp::Ordering::Greater => -v[packed_index(b, j, i)],
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "b = {b}, ({i}, {j})");
                 }
             }
         }

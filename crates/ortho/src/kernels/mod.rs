@@ -5,9 +5,13 @@
 //! rounding), picked per call with `is_x86_feature_detected!`. Each output element is one fixed
 //! chain of operations whatever the vector width, so the AVX2 and AVX-512 versions give identical
 //! bits; the portable version differs only by rounding. Nothing depends on the number of threads.
+//!
+//! The exception is [`transpose`]: 16 × 16 tile transposes of `f32` with AVX-512 shuffles, which
+//! only move (or negate) values, so their callers' scalar fallbacks give the same bits.
 
 pub(crate) mod block_gemm;
 pub(crate) mod gauss_jordan;
+pub(crate) mod transpose;
 
 use crate::real::Real;
 
