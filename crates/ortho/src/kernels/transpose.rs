@@ -99,18 +99,18 @@ unsafe fn transpose_avx512(src: *const f32, lds: usize, dst: *mut f32, ldd: usiz
         r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
         r[i + 8] = _mm512_shuffle_f32x4::<0xdd>(t[i], t[i + 8]);
     }
-    let sign = _mm512_set1_ps(-0.0);
+    // Negation flips the sign bit: an integer XOR (AVX-512F; `_mm512_xor_ps` needs AVX-512DQ).
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let neg = |v: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
     for (c, &v) in r.iter().enumerate() {
         // SAFETY (all arms): the contract (vector `c` of `dst` is writable).
         unsafe {
             match store {
                 Store::All => _mm512_storeu_ps(dst.add(c * ldd), v),
-                Store::AllNegated => _mm512_storeu_ps(dst.add(c * ldd), _mm512_xor_ps(v, sign)),
-                Store::StrictlyUpperNegated => _mm512_mask_storeu_ps(
-                    dst.add(c * ldd),
-                    ((1u32 << c) - 1) as u16,
-                    _mm512_xor_ps(v, sign),
-                ),
+                Store::AllNegated => _mm512_storeu_ps(dst.add(c * ldd), neg(v)),
+                Store::StrictlyUpperNegated => {
+                    _mm512_mask_storeu_ps(dst.add(c * ldd), ((1u32 << c) - 1) as u16, neg(v))
+                }
             }
         }
     }
