@@ -33,25 +33,12 @@ pub(crate) fn zeroed_storage_padded<T: Real, U>(
     row_capacity: usize,
     fill: impl FnOnce(&mut [T], usize) -> U,
 ) -> (Mat<T>, U) {
-    let mut m = Mat::<T>::with_capacity(row_capacity.max(rows), cols);
-    let ld = m.col_stride().unsigned_abs();
-    let len = ld * cols;
-    let out = if len > 0 {
-        // SAFETY: the reserved capacity holds at least `col_stride · cols` elements (column stride
-        // `row_capacity ≥ rows`); a `MaybeUninit` view of uninitialised memory is sound.
-        let spare =
-            unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut().cast::<MaybeUninit<T>>(), len) };
-        spare.fill(MaybeUninit::new(T::zero()));
-        // SAFETY: the same `len` elements, all initialised just above; `MaybeUninit<T>` has the
-        // layout of `T`, and the slice is the only access to them while `fill` runs.
-        let storage = unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), len) };
-        fill(storage, ld)
-    } else {
-        fill(&mut [], ld)
-    };
-    // SAFETY: every element of the new shape was initialised above.
-    unsafe { m.set_dims(rows, cols) };
-    (m, out)
+    let mut m = UninitMat::new(rows, cols, row_capacity);
+    let ld = m.ld();
+    let storage = m.chunks(cols, 1).pop().unwrap_or_default();
+    let out = fill(init_zeroed(storage), ld);
+    // SAFETY: the one chunk holds every column, all of it zeroed by `init_zeroed`.
+    (unsafe { m.assume_init() }, out)
 }
 
 /// Writes zeros into `s` and returns it initialised.

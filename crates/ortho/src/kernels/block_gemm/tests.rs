@@ -83,6 +83,27 @@ fn check_close<T: Real>(got: &[T], ld: usize, want: &Mat<f64>, scale: f64, tol: 
     }
 }
 
+/// Runs `run` with every instruction set, checks each result against `want` (column stride `ld`),
+/// and the fused ones against each other bit for bit.
+fn check_every_isa<T: Real>(
+    want: &Mat<f64>,
+    ld: usize,
+    scale: f64,
+    tol: f64,
+    what: &str,
+    run: impl Fn(Isa) -> Vec<T>,
+) {
+    let outs: Vec<(Isa, Vec<T>)> = isas()
+        .into_iter()
+        .map(|isa| {
+            let y = run(isa);
+            check_close(&y, ld, want, scale, tol, &format!("{isa:?} {what}"));
+            (isa, y)
+        })
+        .collect();
+    assert_fused_agree(&outs, what);
+}
+
 fn xb_all_shapes<T: Real>(tol: f64) {
     for &m in &MS {
         for &k in &KNS {
@@ -91,20 +112,14 @@ fn xb_all_shapes<T: Real>(tol: f64) {
                 let b = filled::<T>(k, n, (m + k * 17 + n * 3) as u64);
                 let alpha = T::c(-0.75);
                 let want = naive_xb(alpha, x.as_ref(), b.as_ref());
-                let mut outs = Vec::new();
-                for isa in isas() {
-                    let y = run_xb(isa, alpha, x.as_ref(), b.as_ref(), 3);
-                    check_close(
-                        &y,
-                        m + 3,
-                        &want,
-                        k as f64,
-                        tol,
-                        &format!("{isa:?} {m}x{k}x{n}"),
-                    );
-                    outs.push((isa, y));
-                }
-                assert_fused_agree(&outs, &format!("{m}x{k}x{n}"));
+                check_every_isa(
+                    &want,
+                    m + 3,
+                    k as f64,
+                    tol,
+                    &format!("{m}x{k}x{n}"),
+                    |isa| run_xb(isa, alpha, x.as_ref(), b.as_ref(), 3),
+                );
             }
         }
     }
@@ -170,21 +185,18 @@ fn xb_accumulates() {
                 want[(i, j)] += y0[(i, j)];
             }
         }
-        let mut outs = Vec::new();
-        for isa in isas() {
+        check_every_isa(&want, m + 2, k as f64, 1e-14, "acc", |isa| {
             let mut y: Vec<f64> = (0..n)
                 .flat_map(|j| y0.col(j).iter().copied().collect::<Vec<_>>())
                 .collect();
             gemm_acc_with(isa, 0.5, x.as_ref(), b.as_ref(), &mut y, m + 2);
-            check_close(&y, m + 2, &want, k as f64, 1e-14, &format!("{isa:?} acc"));
             for j in 0..n {
                 for i in m..m + 2 {
                     assert_eq!(y[i + j * (m + 2)], y0[(i, j)]);
                 }
             }
-            outs.push((isa, y));
-        }
-        assert_fused_agree(&outs, "acc");
+            y
+        });
     }
     // The public entry point with the detected instruction set.
     let x = filled::<f32>(9, 4, 7);
@@ -247,20 +259,14 @@ fn tn_all_shapes<T: Real>(tol: f64) {
                 let x = filled::<T>(m, k, (m * 3 + k * 5 + n) as u64);
                 let d = filled::<T>(m, n, (m * 11 + k + n * 13) as u64);
                 let want = naive_tn(x.as_ref(), d.as_ref());
-                let mut outs = Vec::new();
-                for isa in isas() {
-                    let c = run_tn(isa, x.as_ref(), d.as_ref(), 2);
-                    check_close(
-                        &c,
-                        k + 2,
-                        &want,
-                        m as f64,
-                        tol,
-                        &format!("{isa:?} {m}x{k}x{n}"),
-                    );
-                    outs.push((isa, c));
-                }
-                assert_fused_agree(&outs, &format!("{m}x{k}x{n}"));
+                check_every_isa(
+                    &want,
+                    k + 2,
+                    m as f64,
+                    tol,
+                    &format!("{m}x{k}x{n}"),
+                    |isa| run_tn(isa, x.as_ref(), d.as_ref(), 2),
+                );
             }
         }
     }
