@@ -141,6 +141,10 @@ pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) 
 /// the untransposed recursion (bit for bit), but the left factors `Fₖ` and `Hₖ₊₁` are
 /// column-major, so the product kernel packs them with plain copies; `Qᵀ` as a left factor
 /// would be a strided gather per product (about half the cost of a `32 × 32` product).
+///
+/// The last term needs no product: `Hₚ = cₚI` (Horner's start), so `Hₚ·Fₚ₋₁ = cₚFₚ₋₁`, added
+/// entrywise with the same two roundings as the product kernel's (`cₚ·f`, then the sum). That
+/// leaves `2p − 2` products of `b × b` matrices instead of `2p − 1`.
 pub(crate) fn neumann_vjp_transposed<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
     let b = tape.nrows();
     let p = tape.ncols().checked_div(b).unwrap_or(1).saturating_sub(1);
@@ -155,9 +159,17 @@ pub(crate) fn neumann_vjp_transposed<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_,
             } else {
                 block(&done[(k - 1) * b * b..], b, b)
             };
-            gemm_acc(T::one(), tape.subcols((k + 1) * b, b), fk, dqt, ld);
             if k + 1 < p {
+                gemm_acc(T::one(), tape.subcols((k + 1) * b, b), fk, dqt, ld);
                 gemm_acc(T::one(), fk, q, next, b);
+            } else {
+                // H_p = c_p·I: its diagonal is c_p (b ≥ 1 here, as the loop runs).
+                let cp = tape[(0, p * b)];
+                for j in 0..b {
+                    for (d, &f) in dqt[j * ld..j * ld + b].iter_mut().zip(fk.col(j).iter()) {
+                        *d += cp * f;
+                    }
+                }
             }
         }
     })
