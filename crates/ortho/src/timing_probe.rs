@@ -14,14 +14,21 @@ fn probe(name: &str, mut f: impl FnMut()) {
     if only.as_deref().is_some_and(|o| o != name) {
         return;
     }
-    let trials = if only.is_some() { 400 } else { 40 };
+    let var = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let trials = var("PROBE_TRIALS", if only.is_some() { 400 } else { 40 });
+    let reps = var("PROBE_REPS", 200);
     let t = (0..trials)
         .map(|_| {
             let t = std::time::Instant::now();
-            for _ in 0..200 {
+            for _ in 0..reps {
                 f();
             }
-            t.elapsed().as_secs_f64() / 200.0 * 1e6
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
         })
         .fold(f64::INFINITY, f64::min);
     eprintln!("{name} {t:.3}");
@@ -170,4 +177,70 @@ fn timing_probe_rotation_sizes() {
         }
         eprintln!("backward n={n}: {:.1} GFLOP/s", 2.0 * flops / best / 1e9);
     }
+}
+
+#[test]
+#[ignore]
+fn timing_probe_streams() {
+    use std::hint::black_box;
+    let (n, d) = (512usize, 4096usize);
+    let x = Mat::<f32>::from_fn(n, d, |i, j| ((i * 13 + j) as f32).cos());
+    let mut y = Mat::<f32>::zeros(n, d);
+    probe("stream_clone_8mb", || {
+        black_box(black_box(&x).clone());
+    });
+    probe("stream_copy_into_8mb", || {
+        y.copy_from(black_box(&x));
+        black_box(&mut y);
+    });
+    probe("stream_sum_8mb", || {
+        let mut s = 0.0f32;
+        for j in 0..d {
+            s += x.col(j).sum();
+        }
+        black_box(s);
+    });
+    let spec =
+        crate::RotationSpec::new(d, 32, false, crate::Parameterization::peft(true, 5)).unwrap();
+    let p = Mat::<f32>::from_fn(d / 32, n_elements(32), |i, k| {
+        ((i * 7 + k) as f32).sin() * 0.02
+    });
+    let rot = crate::BlockRotation::build(&spec, p.as_ref()).unwrap();
+    let blocks: Vec<Mat<f32>> = (0..d / 32)
+        .map(|j| Mat::from_fn(32, 32, |i, k| ((i * 3 + k + j) as f32).sin() * 0.1))
+        .collect();
+    let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); n * d];
+    probe("xb_fwd_blocks", || {
+        for (j, (r, yj)) in blocks.iter().zip(out.chunks_mut(n * 32)).enumerate() {
+            crate::kernels::block_gemm::gemm_uninit(
+                1.0,
+                black_box(x.as_ref()).subcols(j * 32, 32),
+                r.as_ref(),
+                yj,
+                n,
+            );
+        }
+    });
+    probe("xb_fwd_blocks_par", || {
+        use rayon::prelude::*;
+        blocks
+            .par_iter()
+            .zip(out.par_chunks_mut(n * 32))
+            .enumerate()
+            .for_each(|(j, (r, yj))| {
+                crate::kernels::block_gemm::gemm_uninit(
+                    1.0,
+                    black_box(x.as_ref()).subcols(j * 32, 32),
+                    r.as_ref(),
+                    yj,
+                    n,
+                );
+            });
+    });
+    probe("rot_forward", || {
+        black_box(rot.forward(black_box(x.as_ref())).unwrap());
+    });
+    probe("rot_backward", || {
+        black_box(rot.backward(black_box(x.as_ref()), x.as_ref()).unwrap());
+    });
 }

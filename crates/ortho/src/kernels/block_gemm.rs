@@ -228,6 +228,11 @@ unsafe fn gemm_avx2<T: Real, const MR: usize, const NR: usize>(args: GemmArgs<T>
 /// multiple of 4 KiB that maps every column to the same cache set, no longer matters), then runs
 /// the `MR × NR` micro-kernel over the column tiles and a `MR × 1` one over the remaining columns.
 ///
+/// The first column tile's micro-kernel also prefetches the next row tile of `X`, column `p` at
+/// step `p`: the columns are usually 4 KiB-multiple strides apart, which no hardware prefetcher
+/// follows. Spread over the product loop this is 6–9% faster (1 and 2 threads, 128 blocks of
+/// `512 × 32 · 32 × 32`) than the same prefetches issued in one burst while packing.
+///
 /// # Safety
 /// As [`gemm_dispatch`], with `m, n ≥ 1`.
 #[inline(always)]
@@ -239,14 +244,20 @@ unsafe fn gemm_imp<T: Real, const FMA: bool, const MR: usize, const NR: usize>(a
         // SAFETY: rows `i0 .. i0 + mr < m` and columns `< k` of `X` are in range.
         unsafe { pack_rows::<T, MR>(&mut panel, a, i0, mr) };
         let mut j0 = 0;
+        let next_tile = a.rsx == 1 && i0 + 2 * MR <= a.m;
         while j0 + NR <= a.n {
+            let pf = if j0 == 0 && next_tile {
+                a.x.wrapping_add(i0 + MR)
+            } else {
+                std::ptr::null()
+            };
             // SAFETY: columns `j0 .. j0 + NR ≤ n` and rows `i0 .. i0 + mr ≤ m` are in range.
-            unsafe { micro::<T, FMA, MR, NR>(&panel, a, i0, mr, j0) };
+            unsafe { micro::<T, FMA, MR, NR>(&panel, a, i0, mr, j0, pf) };
             j0 += NR;
         }
         while j0 < a.n {
             // SAFETY: column `j0 < n` is in range.
-            unsafe { micro::<T, FMA, MR, 1>(&panel, a, i0, mr, j0) };
+            unsafe { micro::<T, FMA, MR, 1>(&panel, a, i0, mr, j0, std::ptr::null()) };
             j0 += 1;
         }
         i0 += MR;
@@ -271,14 +282,6 @@ unsafe fn pack_rows<T: Real, const MR: usize>(
             // SAFETY: `MR` contiguous elements of column `p` from row `i0` are in range.
             let src = unsafe { std::slice::from_raw_parts(col, MR) };
             dst.copy_from_slice(src);
-            if i0 + 2 * MR <= a.m {
-                // The next row tile of this column, one tile of work ahead: the columns are
-                // usually 4 KiB-multiple strides apart, which no hardware prefetcher follows.
-                let next = col.wrapping_add(MR).cast::<u8>();
-                for off in (0..MR * size_of::<T>()).step_by(64) {
-                    prefetch(next.wrapping_add(off));
-                }
-            }
         } else {
             for (i, d) in dst.iter_mut().enumerate() {
                 *d = if i < mr {
@@ -293,7 +296,8 @@ unsafe fn pack_rows<T: Real, const MR: usize>(
 }
 
 /// One `MR × NR` tile: `acc[j][i] = Σ_p panel[p·MR + i]·B[p, j0 + j]` (fused, ascending `p`), then
-/// `Y[i0 + i, j0 + j] = α·acc` (or `+=`) for `i < mr`.
+/// `Y[i0 + i, j0 + j] = α·acc` (or `+=`) for `i < mr`. Unless `pf` is null, step `p` prefetches
+/// the `MR` elements at `pf + p·csx` (a hint only: any address is allowed).
 ///
 /// # Safety
 /// `B` is readable at rows `< k`, columns `j0 .. j0 + NR`; `Y` is writable (readable when
@@ -305,6 +309,7 @@ unsafe fn micro<T: Real, const FMA: bool, const MR: usize, const NR: usize>(
     i0: usize,
     mr: usize,
     j0: usize,
+    pf: *const T,
 ) {
     let mut acc = [[T::zero(); MR]; NR];
     // SAFETY: column `j0 < n` of `B`.
@@ -315,6 +320,12 @@ unsafe fn micro<T: Real, const FMA: bool, const MR: usize, const NR: usize>(
         let xv = unsafe { xp.add(p * MR).cast::<[T; MR]>().read_unaligned() };
         // SAFETY: row `p < k` of `B`.
         let brow = unsafe { b0.offset(p as isize * a.rsb) };
+        if !pf.is_null() {
+            let col = pf.wrapping_offset(p as isize * a.csx).cast::<u8>();
+            for off in (0..MR * size_of::<T>()).step_by(64) {
+                prefetch(col.wrapping_add(off));
+            }
+        }
         for j in 0..NR {
             // SAFETY: `B[p, j0 + j]`, in range.
             let bj = unsafe { *brow.offset(j as isize * a.csb) };
