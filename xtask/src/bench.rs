@@ -7,6 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::criterion::Estimate;
+use crate::rounds::{self, GroupRounds, Role, Threads};
 use crate::{criterion, fsutil, keys, machine::Machine, process, report};
 
 /// Bench targets skipped by `--quick` unless `--filter` is given: one iteration alone takes
@@ -28,6 +30,9 @@ pub(crate) struct Options {
     pub(crate) no_threads: bool,
     /// Rewrite the outputs from the last run's data (`target/xtask-bench/`) without running.
     pub(crate) report_only: bool,
+    /// Interleaved rounds per thread setting (`--rounds N`); `None`: the default, see
+    /// [`Options::rounds`].
+    pub(crate) rounds: Option<usize>,
 }
 
 impl Options {
@@ -49,13 +54,38 @@ impl Options {
                 s if s.starts_with("--filter=") => {
                     o.filter = Some(s["--filter=".len()..].to_string());
                 }
+                "--rounds" => {
+                    let n = it
+                        .next()
+                        .context("--rounds needs a value (interleaved rounds, 0 disables)")?;
+                    o.rounds = Some(parse_rounds(n)?);
+                }
+                s if s.starts_with("--rounds=") => {
+                    o.rounds = Some(parse_rounds(&s["--rounds=".len()..])?);
+                }
                 other => bail!(
-                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads, --report-only)"
+                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads, --rounds N, --report-only)"
                 ),
             }
         }
         Ok(o)
     }
+
+    /// Interleaved rounds per thread setting: `--rounds N` if given, else
+    /// [`rounds::DEFAULT_ROUNDS`] for a full run and 0 (none) for a `--quick` one.
+    pub(crate) fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.quick {
+            0
+        } else {
+            rounds::DEFAULT_ROUNDS
+        })
+    }
+}
+
+/// Parses the value of `--rounds`: a non-negative integer.
+fn parse_rounds(s: &str) -> Result<usize> {
+    s.parse()
+        .with_context(|| format!("--rounds: `{s}` is not a non-negative integer"))
 }
 
 /// A criterion bench target of a workspace package.
@@ -113,6 +143,12 @@ pub(crate) fn pass_dir(root: &Path, pass: &str) -> PathBuf {
     root.join("target/xtask-bench").join(pass)
 }
 
+/// The criterion home of one bench target within a pass folder (`<pass>/<package>/<bench>`), so
+/// that every id of the pass can be traced to the executable that measured it.
+pub(crate) fn target_home(pass: &Path, t: &BenchTarget) -> PathBuf {
+    pass.join(&t.package).join(&t.name)
+}
+
 /// Runs the benches and writes `docs/bench/{results.json, REPORT.md, *.svg}`.
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let meta_path = root.join("target/xtask-bench/run.json");
@@ -147,23 +183,51 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let exes = build(root, &targets)?;
     let built = start.elapsed().as_secs_f64();
 
-    let all_dir = pass_dir(root, "threads-all");
-    let one_dir = pass_dir(root, "threads-1");
+    let all_dir = pass_dir(root, Threads::All.pass());
+    let one_dir = pass_dir(root, Threads::One.pass());
+    let rounds_dir = rounds::rounds_dir(root);
     fsutil::remove_dir_if_exists(&all_dir)?;
     fsutil::remove_dir_if_exists(&one_dir)?;
+    fsutil::remove_dir_if_exists(&rounds_dir)?;
 
     let mut stdout = String::new();
     for (t, exe) in &exes {
-        stdout += &run_bench(t, exe, opts, &all_dir, opts.filter.as_deref(), None)?;
+        let home = target_home(&all_dir, t);
+        let what = format!("{}/{}", t.package, t.name);
+        stdout += &run_bench(
+            t,
+            exe,
+            opts.quick,
+            &home,
+            opts.filter.as_deref(),
+            None,
+            &what,
+        )?;
     }
     let one_thread = !opts.no_threads && machine.threads > 1;
     let mut stdout_1 = String::new();
     if one_thread {
         let filter = opts.filter.as_deref().unwrap_or(MAIN_KERNELS);
         for (t, exe) in &exes {
-            stdout_1 += &run_bench(t, exe, opts, &one_dir, Some(filter), Some(1))?;
+            let home = target_home(&one_dir, t);
+            let what = format!("{}/{} (1 thread)", t.package, t.name);
+            stdout_1 += &run_bench(t, exe, opts.quick, &home, Some(filter), Some(1), &what)?;
         }
     }
+    let count = opts.rounds();
+    let rounds_start = Instant::now();
+    let mut interleaved = Vec::new();
+    let settings = [
+        (Threads::All, &all_dir, true),
+        (Threads::One, &one_dir, one_thread),
+    ];
+    for (threads, pass, ran) in settings {
+        if count > 0 && ran {
+            let quick = opts.quick;
+            interleaved.extend(run_rounds(&exes, pass, threads, count, quick, &rounds_dir)?);
+        }
+    }
+    let rounds_s = rounds_start.elapsed().as_secs_f64();
     let name = |t: &BenchTarget| format!("{}/{}", t.package, t.name);
     let run = report::Run {
         machine,
@@ -173,9 +237,12 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         skipped: skipped.iter().map(name).collect(),
         measured: criterion::read_all(&all_dir)?,
         measured_1: criterion::read_all(&one_dir)?,
+        rounds: count,
+        interleaved,
         stdout,
         stdout_1,
         build_s: built,
+        rounds_s,
         total_s: start.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&run.to_json()).context("serializing run.json")?;
@@ -258,18 +325,20 @@ pub(crate) fn bench_executables(messages: &str) -> Vec<(String, String, PathBuf)
         .collect()
 }
 
-/// Runs one bench executable the way `cargo bench` does (`--bench`, package folder as cwd).
+/// Runs one bench executable the way `cargo bench` does (`--bench`, package folder as cwd), with
+/// its criterion data in `home`; prints `xtask: <what> took N s`.
 fn run_bench(
     t: &BenchTarget,
     exe: &Path,
-    opts: &Options,
+    quick: bool,
     home: &Path,
     filter: Option<&str>,
     threads: Option<usize>,
+    what: &str,
 ) -> Result<String> {
     let mut cmd = Command::new(exe);
     cmd.current_dir(&t.dir).arg("--bench");
-    if opts.quick {
+    if quick {
         cmd.arg("--quick");
     }
     cmd.arg("--noplot");
@@ -282,13 +351,161 @@ fn run_bench(
     }
     let t0 = Instant::now();
     let out = process::run_tee(&mut cmd)?;
+    eprintln!("xtask: {what} took {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// The estimates of a pass, each with the index (into `exes`) of the bench that measured it.
+fn locate(exes: &[(BenchTarget, PathBuf)], pass: &Path) -> Result<Vec<(usize, Estimate)>> {
+    let mut out = Vec::new();
+    for (i, (t, _)) in exes.iter().enumerate() {
+        let found = criterion::read_all(&target_home(pass, t))?;
+        out.extend(found.into_iter().map(|e| (i, e)));
+    }
+    Ok(out)
+}
+
+/// Runs the interleaved rounds of every group planned from a pass (see [`rounds::plan`]).
+fn run_rounds(
+    exes: &[(BenchTarget, PathBuf)],
+    pass: &Path,
+    threads: Threads,
+    count: usize,
+    quick: bool,
+    rounds_dir: &Path,
+) -> Result<Vec<GroupRounds>> {
+    let located = locate(exes, pass)?;
+    let measured: Vec<Estimate> = located.iter().map(|(_, e)| e.clone()).collect();
+    let groups = rounds::plan(threads, &measured);
+    if groups.is_empty() {
+        eprintln!(
+            "xtask: no interleaved rounds ({}): no target was measured with its baseline",
+            threads.label()
+        );
+    }
+    groups
+        .iter()
+        .map(|g| run_group(exes, &located, g, count, quick, rounds_dir))
+        .collect()
+}
+
+/// One invocation of a round: which bench executable, which criterion full ids.
+#[derive(Debug)]
+struct Invocation<'a> {
+    /// The bench target and its executable.
+    exe: &'a (BenchTarget, PathBuf),
+    /// The criterion full ids to run.
+    ids: Vec<&'a str>,
+}
+
+/// The invocations that run `keys` (one per bench executable holding some, in `exes` order).
+fn invocations<'a>(
+    exes: &'a [(BenchTarget, PathBuf)],
+    located: &'a [(usize, Estimate)],
+    keys: &[String],
+    threads: Threads,
+) -> Result<Vec<Invocation<'a>>> {
+    let mut by_exe: Vec<(usize, Vec<&'a str>)> = Vec::new();
+    for key in keys {
+        let (i, e) = located
+            .iter()
+            .find(|(_, e)| &e.key == key)
+            .with_context(|| format!("`{key}` was not measured in the {} pass", threads.pass()))?;
+        match by_exe.iter_mut().find(|(j, _)| j == i) {
+            Some((_, ids)) => ids.push(&e.full_id),
+            None => by_exe.push((*i, vec![&e.full_id])),
+        }
+    }
+    by_exe.sort_by_key(|(i, _)| *i);
+    by_exe
+        .into_iter()
+        .map(|(i, ids)| {
+            let exe = exes
+                .get(i)
+                .with_context(|| format!("no bench executable #{i}"))?;
+            Ok(Invocation { exe, ids })
+        })
+        .collect()
+}
+
+/// Runs the rounds of one group (baseline, targets, …, baseline), each run into its own
+/// criterion home, checking every run's output as it comes; returns what they measured.
+fn run_group(
+    exes: &[(BenchTarget, PathBuf)],
+    located: &[(usize, Estimate)],
+    group: &rounds::Group,
+    count: usize,
+    quick: bool,
+    rounds_dir: &Path,
+) -> Result<GroupRounds> {
+    let base = invocations(
+        exes,
+        located,
+        std::slice::from_ref(&group.baseline),
+        group.threads,
+    )?;
+    let targets = invocations(exes, located, &group.targets, group.threads)?;
+    let dir = rounds::group_dir(rounds_dir, group);
+    let t0 = Instant::now();
+    for r in 0..=count {
+        let home = rounds::run_home(&dir, Role::Baseline, r);
+        let what = format!(
+            "rounds of `{}` ({}): baseline run {}/{}",
+            group.baseline,
+            group.threads.label(),
+            r + 1,
+            count + 1
+        );
+        run_invocations(&base, quick, &home, group.threads, &what)?;
+        rounds::read_run(&home, std::slice::from_ref(&group.baseline))
+            .with_context(|| format!("after {what}"))?;
+        if r == count {
+            break;
+        }
+        let home = rounds::run_home(&dir, Role::Targets, r);
+        let what = format!(
+            "rounds of `{}` ({}): targets run {}/{count}",
+            group.baseline,
+            group.threads.label(),
+            r + 1
+        );
+        run_invocations(&targets, quick, &home, group.threads, &what)?;
+        rounds::read_run(&home, &group.targets).with_context(|| format!("after {what}"))?;
+    }
+    let measured = rounds::read_group(rounds_dir, group, count)?;
+    for key in &group.targets {
+        if let Some((c, s)) = rounds::summary(std::slice::from_ref(&measured), key, group.threads) {
+            eprintln!(
+                "xtask: interleaved ({}) `{key}`: {}",
+                group.threads.label(),
+                report::fmt_spread(c, &s)
+            );
+        }
+    }
     eprintln!(
-        "xtask: {}/{} took {:.0} s",
-        t.package,
-        t.name,
+        "xtask: rounds of `{}` ({}) took {:.0} s",
+        group.baseline,
+        group.threads.label(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(out)
+    Ok(measured)
+}
+
+/// Runs the invocations of one run of a round into the criterion home `home`.
+fn run_invocations(
+    invocations: &[Invocation<'_>],
+    quick: bool,
+    home: &Path,
+    threads: Threads,
+    what: &str,
+) -> Result<()> {
+    for inv in invocations {
+        let (t, exe) = inv.exe;
+        let filter = rounds::filter_regex(&inv.ids);
+        let what = format!("{what} ({}/{})", t.package, t.name);
+        run_bench(t, exe, quick, home, Some(&filter), threads.rayon(), &what)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -302,11 +519,20 @@ mod tests {
     #[test]
     fn parses_options() {
         assert_eq!(Options::parse(&[]).unwrap(), Options::default());
+        assert_eq!(Options::default().rounds(), rounds::DEFAULT_ROUNDS);
         let o = Options::parse(&s(&["--quick", "--filter", "ortho"])).unwrap();
         assert!(o.quick && o.filter.as_deref() == Some("ortho"));
         let o = Options::parse(&s(&["--filter=aqlm", "--no-threads", "--report-only"])).unwrap();
         assert!(o.no_threads && o.report_only && o.filter.as_deref() == Some("aqlm"));
         assert!(Options::parse(&s(&["--filter"])).is_err());
+        // --rounds: default 3, 0 with --quick unless given.
+        assert_eq!(Options::parse(&s(&["--quick"])).unwrap().rounds(), 0);
+        let o = Options::parse(&s(&["--quick", "--rounds", "2"])).unwrap();
+        assert_eq!((o.rounds, o.rounds()), (Some(2), 2));
+        assert_eq!(Options::parse(&s(&["--rounds=0"])).unwrap().rounds(), 0);
+        assert!(Options::parse(&s(&["--rounds"])).is_err());
+        assert!(Options::parse(&s(&["--rounds", "-1"])).is_err());
+        assert!(Options::parse(&s(&["--rounds=x"])).is_err());
         assert!(Options::parse(&s(&["--fast"])).is_err());
     }
 
@@ -326,6 +552,55 @@ mod tests {
                 package_id: "a 0.1".into(),
                 dir: PathBuf::from("/w/crates/ortho"),
             }]
+        );
+    }
+
+    #[test]
+    fn invocations_group_ids_by_executable() {
+        let t = |name: &str| {
+            (
+                BenchTarget {
+                    package: "p".into(),
+                    name: name.into(),
+                    package_id: "p 0.1".into(),
+                    dir: PathBuf::from("/w"),
+                },
+                PathBuf::from(format!("/t/{name}")),
+            )
+        };
+        let exes = [t("aqlm"), t("layer")];
+        let e = |k: &str, g: &str| Estimate {
+            key: k.into(),
+            full_id: format!("{g}/{k}"),
+            median_s: 1.0,
+            elements: None,
+        };
+        let located = [
+            (1, e("layer.fwd_bwd.x", "layer")),
+            (0, e("aqlm.forward.x", "aqlm")),
+            (1, e("layer.train_step.x", "layer")),
+        ];
+        let keys = s(&["layer.train_step.x", "aqlm.forward.x", "layer.fwd_bwd.x"]);
+        let inv = invocations(&exes, &located, &keys, Threads::All).unwrap();
+        let got: Vec<(&str, Vec<&str>)> = inv
+            .iter()
+            .map(|i| (i.exe.0.name.as_str(), i.ids.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("aqlm", vec!["aqlm/aqlm.forward.x"]),
+                (
+                    "layer",
+                    vec!["layer/layer.train_step.x", "layer/layer.fwd_bwd.x"]
+                )
+            ]
+        );
+        let err = invocations(&exes, &located, &s(&["missing"]), Threads::One).unwrap_err();
+        assert!(err.to_string().contains("threads-1"), "{err}");
+        assert_eq!(
+            target_home(Path::new("/x/threads-all"), &exes[1].0),
+            Path::new("/x/threads-all/p/layer")
         );
     }
 

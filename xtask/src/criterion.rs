@@ -12,6 +12,8 @@ use crate::keys;
 pub(crate) struct Estimate {
     /// The results key (see [`keys::key_of`]).
     pub(crate) key: String,
+    /// Criterion's full id (`group/function[/value]`), what a criterion filter matches.
+    pub(crate) full_id: String,
     /// Median time per iteration in seconds.
     pub(crate) median_s: f64,
     /// Criterion `Throughput::Elements` per iteration, if declared (FLOP in our benches).
@@ -28,6 +30,13 @@ pub(crate) fn parse(benchmark_json: &str, estimates_json: &str) -> Result<Estima
     let function = b["function_id"].as_str();
     let value = b["value_str"].as_str();
     let key = keys::key_of(group, function, value);
+    let full_id = ["full_id", "directory_name", "title"]
+        .iter()
+        .find_map(|f| b[*f].as_str())
+        .with_context(|| {
+            format!("benchmark.json of `{key}` has no `full_id`, `directory_name` or `title`")
+        })?
+        .to_string();
     let median_ns = e["median"]["point_estimate"]
         .as_f64()
         .context("estimates.json has no number `median.point_estimate`")?;
@@ -39,6 +48,7 @@ pub(crate) fn parse(benchmark_json: &str, estimates_json: &str) -> Result<Estima
         .or_else(|| b["throughput"]["ElementsAndBytes"]["elements"].as_f64());
     Ok(Estimate {
         key,
+        full_id,
         median_s: median_ns * 1e-9,
         elements,
     })
@@ -89,6 +99,7 @@ mod tests {
     fn parses_real_criterion_files() {
         let e = parse(BENCH, EST).unwrap();
         assert_eq!(e.key, "ortho.build_r.exact.r128.b32");
+        assert_eq!(e.full_id, "ortho/ortho.build_r.exact.r128.b32");
         assert!((e.median_s - 2.35236575e-3).abs() < 1e-12);
         assert_eq!(e.elements, Some(11184768.0));
     }
@@ -98,6 +109,22 @@ mod tests {
         assert!(parse(BENCH, "{}").is_err());
         assert!(parse(BENCH, r#"{"median":{"point_estimate":-1.0}}"#).is_err());
         assert!(parse("[]", EST).is_err());
+    }
+
+    #[test]
+    fn full_id_falls_back_to_directory_name_then_title() {
+        let strip = |fields: &[&str]| {
+            let mut b: Value = serde_json::from_str(BENCH).unwrap();
+            for f in fields {
+                b.as_object_mut().unwrap().remove(*f);
+            }
+            b.to_string()
+        };
+        let e = parse(&strip(&["full_id"]), EST).unwrap();
+        assert_eq!(e.full_id, "ortho/ortho.build_r.exact.r128.b32");
+        let e = parse(&strip(&["full_id", "directory_name"]), EST).unwrap();
+        assert_eq!(e.full_id, "ortho/ortho.build_r.exact.r128.b32");
+        assert!(parse(&strip(&["full_id", "directory_name", "title"]), EST).is_err());
     }
 
     #[test]

@@ -93,6 +93,7 @@ mod tests {
     fn results_keep_only_fixed_keys() {
         let e = |k: &str| Estimate {
             key: k.into(),
+            full_id: format!("g/{k}"),
             median_s: 1.0,
             elements: None,
         };

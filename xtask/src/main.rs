@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs: `cargo fmt --check`, clippy with
 //!   `-D warnings`, the release test suite (`--keep-going`: run every step, list the failures).
-//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--report-only]` runs every criterion bench of
-//!   the workspace (all threads, then the main kernels again with `RAYON_NUM_THREADS=1`) and
-//!   writes `docs/bench/results.json`, `docs/bench/REPORT.md` and SVG plots.
+//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]`
+//!   runs every criterion bench of the workspace (all threads, then the main kernels again with
+//!   `RAYON_NUM_THREADS=1`), then measures every issue target again in `N` interleaved rounds per
+//!   thread setting, each between two runs of its baseline (default 3, 0 with `--quick`; 0
+//!   disables), and writes `docs/bench/results.json`, `docs/bench/REPORT.md` and SVG plots.
 //! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
 //!   property and writes its worst-error table to `docs/verify/REPORT.md`.
 //! - `cargo xtask docs` builds rustdoc (warnings and missing docs are errors, math rendered by a
@@ -19,6 +21,7 @@ mod keys;
 mod machine;
 mod process;
 mod report;
+mod rounds;
 mod svg;
 mod targets;
 mod verify;
@@ -32,8 +35,10 @@ usage: cargo xtask <command>
 
 commands:
   ci [--keep-going]                    fmt --check, clippy -D warnings, tests (what .ci/run runs)
-  bench [--quick] [--filter REGEX] [--no-threads] [--report-only]
-                                       run the criterion benches, write docs/bench/{results.json,REPORT.md,*.svg}
+  bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]
+                                       run the criterion benches, write docs/bench/{results.json,REPORT.md,*.svg};
+                                       --rounds N: N interleaved rounds per target and thread setting,
+                                       each between two runs of its baseline (default 3, 0 with --quick)
   docs                                 rustdoc (+KaTeX) and docs/*.md into target/doc-site/
   verify [--cases N]                   the property suite at N cases per property (default 256),
                                        its worst-error table into docs/verify/REPORT.md

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::criterion::Estimate;
 use crate::machine::Machine;
+use crate::rounds::{self, GroupRounds, Spread, Threads};
 use crate::svg::{self, Series, fmt_seconds};
 use crate::targets::{self, Compare};
 use crate::{criterion, fsutil, keys};
@@ -30,19 +31,25 @@ pub(crate) struct Run {
     pub(crate) measured: Vec<Estimate>,
     /// Estimates with `RAYON_NUM_THREADS=1`.
     pub(crate) measured_1: Vec<Estimate>,
+    /// Interleaved rounds per thread setting (0: none ran).
+    pub(crate) rounds: usize,
+    /// What the interleaved rounds measured, per group of targets and thread setting.
+    pub(crate) interleaved: Vec<GroupRounds>,
     /// Captured stdout of the all-thread pass (workspace printouts).
     pub(crate) stdout: String,
     /// Captured stdout of the one-thread pass.
     pub(crate) stdout_1: String,
     /// Seconds spent building the benches.
     pub(crate) build_s: f64,
+    /// Seconds spent in the interleaved rounds.
+    pub(crate) rounds_s: f64,
     /// Seconds for the whole command.
     pub(crate) total_s: f64,
 }
 
 impl Run {
-    /// What `--report-only` needs to rebuild the run (estimates are re-read from criterion's
-    /// folders under `target/xtask-bench/`).
+    /// What `--report-only` needs to rebuild the run (estimates, also those of the rounds, are
+    /// re-read from criterion's folders under `target/xtask-bench/`).
     pub(crate) fn to_json(&self) -> Value {
         let m = &self.machine;
         json!({
@@ -50,7 +57,8 @@ impl Run {
                          "date": m.date, "load": m.load },
             "quick": self.quick, "filter": self.filter, "targets": self.targets,
             "skipped": self.skipped, "stdout": self.stdout, "stdout_1": self.stdout_1,
-            "build_s": self.build_s, "total_s": self.total_s,
+            "build_s": self.build_s, "rounds_s": self.rounds_s, "total_s": self.total_s,
+            "rounds": rounds::to_json(self.rounds, &self.interleaved),
         })
     }
 
@@ -67,6 +75,8 @@ impl Run {
                 .unwrap_or_default()
         };
         let m = &v["machine"];
+        let (count, interleaved) = rounds::from_json(&v["rounds"], &rounds::rounds_dir(root))
+            .context("reading the interleaved rounds")?;
         Ok(Run {
             machine: Machine {
                 cpu: s(&m["cpu"]).context("no machine.cpu")?,
@@ -82,9 +92,12 @@ impl Run {
             skipped: list(&v["skipped"]),
             measured: criterion::read_all(&crate::bench::pass_dir(root, "threads-all"))?,
             measured_1: criterion::read_all(&crate::bench::pass_dir(root, "threads-1"))?,
+            rounds: count,
+            interleaved,
             stdout: s(&v["stdout"]).unwrap_or_default(),
             stdout_1: s(&v["stdout_1"]).unwrap_or_default(),
             build_s: v["build_s"].as_f64().unwrap_or(0.0),
+            rounds_s: v["rounds_s"].as_f64().unwrap_or(0.0),
             total_s: v["total_s"].as_f64().unwrap_or(0.0),
         })
     }
@@ -113,12 +126,33 @@ const AREAS: [(&str, &str); 5] = [
     ("baselines", "In-run baselines (faer)"),
 ];
 
-fn fmt_value(c: Compare, v: f64) -> String {
+/// A comparison value as text, e.g. `52% of GEMM FLOP/s`, `1.30× faster`.
+pub(crate) fn fmt_value(c: Compare, v: f64) -> String {
     match c {
         Compare::FlopFraction => format!("{:.0}% of GEMM FLOP/s", v * 100.0),
         Compare::Speedup if v < 1.0 => format!("{:.2}× slower", 1.0 / v),
         Compare::Speedup => format!("{v:.2}× faster"),
         Compare::TimeRatio => format!("{v:.2}× the baseline time"),
+    }
+}
+
+/// The interleaved figure of a target: the median as [`fmt_value`], then the range of the raw
+/// values, e.g. `52% of GEMM FLOP/s (48–55%)`, `1.30× faster (speed-ups 1.21–1.38×)`.
+pub(crate) fn fmt_spread(c: Compare, s: &Spread) -> String {
+    let range = match c {
+        Compare::FlopFraction => format!("{:.0}–{:.0}%", s.min * 100.0, s.max * 100.0),
+        Compare::Speedup => format!("speed-ups {:.2}–{:.2}×", s.min, s.max),
+        Compare::TimeRatio => format!("{:.2}–{:.2}×", s.min, s.max),
+    };
+    format!("{} ({range})", fmt_value(c, s.median))
+}
+
+/// `1 round`, `3 rounds`.
+fn rounds_text(n: usize) -> String {
+    if n == 1 {
+        "1 round".into()
+    } else {
+        format!("{n} rounds")
     }
 }
 
@@ -187,13 +221,19 @@ fn find<'a>(all: &'a [Estimate], key: &str) -> Option<&'a Estimate> {
 pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let mut md = String::new();
     let threads = run.machine.threads;
+    let default_rounds = if run.quick { 0 } else { rounds::DEFAULT_ROUNDS };
     let cmd = format!(
-        "cargo xtask bench{}{}",
+        "cargo xtask bench{}{}{}",
         if run.quick { " --quick" } else { "" },
         run.filter
             .as_ref()
             .map(|f| format!(" --filter '{f}'"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if run.rounds == default_rounds {
+            String::new()
+        } else {
+            format!(" --rounds {}", run.rounds)
+        }
     );
     let _ = writeln!(md, "# oftq benchmark report\n");
     let _ = writeln!(
@@ -216,9 +256,14 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
             run.skipped.join(", ")
         );
     }
+    let rounds_time = if run.rounds > 0 {
+        format!(", interleaved rounds {:.0} s", run.rounds_s)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         md,
-        "- **Wall time:** {:.0} s (of which building the benches {:.0} s)",
+        "- **Wall time:** {:.0} s (of which building the benches {:.0} s{rounds_time})",
         run.total_s, run.build_s
     );
     let _ = writeln!(
@@ -227,17 +272,53 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
          `RAYON_NUM_THREADS=1` ({} results). Ratios compare a bench with its baseline from the \
          same pass. On a shared machine (see the load average) multi-threaded medians, the \
          faer baselines' in particular, can be much slower than single-threaded ones; the \
-         one-thread columns are then the fairer comparison.\n",
+         one-thread columns are then the fairer comparison.",
         run.measured_1.len()
     );
+    let n = run.rounds;
+    if n > 0 {
+        let _ = writeln!(
+            md,
+            "- **Interleaved rounds:** after the passes, every target compared with a baseline is \
+             measured again in {} per thread setting, sandwiched between runs of its \
+             baseline (baseline, targets, baseline, …, baseline; each run a separate bench \
+             invocation), and each round compares the target with the geometric mean of the two \
+             baseline runs around it, which cancels a linear drift of the machine's speed; the \
+             Met columns use the median over the rounds where there is one.\n",
+            rounds_text(n)
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "- **Interleaved rounds:** none in this run (`--rounds 0`, the default with \
+             `--quick`); the Met columns use the single-pass ratios.\n"
+        );
+    }
 
     // Target summary.
     let _ = writeln!(md, "## Targets from the issues\n");
-    let _ = writeln!(
-        md,
-        "| Bench | Median | Compared with | Measured | Target | Met | Measured, 1 thread | Met, 1 thread |"
+    let interleaved = n > 0;
+    let mut header = vec!["Bench", "Median", "Compared with", "Measured"];
+    let mut align = vec!["---", "---:", "---", "---:"];
+    let all_col = format!("Interleaved, {}: median (min – max)", rounds_text(n));
+    let one_col = format!(
+        "Interleaved, 1 thread, {}: median (min – max)",
+        rounds_text(n)
     );
-    let _ = writeln!(md, "|---|---:|---|---:|---|---|---:|---|");
+    if interleaved {
+        header.push(&all_col);
+        align.push("---:");
+    }
+    header.extend(["Target", "Met", "Measured, 1 thread"]);
+    align.extend(["---", "---", "---:"]);
+    if interleaved {
+        header.push(&one_col);
+        align.push("---:");
+    }
+    header.push("Met, 1 thread");
+    align.push("---");
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(md, "|{}|", align.join("|"));
     let mut any_target = false;
     for key in keys::RESULT_KEYS.iter().chain(&targets::EXTRA_TARGET_KEYS) {
         let Some(target) = targets::target_of(key) else {
@@ -246,11 +327,21 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
         let base = targets::pick_baseline(key, &run.measured);
         let compare = base.as_ref().map_or(Compare::Speedup, |b| b.compare);
         let Some(e) = find(&run.measured, key) else {
-            let _ = writeln!(
-                md,
-                "| `{key}` | not run | | | {} | n/a (bench not run) | | |",
-                target.describe(compare)
-            );
+            let mut cells = vec![format!("`{key}`"), "not run".into(), String::new()];
+            cells.push(String::new());
+            if interleaved {
+                cells.push(String::new());
+            }
+            cells.extend([
+                target.describe(compare),
+                "n/a (bench not run)".into(),
+                String::new(),
+            ]);
+            if interleaved {
+                cells.push(String::new());
+            }
+            cells.push(String::new());
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
             continue;
         };
         any_target = true;
@@ -262,16 +353,21 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
             (Some(b), None) => (base_name(b), "—".into()),
             (None, _) => ("absolute time".into(), fmt_seconds(e.median_s)),
         };
+        // The interleaved median decides the verdict when there is one.
+        let inter = rounds::summary(&run.interleaved, key, Threads::All);
+        let verdict = inter.map(|(_, s)| s.median).or(value);
         // The same comparison within the one-thread pass (bench and baseline both on 1 thread).
         let one = find(&run.measured_1, key);
         let base_1 = targets::pick_baseline(key, &run.measured_1);
         let value_1 = one
             .zip(base_1.as_ref())
             .and_then(|(o, b)| targets::compare(o, b, &run.measured_1));
+        let inter_1 = rounds::summary(&run.interleaved, key, Threads::One);
+        let verdict_1 = inter_1.map(|(_, s)| s.median).or(value_1);
         let (measured_1, met_1) = match (one, &base_1, value_1) {
             (Some(o), Some(b), Some(v)) => (
                 fmt_value(b.compare, v),
-                met_cell(targets::met(target, Some(v), o.median_s)),
+                met_cell(targets::met(target, verdict_1, o.median_s)),
             ),
             (Some(o), None, _) => (
                 fmt_seconds(o.median_s),
@@ -279,13 +375,22 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
             ),
             _ => (String::new(), ""),
         };
-        let _ = writeln!(
-            md,
-            "| `{key}` | {} | {with} | {measured} | {} | {} | {measured_1} | {met_1} |",
-            fmt_seconds(e.median_s),
+        let spread =
+            |x: Option<(Compare, Spread)>| x.map(|(c, s)| fmt_spread(c, &s)).unwrap_or_default();
+        let mut cells = vec![format!("`{key}`"), fmt_seconds(e.median_s), with, measured];
+        if interleaved {
+            cells.push(spread(inter));
+        }
+        cells.extend([
             target.describe(compare),
-            met_cell(targets::met(target, value, e.median_s))
-        );
+            met_cell(targets::met(target, verdict, e.median_s)).into(),
+            measured_1,
+        ]);
+        if interleaved {
+            cells.push(spread(inter_1));
+        }
+        cells.push(met_1.into());
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
     if !any_target {
         let _ = writeln!(md, "\nNo targeted bench ran in this run.");
@@ -337,6 +442,10 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
                 .unwrap_or_default();
             let target = targets::target_of(&e.key);
             let compare = base.as_ref().map_or(Compare::Speedup, |b| b.compare);
+            // As in the target summary: the interleaved median decides when there is one.
+            let verdict = rounds::summary(&run.interleaved, &e.key, Threads::All)
+                .map(|(_, s)| s.median)
+                .or(value);
             let _ = writeln!(
                 md,
                 "| `{}` | {} | {} | {} | {} | {vs} | {vs_1} | {} | {} |",
@@ -350,7 +459,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
                     .unwrap_or_default(),
                 target.map(|t| t.describe(compare)).unwrap_or_default(),
                 target
-                    .map(|t| met_cell(targets::met(t, value, e.median_s)))
+                    .map(|t| met_cell(targets::met(t, verdict, e.median_s)))
                     .unwrap_or_default(),
             );
         }
@@ -433,7 +542,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let _ = writeln!(
         md,
         "## Reproduce\n\n```sh\ncargo xtask bench --quick   # development, < 3 min on 2 cores\n\
-         cargo xtask bench           # full run (every bench incl. the encoder; ~9 min on 2 cores)\n\
+         cargo xtask bench           # full run (every bench incl. the encoder, 3 interleaved rounds; ~20 min on 2 cores)\n\
          cargo xtask bench --filter 'aqlm' --no-threads   # a subset\n```"
     );
     md
@@ -560,6 +669,7 @@ mod tests {
     fn est(k: &str, s: f64) -> Estimate {
         Estimate {
             key: k.into(),
+            full_id: format!("g/{k}"),
             median_s: s,
             elements: None,
         }
@@ -587,11 +697,14 @@ mod tests {
                 est("aqlm.forward.2x8.4096.t16.lut", 2e-2),
             ],
             measured_1: vec![est("aqlm.forward.2x8.4096.t1", 2e-3)],
+            rounds: 0,
+            interleaved: Vec::new(),
             stdout:
                 "noise\nworkspace 2x8 t1        lut:       1024 bytes (2 threads; auto = Lut)\n"
                     .into(),
             stdout_1: String::new(),
             build_s: 1.0,
+            rounds_s: 0.0,
             total_s: 10.0,
         }
     }
@@ -622,6 +735,50 @@ mod tests {
         assert!(md.contains("`aqlm.encode.2x8.1024`"));
         assert!(md.contains("Skipped by `--quick`"));
         assert!(md.contains("| 2x8 | 1 | lut | 1.0 KiB |"));
+    }
+
+    #[test]
+    fn interleaved_rounds_decide_the_verdict() {
+        let mut r = run();
+        let (gemv, t1) = ("baseline.dense_f32.gemv.4096", "aqlm.forward.2x8.4096.t1");
+        // Single pass: 8× faster (met). Rounds: 4×, 8× and 2× faster, median 4× (not met).
+        r.rounds = 3;
+        r.rounds_s = 42.0;
+        r.interleaved = vec![GroupRounds {
+            group: rounds::Group {
+                threads: Threads::All,
+                baseline: gemv.into(),
+                targets: vec![t1.into()],
+            },
+            baseline: vec![est(gemv, 4e-3); 4],
+            targets: vec![
+                vec![est(t1, 1e-3)],
+                vec![est(t1, 0.5e-3)],
+                vec![est(t1, 2e-3)],
+            ],
+        }];
+        let md = markdown(&r, &[]);
+        assert!(
+            md.contains(
+                "| `aqlm.forward.2x8.4096.t1` | 1.00 ms | `baseline.dense_f32.gemv.4096` | \
+                 8.00× faster | 4.00× faster (speed-ups 2.00–8.00×) | ≥ 8× faster | **no** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| Interleaved, 3 rounds: median (min – max) |"));
+        assert!(md.contains("geometric mean of the two baseline runs"));
+        assert!(md.contains("interleaved rounds 42 s"));
+        assert!(md.contains("cargo xtask bench --quick --rounds 3"));
+        // A target without rounds keeps its single-pass verdict; the row has every column.
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| `aqlm.forward.2x8.4096.t16` |"))
+            .unwrap();
+        assert_eq!(row.matches('|').count(), 11, "{row}");
+        // Without rounds, the table has no interleaved columns.
+        let md = markdown(&run(), &[]);
+        assert!(!md.contains("Interleaved, "));
+        assert!(md.contains("none in this run"));
     }
 
     #[test]

@@ -165,6 +165,7 @@ mod tests {
     fn est(k: &str, s: f64, el: Option<f64>) -> Estimate {
         Estimate {
             key: k.into(),
+            full_id: format!("g/{k}"),
             median_s: s,
             elements: el,
         }
