@@ -22,7 +22,9 @@ pub struct StepStats {
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Largest `‖RᵀR − I‖₂` over all blocks of all adapters after the update.
+    /// Largest `‖RᵀR − I‖_F` (Frobenius norm, an upper bound on the spectral norm that costs one
+    /// `b × b` product per block instead of an eigendecomposition) over all blocks of all
+    /// adapters after the update.
     pub max_orthogonality_error: f64,
     /// Largest certified bound on `‖Q‖₂` over all blocks after the update.
     pub max_q_bound: f64,
@@ -148,7 +150,7 @@ impl Trainer {
         for (_, a) in self.model.adapters() {
             orth = a
                 .rotation()
-                .orthogonality_errors()
+                .orthogonality_errors_frobenius()
                 .into_iter()
                 .map(f64::from)
                 .fold(orth, f64::max);
