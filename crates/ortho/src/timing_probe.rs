@@ -1,6 +1,12 @@
-//! Per-call timings of the pieces of building rotation blocks (`b = 32`, `f32`), for profiling:
-//! `PROBE=<name> cargo test --release -p oftq-ortho --lib timing_probe -- --ignored --nocapture`
-//! (without `PROBE`, all of them). Speed targets are checked by the criterion bench, not here.
+//! Per-call timings of the pieces of building and applying rotation blocks (`b = 32`, `f32`), for
+//! profiling: `PROBE=<name> cargo test --release -p oftq-ortho --lib timing_probe -- --ignored
+//! --nocapture --test-threads=1` (without `PROBE`, all of them; `PROBE_TRIALS` and `PROBE_REPS`
+//! override the trials and the calls per trial). Speed targets are checked by the criterion
+//! bench, not here.
+//!
+//! Probes that allocate megabytes (`rot_forward`, `rot_backward`, `stream_clone_8mb`) are slower
+//! here than in the bench: glibc's allocator maps and unmaps such blocks afresh on a test thread
+//! (a page fault per 4 KiB), while on the main thread it keeps them.
 
 use faer::Mat;
 
