@@ -5,8 +5,9 @@
 //! bench, not here.
 //!
 //! Probes that allocate megabytes (`rot_forward`, `rot_backward`, `stream_clone_8mb`) are slower
-//! here than in the bench: glibc's allocator maps and unmaps such blocks afresh on a test thread
-//! (a page fault per 4 KiB), while on the main thread it keeps them.
+//! here than in the bench: on a test thread glibc's allocator (a non-main arena) gives such
+//! blocks back to the kernel after each call, so every call page-faults them in again (one fault
+//! per 4 KiB); on the bench's main thread it keeps them.
 
 use faer::Mat;
 
