@@ -542,7 +542,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let _ = writeln!(
         md,
         "## Reproduce\n\n```sh\ncargo xtask bench --quick   # development, < 3 min on 2 cores\n\
-         cargo xtask bench           # full run (every bench incl. the encoder, 3 interleaved rounds; ~20 min on 2 cores)\n\
+         cargo xtask bench           # full run (every bench incl. the encoder, 3 interleaved rounds; ~25 min on 2 cores)\n\
          cargo xtask bench --filter 'aqlm' --no-threads   # a subset\n```"
     );
     md

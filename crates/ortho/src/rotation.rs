@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn frobenius_orthogonality_errors_bound_the_spectral_ones() {
-        // Neumann with 3 terms at ‖Q‖ ≈ 0.5: visibly non-orthogonal blocks.
+        // Neumann with 3 terms and entries up to 0.3: visibly non-orthogonal blocks.
         let packed = random(4, 28, 0.3, 11);
         let spec = RotationSpec::new(32, 8, false, Parameterization::peft(true, 3)).unwrap();
         let rot = BlockRotation::build(&spec, packed.as_ref()).unwrap();
