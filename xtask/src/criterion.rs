@@ -20,6 +20,19 @@ pub(crate) struct Estimate {
     pub(crate) elements: Option<f64>,
 }
 
+#[cfg(test)]
+impl Estimate {
+    /// A test estimate of `key` (criterion id `g/<key>`).
+    pub(crate) fn for_test(key: &str, median_s: f64, elements: Option<f64>) -> Estimate {
+        Estimate {
+            key: key.into(),
+            full_id: format!("g/{key}"),
+            median_s,
+            elements,
+        }
+    }
+}
+
 /// Parses one `benchmark.json` and its `estimates.json` into an [`Estimate`].
 pub(crate) fn parse(benchmark_json: &str, estimates_json: &str) -> Result<Estimate> {
     let b: Value = serde_json::from_str(benchmark_json).context("benchmark.json is not JSON")?;

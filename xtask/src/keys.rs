@@ -91,12 +91,7 @@ mod tests {
 
     #[test]
     fn results_keep_only_fixed_keys() {
-        let e = |k: &str| Estimate {
-            key: k.into(),
-            full_id: format!("g/{k}"),
-            median_s: 1.0,
-            elements: None,
-        };
+        let e = |k: &str| Estimate::for_test(k, 1.0, None);
         let m = results_map(&[
             e("aqlm.forward.2x8.4096.t1"),
             e("aqlm.forward.2x8.4096.t1.lut"),

@@ -667,12 +667,7 @@ mod tests {
     use super::*;
 
     fn est(k: &str, s: f64) -> Estimate {
-        Estimate {
-            key: k.into(),
-            full_id: format!("g/{k}"),
-            median_s: s,
-            elements: None,
-        }
+        Estimate::for_test(k, s, None)
     }
 
     fn run() -> Run {

@@ -382,12 +382,7 @@ mod tests {
     use super::*;
 
     fn est(k: &str, s: f64, el: Option<f64>) -> Estimate {
-        Estimate {
-            key: k.into(),
-            full_id: format!("g/{k}"),
-            median_s: s,
-            elements: el,
-        }
+        Estimate::for_test(k, s, el)
     }
 
     const FAER: &str = "baseline.faer_gemm.f32.1024";

@@ -163,12 +163,7 @@ mod tests {
     use super::*;
 
     fn est(k: &str, s: f64, el: Option<f64>) -> Estimate {
-        Estimate {
-            key: k.into(),
-            full_id: format!("g/{k}"),
-            median_s: s,
-            elements: el,
-        }
+        Estimate::for_test(k, s, el)
     }
 
     #[test]

@@ -639,7 +639,10 @@ mod tests {
         let packed = random(4, 28, 0.3, 11);
         let spec = RotationSpec::new(32, 8, false, Parameterization::peft(true, 3)).unwrap();
         let rot = BlockRotation::build(&spec, packed.as_ref()).unwrap();
-        let (two, fro) = (rot.orthogonality_errors(), rot.orthogonality_errors_frobenius());
+        let (two, fro) = (
+            rot.orthogonality_errors(),
+            rot.orthogonality_errors_frobenius(),
+        );
         assert_eq!((two.len(), fro.len()), (4, 4));
         for (s, f) in two.iter().zip(&fro) {
             assert!(*s > 1e-3, "the test needs non-orthogonal blocks: {s}");
