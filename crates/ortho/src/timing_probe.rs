@@ -217,16 +217,17 @@ fn timing_probe_streams() {
         .map(|j| Mat::from_fn(32, 32, |i, k| ((i * 3 + k + j) as f32).sin() * 0.1))
         .collect();
     let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); n * d];
+    // Block j of the forward product, `y_j = x_j · R_j`, into its slice of `out`.
+    let fwd_block = |(j, (r, yj)): (usize, (&Mat<f32>, &mut [std::mem::MaybeUninit<f32>]))| {
+        let xj = black_box(x.as_ref()).subcols(j * 32, 32);
+        crate::kernels::block_gemm::gemm_uninit(1.0, xj, r.as_ref(), yj, n);
+    };
     probe("xb_fwd_blocks", || {
-        for (j, (r, yj)) in blocks.iter().zip(out.chunks_mut(n * 32)).enumerate() {
-            crate::kernels::block_gemm::gemm_uninit(
-                1.0,
-                black_box(x.as_ref()).subcols(j * 32, 32),
-                r.as_ref(),
-                yj,
-                n,
-            );
-        }
+        blocks
+            .iter()
+            .zip(out.chunks_mut(n * 32))
+            .enumerate()
+            .for_each(fwd_block);
     });
     probe("xb_fwd_blocks_par", || {
         use rayon::prelude::*;
@@ -234,15 +235,7 @@ fn timing_probe_streams() {
             .par_iter()
             .zip(out.par_chunks_mut(n * 32))
             .enumerate()
-            .for_each(|(j, (r, yj))| {
-                crate::kernels::block_gemm::gemm_uninit(
-                    1.0,
-                    black_box(x.as_ref()).subcols(j * 32, 32),
-                    r.as_ref(),
-                    yj,
-                    n,
-                );
-            });
+            .for_each(fwd_block);
     });
     probe("rot_forward", || {
         black_box(rot.forward(black_box(x.as_ref())).unwrap());
