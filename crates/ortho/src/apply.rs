@@ -10,11 +10,10 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use rayon::prelude::*;
 
 use crate::block_stack::BlockStack;
 use crate::kernels::block_gemm::{copy_uninit, gemm_tn_uninit, gemm_uninit};
-use crate::matrix::{UninitMat, init_zeroed, par_col_blocks_uninit};
+use crate::matrix::{UninitMat, init_zeroed, map_items, par_col_blocks_uninit};
 use crate::real::Real;
 
 /// Largest block size for which `x_jᵀ·dy_j` uses [`gemm_tn_uninit`]; above it faer's packed
@@ -79,28 +78,29 @@ pub(crate) fn apply_blocks_backward<T: Real>(
     let mut dx = UninitMat::new(x.nrows(), x.ncols(), x.nrows());
     let mut dr = UninitMat::new(b, positions * b, b);
     let (ldx, ldr) = (dx.ld(), dr.ld());
-    dx.chunks(b, positions)
-        .into_par_iter()
+    let chunks: Vec<_> = dx
+        .chunks(b, positions)
+        .into_iter()
         .zip(dr.chunks(b, positions))
-        .enumerate()
-        .for_each(|(j, (dxj, drj))| {
-            let dyj = dy.subcols(j * b, b);
-            if dropped(keep, j) {
-                copy_uninit(dyj, dxj, ldx);
-                init_zeroed(drj);
-                return;
-            }
-            let r = blocks.block(if shared { 0 } else { j });
-            gemm_uninit(T::one(), dyj, r.transpose(), dxj, ldx);
-            let xj = x.subcols(j * b, b);
-            if b <= TN_MAX_BLOCK {
-                gemm_tn_uninit(xj, dyj, drj, ldr);
-            } else {
-                let drj = init_zeroed(drj);
-                let c = MatMut::from_column_major_slice_with_stride_mut(drj, b, b, ldr);
-                matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq);
-            }
-        });
+        .collect();
+    map_items(chunks, |j, (dxj, drj)| {
+        let dyj = dy.subcols(j * b, b);
+        if dropped(keep, j) {
+            copy_uninit(dyj, dxj, ldx);
+            init_zeroed(drj);
+            return;
+        }
+        let r = blocks.block(if shared { 0 } else { j });
+        gemm_uninit(T::one(), dyj, r.transpose(), dxj, ldx);
+        let xj = x.subcols(j * b, b);
+        if b <= TN_MAX_BLOCK {
+            gemm_tn_uninit(xj, dyj, drj, ldr);
+        } else {
+            let drj = init_zeroed(drj);
+            let c = MatMut::from_column_major_slice_with_stride_mut(drj, b, b, ldr);
+            matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq);
+        }
+    });
     // SAFETY: every position's task wrote its `rows × b` columns of `dx` (`copy_uninit`,
     // `gemm_uninit`) and its `b × b` block of `dr` (zeros, `gemm_tn_uninit` or the product).
     unsafe {

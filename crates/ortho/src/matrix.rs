@@ -109,6 +109,30 @@ impl<T: Real> UninitMat<T> {
     }
 }
 
+/// `f(i, item)` for every item, in parallel on rayon's pool, or in order on the calling thread
+/// when the pool has a single thread: handing the work to that one worker and waiting for it
+/// cost 8% of building 128 exact `32 × 32` blocks with `RAYON_NUM_THREADS=1`. Results come in
+/// item order either way, and each item is computed the same way, so the thread count never
+/// changes them.
+pub(crate) fn map_items<I: Send, U: Send>(
+    items: Vec<I>,
+    f: impl Fn(usize, I) -> U + Sync + Send,
+) -> Vec<U> {
+    if rayon::current_num_threads() > 1 {
+        items
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, x)| f(i, x))
+            .collect()
+    } else {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| f(i, x))
+            .collect()
+    }
+}
+
 /// A `rows × cols` matrix built block of columns by block of columns in parallel, without a
 /// zero-fill: the task of column block `j` (columns `j·width ..`, `ncols` of them, the last block
 /// possibly narrower) gets its storage uninitialised as `fill(j, storage, ncols, col_stride)`,
@@ -127,12 +151,9 @@ pub(crate) unsafe fn par_col_blocks_uninit<T: Real, U: Send>(
     let width = width.max(1);
     let mut m = UninitMat::new(rows, cols, rows);
     let ld = m.ld();
-    let out = m
-        .chunks(width, cols.div_ceil(width))
-        .into_par_iter()
-        .enumerate()
-        .map(|(j, chunk)| fill(j, chunk, width.min(cols - j * width), ld))
-        .collect();
+    let out = map_items(m.chunks(width, cols.div_ceil(width)), |j, chunk| {
+        fill(j, chunk, width.min(cols - j * width), ld)
+    });
     // SAFETY: the chunks cover all `cols` columns, each initialised by `fill` (the contract).
     (unsafe { m.assume_init() }, out)
 }

@@ -17,7 +17,7 @@ use crate::diagnostics::{
 };
 use crate::error::{OrthoError, Result, shape_err};
 use crate::kernels::gauss_jordan::padded_stride;
-use crate::matrix::{UninitMat, init_zeroed, par_col_blocks_uninit, slice_finite};
+use crate::matrix::{UninitMat, init_zeroed, map_items, par_col_blocks_uninit, slice_finite};
 use crate::packing::{
     packed_grad_from_skew_grad, rows_per_task, skew_from_slice, transpose_rows_into, transposed,
 };
@@ -104,39 +104,38 @@ impl<T: Real> BlockRotation<T> {
         let mut tapes = UninitMat::new(b, rows * tape_cols, b);
         let (ldp, ldr, ldt) = (copy.ld(), blocks.ld(), tapes.ld());
         let (r_len, t_len) = (b * ldr, tape_cols * ldt);
-        let status: Vec<Result<()>> = copy
+        let groups: Vec<_> = copy
             .chunks(per_task, tasks)
-            .into_par_iter()
+            .into_iter()
             .zip(blocks.chunks(per_task * b, tasks))
             .zip(tapes.chunks(per_task * tape_cols, tasks))
-            .enumerate()
-            .map(|(g, ((pc, rc), tc))| {
-                let i0 = g * per_task;
-                let group = packed.subrows(i0, per_task.min(rows - i0));
-                let rows_here = transpose_rows_into(group, pc, ldp);
-                for (l, v) in rows_here.into_iter().enumerate() {
-                    let block = i0 + l;
-                    if !slice_finite(v) {
-                        return Err(OrthoError::NonFinite {
-                            what: "rotation parameters",
-                            block,
-                        });
+            .collect();
+        let status = map_items(groups, |g, ((pc, rc), tc)| -> Result<()> {
+            let i0 = g * per_task;
+            let group = packed.subrows(i0, per_task.min(rows - i0));
+            let rows_here = transpose_rows_into(group, pc, ldp);
+            for (l, v) in rows_here.into_iter().enumerate() {
+                let block = i0 + l;
+                if !slice_finite(v) {
+                    return Err(OrthoError::NonFinite {
+                        what: "rotation parameters",
+                        block,
+                    });
+                }
+                let r = init_zeroed(&mut rc[l * r_len..(l + 1) * r_len]);
+                match parameterization {
+                    Parameterization::Exact(conv) => {
+                        cayley_exact_packed_into(v, b, conv, r, ldr)
+                            .map_err(|_| OrthoError::Singular { block })?;
                     }
-                    let r = init_zeroed(&mut rc[l * r_len..(l + 1) * r_len]);
-                    match parameterization {
-                        Parameterization::Exact(conv) => {
-                            cayley_exact_packed_into(v, b, conv, r, ldr)
-                                .map_err(|_| OrthoError::Singular { block })?;
-                        }
-                        Parameterization::Neumann { .. } => {
-                            let t = init_zeroed(&mut tc[l * t_len..(l + 1) * t_len]);
-                            neumann_packed_into(v, b, &coeffs, t, ldt, r, ldr);
-                        }
+                    Parameterization::Neumann { .. } => {
+                        let t = init_zeroed(&mut tc[l * t_len..(l + 1) * t_len]);
+                        neumann_packed_into(v, b, &coeffs, t, ldt, r, ldr);
                     }
                 }
-                Ok(())
-            })
-            .collect();
+            }
+            Ok(())
+        });
         // The first failing block, whatever the thread count.
         status.into_iter().collect::<Result<()>>()?;
         // SAFETY: every task succeeded, so each wrote all of its rows' packed copy (columns of
