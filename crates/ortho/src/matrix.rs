@@ -111,7 +111,7 @@ impl<T: Real> UninitMat<T> {
 
 /// `f(i, item)` for every item, in parallel on rayon's pool, or in order on the calling thread
 /// when the pool has a single thread: handing the work to that one worker and waiting for it
-/// cost 8% of building 128 exact `32 × 32` blocks with `RAYON_NUM_THREADS=1`. Results come in
+/// cost 5–8% of building 128 exact `32 × 32` blocks with `RAYON_NUM_THREADS=1`. Results come in
 /// item order either way, and each item is computed the same way, so the thread count never
 /// changes them.
 pub(crate) fn map_items<I: Send, U: Send>(
