@@ -72,13 +72,10 @@ impl Options {
     }
 
     /// Interleaved rounds per thread setting: `--rounds N` if given, else
-    /// [`rounds::DEFAULT_ROUNDS`] for a full run and 0 (none) for a `--quick` one.
+    /// [`rounds::default_rounds`].
     pub(crate) fn rounds(&self) -> usize {
-        self.rounds.unwrap_or(if self.quick {
-            0
-        } else {
-            rounds::DEFAULT_ROUNDS
-        })
+        self.rounds
+            .unwrap_or_else(|| rounds::default_rounds(self.quick))
     }
 }
 

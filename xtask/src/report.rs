@@ -221,7 +221,7 @@ fn find<'a>(all: &'a [Estimate], key: &str) -> Option<&'a Estimate> {
 pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     let mut md = String::new();
     let threads = run.machine.threads;
-    let default_rounds = if run.quick { 0 } else { rounds::DEFAULT_ROUNDS };
+    let default_rounds = rounds::default_rounds(run.quick);
     let cmd = format!(
         "cargo xtask bench{}{}{}",
         if run.quick { " --quick" } else { "" },

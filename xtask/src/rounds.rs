@@ -21,6 +21,12 @@ use crate::targets::{self, Baseline, Compare, Target};
 /// Rounds of a full run when `--rounds` is not given (a `--quick` run has none by default).
 pub(crate) const DEFAULT_ROUNDS: usize = 3;
 
+/// The rounds per thread setting when `--rounds` is not given: [`DEFAULT_ROUNDS`] for a full run,
+/// none for a `--quick` one.
+pub(crate) fn default_rounds(quick: bool) -> usize {
+    if quick { 0 } else { DEFAULT_ROUNDS }
+}
+
 /// A thread setting of the passes and of the rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Threads {
