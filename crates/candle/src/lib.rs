@@ -1,0 +1,1 @@
+//! oftq's layers as candle modules.

@@ -1,0 +1,1 @@
+//! A Llama-family decoder on candle with AQLM and OFT projections.
