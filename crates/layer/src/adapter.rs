@@ -145,6 +145,11 @@ impl OftAdapter {
         self.module_dropout
     }
 
+    /// What building a rotation does when its Cayley–Neumann series is not certified to converge.
+    pub fn divergence(&self) -> DivergencePolicy {
+        self.divergence
+    }
+
     /// Number of trainable parameters.
     pub fn n_parameters(&self) -> usize {
         self.spec.n_parameters()
@@ -154,15 +159,23 @@ impl OftAdapter {
     /// chosen uniformly, become the identity (`false`); `None` when nothing is dropped (`p = 0`, or
     /// block sharing, where the paper's and PEFT's layer leave the single block alone).
     pub fn dropout_mask(&self, rng: &mut StdRng) -> Option<Vec<bool>> {
-        let n = self.spec.n_blocks();
-        let drop = (self.module_dropout * n as f64).floor() as usize;
-        if self.spec.block_share() || drop == 0 {
-            return None;
-        }
-        let mut mask: Vec<bool> = (0..n).map(|i| i >= drop).collect();
-        mask.shuffle(rng);
-        Some(mask)
+        dropout_mask(&self.spec, self.module_dropout, rng)
     }
+}
+
+/// The module-dropout mask of [`OftAdapter::dropout_mask`] for a rotation of geometry `spec` and
+/// dropout probability `p`, for callers that hold the parameters elsewhere (e.g. as a candle `Var`):
+/// `⌊p·r⌋` of the `r` block positions, chosen uniformly from `rng`, become the identity (`false`);
+/// `None` when nothing is dropped (`⌊p·r⌋ = 0`, or block sharing).
+pub fn dropout_mask(spec: &RotationSpec, p: f64, rng: &mut StdRng) -> Option<Vec<bool>> {
+    let n = spec.n_blocks();
+    let drop = (p * n as f64).floor() as usize;
+    if spec.block_share() || drop == 0 {
+        return None;
+    }
+    let mut mask: Vec<bool> = (0..n).map(|i| i >= drop).collect();
+    mask.shuffle(rng);
+    Some(mask)
 }
 
 fn spec_from_config(config: &OftConfig, in_features: usize) -> Result<RotationSpec> {

@@ -35,8 +35,11 @@ pub struct OftLinear<B: BaseLinear> {
     adapters: Vec<(String, OftAdapter)>,
     active: Vec<String>,
     disabled: bool,
-    /// Adapters folded into the base weights, in merge order.
+    /// Adapters folded into the base weights, in merge order (each call's names as given).
     pub(crate) merged: Vec<String>,
+    /// The same adapters in the order their rotations multiplied the base weight
+    /// (`W = W₀·R_{f₁}ᵀ·R_{f₂}ᵀ⋯`): unmerging undoes the last factor first.
+    pub(crate) factors: Vec<String>,
 }
 
 /// What [`OftLinear::backward`] needs from a forward pass.
@@ -64,8 +67,10 @@ pub struct OftGrad {
     pub adapters: Vec<(String, Mat<f32>)>,
 }
 
-/// Seed for an adapter's random initialisation, derived from its name (FNV-1a).
-pub(crate) fn name_seed(name: &str) -> u64 {
+/// Seed of an adapter's random initialisation (`init_weights = false`), derived from its name
+/// (64-bit FNV-1a of the UTF-8 bytes): [`OftLinear::add_adapter`] uses it, so an adapter created
+/// elsewhere with `OftAdapter::new(config, in_features, name_seed(name))` starts from the same values.
+pub fn name_seed(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
@@ -80,6 +85,7 @@ impl<B: BaseLinear> OftLinear<B> {
             active: Vec::new(),
             disabled: false,
             merged: Vec::new(),
+            factors: Vec::new(),
         }
     }
 
