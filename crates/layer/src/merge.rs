@@ -4,7 +4,9 @@
 //! computes what the unmerged one did whatever the number of adapters. (PEFT merges adapters one at a
 //! time in list order, `W ← W·R_aᵀ`, which for two non-commuting adapters gives `x·R₂·R₁·Wᵀ`.)
 //! Unmerging uses the true inverse `R⁻¹`, not `Rᵀ`, since a Cayley–Neumann `R` is not exactly
-//! orthogonal (PEFT ≥ 0.18 does the same).
+//! orthogonal (PEFT ≥ 0.18 does the same), and undoes the factors newest first, as PEFT pops
+//! `merged_adapters`: after `merge(["b"])` then `merge(["a"])`, `W' = W·R_bᵀ·R_aᵀ` and unmerging
+//! multiplies by `R_a⁻ᵀ`, then `R_b⁻ᵀ`.
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -55,11 +57,17 @@ fn rotation_blocks(rot: &BlockRotation<f32>, inverse: bool) -> Result<Vec<Mat<f3
         .collect()
 }
 
-/// Names to merge: the given ones, or every active unmerged adapter.
+/// Names to merge: the given ones, or every active adapter not merged yet (PEFT's
+/// `check_adapters_to_merge`).
 fn to_merge<B: BaseLinear>(layer: &OftLinear<B>, names: Option<&[&str]>) -> Result<Vec<String>> {
     let list: Vec<String> = match names {
         Some(n) => n.iter().map(|s| (*s).to_string()).collect(),
-        None => layer.active_adapters().to_vec(),
+        None => layer
+            .active_adapters()
+            .iter()
+            .filter(|n| !layer.merged_adapters().contains(n))
+            .cloned()
+            .collect(),
     };
     for n in &list {
         if layer.adapter(n).is_none() {
@@ -74,12 +82,27 @@ fn to_merge<B: BaseLinear>(layer: &OftLinear<B>, names: Option<&[&str]>) -> Resu
                 why: "already merged".into(),
             });
         }
+        if list.iter().filter(|m| m == &n).count() > 1 {
+            return Err(LayerError::Adapter {
+                name: n.clone(),
+                why: "named twice in one merge".into(),
+            });
+        }
     }
     Ok(list)
 }
 
+/// Records a merge of `names` (in the order given), whose rotations multiplied the base weight
+/// last to first.
+fn record_merge<B: BaseLinear>(layer: &mut OftLinear<B>, names: Vec<String>) {
+    layer.factors.extend(names.iter().rev().cloned());
+    layer.merged.extend(names);
+}
+
 impl OftLinear<DenseLinear> {
-    /// Folds adapters (default: the active ones) into the dense weight: `W' = W·R_kᵀ⋯R₁ᵀ`.
+    /// Folds adapters `[1, …, k]` (default: the active ones not merged yet, in activation order)
+    /// into the dense weight: `W' = W·R_kᵀ⋯R₁ᵀ`, so that `x·W'ᵀ = x·R₁⋯R_k·Wᵀ`. A later call
+    /// multiplies on the right again: `merge(["b"])` then `merge(["a"])` gives `W·R_bᵀ·R_aᵀ`.
     ///
     /// With `safe_merge`, the result is checked for NaN/∞ before it replaces the weight (PEFT's
     /// `safe_merge`); without, non-finite weights are still refused — never written silently.
@@ -109,17 +132,18 @@ impl OftLinear<DenseLinear> {
             return Err(LayerError::NonFinite(format!("{why} (adapters {names:?})")));
         }
         self.base_mut().set_weight(w)?;
-        self.merged.extend(names);
+        record_merge(self, names);
         Ok(())
     }
 
-    /// Undoes every merge, newest first, with `W = W'·R⁻ᵀ`.
+    /// Undoes every merge, the factor multiplied last first (as PEFT pops `merged_adapters`):
+    /// for `W' = W·R_{f₁}ᵀ⋯R_{f_m}ᵀ`, `W = W'·R_{f_m}⁻ᵀ⋯R_{f₁}⁻ᵀ` with the LU inverse of every block.
     ///
     /// # Errors
     /// [`LayerError::NonFinite`] if a rotation block is singular (the layer is unchanged then).
     pub fn unmerge(&mut self) -> Result<()> {
         let mut w = self.base().weight().to_owned();
-        for n in &self.merged {
+        for n in self.factors.iter().rev() {
             let a = self.adapter(n).ok_or_else(|| LayerError::Adapter {
                 name: n.clone(),
                 why: "unknown".into(),
@@ -132,6 +156,7 @@ impl OftLinear<DenseLinear> {
         }
         self.base_mut().set_weight(w)?;
         self.merged.clear();
+        self.factors.clear();
         Ok(())
     }
 }
@@ -169,7 +194,7 @@ impl OftLinear<AqlmLayer> {
             layer = rotate_codebooks(&layer, &rotation_blocks(a.rotation(), false)?, b)?;
         }
         *self.base_mut() = layer;
-        self.merged.extend(names);
+        record_merge(self, names);
         Ok(())
     }
 }
@@ -233,6 +258,28 @@ mod tests {
         layer.unmerge().unwrap();
         assert!((layer.base().weight().to_owned() - &w).norm_max() < 1e-5);
         assert!((layer.forward(x.as_ref()).unwrap() - &before).norm_max() < 1e-5);
+    }
+
+    /// Two merge calls, then one unmerge: the factors are undone newest first (issue #19).
+    #[test]
+    fn dense_unmerge_after_two_merges_restores_the_weight() {
+        let w = Mat::<f32>::from_fn(6, 8, |i, j| ((i * 8 + j) as f32 * 0.37).sin());
+        let base = DenseLinear::new(w.clone(), None, false).unwrap();
+        let mut layer = DenseOftLinear::with_adapter(base, "a", &config(8, false, true)).unwrap();
+        layer.add_adapter("b", &config(8, false, true)).unwrap();
+        layer.merge(Some(&["b"]), true).unwrap();
+        layer.merge(Some(&["a"]), true).unwrap();
+        assert_eq!(layer.merged_adapters(), ["b", "a"]);
+        assert!(layer.merge(Some(&["a"]), true).is_err());
+        layer.unmerge().unwrap();
+        assert!((layer.base().weight().to_owned() - &w).norm_max() < 1e-5);
+        assert!(layer.merged_adapters().is_empty());
+        // `None` merges only what is not merged yet.
+        layer.merge(Some(&["a"]), true).unwrap();
+        layer.merge(None, true).unwrap();
+        assert_eq!(layer.merged_adapters(), ["a", "b"]);
+        layer.unmerge().unwrap();
+        assert!((layer.base().weight().to_owned() - &w).norm_max() < 1e-5);
     }
 
     fn aqlm(in_f: usize, out_f: usize) -> AqlmLayer {
