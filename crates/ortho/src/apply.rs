@@ -66,6 +66,12 @@ pub(crate) fn apply_blocks<T: Real>(
 
 /// Backward of [`apply_blocks`] with `Side::Plain`: returns `dx = dy · R_bdᵀ` and, per position
 /// `j`, `∂L/∂R_j = x_jᵀ · dy_j` (zero for dropped positions), all of them in one allocation.
+///
+/// # Panics
+/// Unless `dy` has the shape of `x`, `block_size ≥ 1` divides `x.ncols()`, and `blocks` holds
+/// `block_size × block_size` items, one per position (or at least one if `shared`). The callers
+/// check these and return typed errors first; the assertions keep the uninitialised outputs
+/// from ever being read when a caller does not.
 pub(crate) fn apply_blocks_backward<T: Real>(
     x: MatRef<'_, T>,
     dy: MatRef<'_, T>,
@@ -74,7 +80,29 @@ pub(crate) fn apply_blocks_backward<T: Real>(
     shared: bool,
     keep: Option<&[bool]>,
 ) -> (Mat<T>, BlockStack<T>) {
-    let (b, positions) = (block_size, x.ncols().checked_div(block_size).unwrap_or(0));
+    assert!(
+        block_size >= 1 && x.ncols().is_multiple_of(block_size),
+        "block size {block_size} does not divide {} features",
+        x.ncols()
+    );
+    assert!(
+        dy.nrows() == x.nrows() && dy.ncols() == x.ncols(),
+        "dy is {}×{}, x is {}×{}",
+        dy.nrows(),
+        dy.ncols(),
+        x.nrows(),
+        x.ncols()
+    );
+    let (b, positions) = (block_size, x.ncols() / block_size);
+    assert!(
+        blocks.nrows() == b
+            && blocks.ncols() == b
+            && blocks.len() >= if shared { positions.min(1) } else { positions },
+        "{} blocks of {}×{} for {positions} positions of size {b} (shared: {shared})",
+        blocks.len(),
+        blocks.nrows(),
+        blocks.ncols()
+    );
     let mut dx = UninitMat::new(x.nrows(), x.ncols(), x.nrows());
     let mut dr = UninitMat::new(b, positions * b, b);
     let (ldx, ldr) = (dx.ld(), dr.ld());
@@ -101,8 +129,10 @@ pub(crate) fn apply_blocks_backward<T: Real>(
             matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq);
         }
     });
-    // SAFETY: every position's task wrote its `rows × b` columns of `dx` (`copy_uninit`,
-    // `gemm_uninit`) and its `b × b` block of `dr` (zeros, `gemm_tn_uninit` or the product).
+    // SAFETY: the chunks cover all `positions·b = x.ncols()` columns of `dx` and `dr` (asserted
+    // above); every position's task wrote its `rows × b` columns of `dx` (`copy_uninit`, or
+    // `gemm_uninit` of `dy_j` with `dy.nrows() = rows` rows, asserted) and its `b × b` block of
+    // `dr` (zeros, `gemm_tn_uninit` or the product; `R_j` is `b × b`, asserted).
     unsafe {
         (
             dx.assume_init(),

@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use faer::MatRef;
 
-use super::{Isa, isa, madd, prefetch};
+use super::{Isa, Level, madd, prefetch};
 use crate::real::Real;
 
 /// Lanes of the `Xᵀ·D` partial sums for a scalar of `size` bytes: one AVX-512 register.
@@ -118,10 +118,11 @@ pub(crate) fn gemm_uninit<T: Real>(
     y: &mut [MaybeUninit<T>],
     ldy: usize,
 ) {
-    gemm_uninit_with(isa(), alpha, x, b, y, ldy);
+    gemm_uninit_with(Isa::detect(), alpha, x, b, y, ldy);
 }
 
-/// [`gemm_uninit`] with an explicit instruction set (tests compare them).
+/// [`gemm_uninit`] with an explicit instruction set (tests compare them). Safe for any `isa`:
+/// an [`Isa`] exists only for a level this CPU supports.
 pub(crate) fn gemm_uninit_with<T: Real>(
     isa: Isa,
     alpha: T,
@@ -155,10 +156,10 @@ pub(crate) fn gemm_acc<T: Real>(
     y: &mut [T],
     ldy: usize,
 ) {
-    gemm_acc_with(isa(), alpha, x, b, y, ldy);
+    gemm_acc_with(Isa::detect(), alpha, x, b, y, ldy);
 }
 
-/// [`gemm_acc`] with an explicit instruction set.
+/// [`gemm_acc`] with an explicit instruction set (any [`Isa`] is one this CPU supports).
 pub(crate) fn gemm_acc_with<T: Real>(
     isa: Isa,
     alpha: T,
@@ -183,18 +184,17 @@ unsafe fn gemm_dispatch<T: Real>(isa: Isa, args: GemmArgs<T>) {
         return;
     }
     let f32 = size_of::<T>() == 4;
-    // SAFETY (all arms): the contract of this function; the instruction sets are only used if
-    // detected.
+    // SAFETY (all arms): the contract of this function; an `Isa` proves its level is supported.
     unsafe {
-        match (isa, f32) {
+        match (isa.level(), f32) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, true) => gemm_avx512::<T, 32, 8>(args),
+            (Level::Avx512, true) => gemm_avx512::<T, 32, 8>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, false) => gemm_avx512::<T, 16, 8>(args),
+            (Level::Avx512, false) => gemm_avx512::<T, 16, 8>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, true) => gemm_avx2::<T, 16, 6>(args),
+            (Level::Avx2, true) => gemm_avx2::<T, 16, 6>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, false) => gemm_avx2::<T, 8, 6>(args),
+            (Level::Avx2, false) => gemm_avx2::<T, 8, 6>(args),
             (_, true) => gemm_imp::<T, false, 8, 4>(args),
             (_, false) => gemm_imp::<T, false, 4, 4>(args),
         }
@@ -413,7 +413,7 @@ pub(crate) fn gemm_tn_uninit<T: Real>(
     c: &mut [MaybeUninit<T>],
     ldc: usize,
 ) {
-    gemm_tn_uninit_with(isa(), x, d, c, ldc);
+    gemm_tn_uninit_with(Isa::detect(), x, d, c, ldc);
 }
 
 /// The operands of `C = Xᵀ·D`: column-major `X` (`m × k`, column stride `ldx`), `D` (`m × n`,
@@ -431,7 +431,8 @@ struct TnArgs<T> {
     ldc: usize,
 }
 
-/// [`gemm_tn_uninit`] with an explicit instruction set (tests compare them).
+/// [`gemm_tn_uninit`] with an explicit instruction set (tests compare them; any [`Isa`] is one
+/// this CPU supports).
 pub(crate) fn gemm_tn_uninit_with<T: Real>(
     isa: Isa,
     x: MatRef<'_, T>,
@@ -482,17 +483,17 @@ pub(crate) fn gemm_tn_uninit_with<T: Real>(
     };
     let f32 = size_of::<T>() == 4;
     // SAFETY (all arms): `x` and `d` are column-major views of their shapes, `c` was checked and is
-    // borrowed mutably (so it overlaps neither); the instruction sets are only used if detected.
+    // borrowed mutably (so it overlaps neither); an `Isa` proves its level is supported.
     unsafe {
-        match (isa, f32) {
+        match (isa.level(), f32) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, true) => tn_avx512::<T, { tn_lanes(4) }, 4, 4>(args),
+            (Level::Avx512, true) => tn_avx512::<T, { tn_lanes(4) }, 4, 4>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, false) => tn_avx512::<T, { tn_lanes(8) }, 4, 4>(args),
+            (Level::Avx512, false) => tn_avx512::<T, { tn_lanes(8) }, 4, 4>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, true) => tn_avx2::<T, { tn_lanes(4) }, 2, 2>(args),
+            (Level::Avx2, true) => tn_avx2::<T, { tn_lanes(4) }, 2, 2>(args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, false) => tn_avx2::<T, { tn_lanes(8) }, 2, 2>(args),
+            (Level::Avx2, false) => tn_avx2::<T, { tn_lanes(8) }, 2, 2>(args),
             (_, true) => tn_imp::<T, false, { tn_lanes(4) }, 2, 2>(args),
             (_, false) => tn_imp::<T, false, { tn_lanes(8) }, 2, 2>(args),
         }

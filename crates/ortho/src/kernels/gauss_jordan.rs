@@ -11,7 +11,7 @@
 //! zero. Rows are held in fixed-size local arrays, one monomorphisation per stride (16, 32, 48, 64),
 //! which LLVM keeps in vector registers.
 
-use super::{Isa, isa, madd};
+use super::{Isa, Level, madd};
 use crate::real::Real;
 
 /// Pivots eliminated together: one pass over the other rows applies a rank-`NB` update, so each
@@ -197,10 +197,11 @@ fn invert_avx2<T: Real>(a: &mut [T], n: usize, min_pivot: T) -> bool {
 /// = `n ·` stride) in place (see the module notes). Returns `false`, leaving `a` garbage, if a
 /// pivot is below `min_pivot` or not finite, if `n > MAX_N`, or if `a` has the wrong length.
 pub(crate) fn invert_unpivoted<T: Real>(a: &mut [T], n: usize, min_pivot: T) -> bool {
-    invert_unpivoted_with(isa(), a, n, min_pivot)
+    invert_unpivoted_with(Isa::detect(), a, n, min_pivot)
 }
 
-/// [`invert_unpivoted`] with an explicit instruction set (tests compare them).
+/// [`invert_unpivoted`] with an explicit instruction set (tests compare them). Safe for any
+/// `isa`: an [`Isa`] exists only for a level this CPU supports.
 pub(crate) fn invert_unpivoted_with<T: Real>(
     isa: Isa,
     a: &mut [T],
@@ -210,12 +211,13 @@ pub(crate) fn invert_unpivoted_with<T: Real>(
     if n == 0 || n > MAX_N || a.len() != n * padded_stride(n) {
         return n == 0 && a.is_empty();
     }
-    match isa {
-        // SAFETY: the instruction sets are only used if detected.
+    match isa.level() {
+        // SAFETY: an `Isa` proves the CPU supports its level.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { invert_avx512(a, n, min_pivot) },
+        Level::Avx512 => unsafe { invert_avx512(a, n, min_pivot) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { invert_avx2(a, n, min_pivot) },
+        Level::Avx2 => unsafe { invert_avx2(a, n, min_pivot) },
         _ => invert_imp::<T, false>(a, n, min_pivot),
     }
 }
@@ -264,7 +266,7 @@ mod tests {
             let ld = padded_stride(n);
             let a = sample(n);
             let mut inv = a.clone();
-            assert!(invert_unpivoted_with(Isa::Portable, &mut inv, n, 0.5));
+            assert!(invert_unpivoted_with(Isa::portable(), &mut inv, n, 0.5));
             for i in 0..n {
                 for j in 0..n {
                     let s: f64 = (0..n).map(|k| a[i * ld + k] * inv[k * ld + j]).sum();
@@ -281,18 +283,22 @@ mod tests {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0.0, f64::max);
             assert!(diff < 1e-14, "n {n}: blocked vs unblocked {diff}");
-            #[cfg(target_arch = "x86_64")]
-            if isa() == Isa::Avx512 {
+            // Every fused build (AVX2, AVX-512) gives the same bits.
+            let fused: Vec<Isa> = Isa::available()
+                .into_iter()
+                .filter(|i| i.level() != Level::Portable)
+                .collect();
+            for pair in fused.windows(2) {
                 let (mut x2, mut x512) = (a.clone(), a.clone());
-                assert!(invert_unpivoted_with(Isa::Avx2, &mut x2, n, 0.5));
-                assert!(invert_unpivoted_with(Isa::Avx512, &mut x512, n, 0.5));
+                assert!(invert_unpivoted_with(pair[0], &mut x2, n, 0.5));
+                assert!(invert_unpivoted_with(pair[1], &mut x512, n, 0.5));
                 assert_eq!(x2, x512);
                 let (mut y2, mut y512): (Vec<f32>, Vec<f32>) = (
                     a.iter().map(|&v| v as f32).collect(),
                     a.iter().map(|&v| v as f32).collect(),
                 );
-                assert!(invert_unpivoted_with(Isa::Avx2, &mut y2, n, 0.5));
-                assert!(invert_unpivoted_with(Isa::Avx512, &mut y512, n, 0.5));
+                assert!(invert_unpivoted_with(pair[0], &mut y2, n, 0.5));
+                assert!(invert_unpivoted_with(pair[1], &mut y512, n, 0.5));
                 assert_eq!(y2, y512);
             }
         }

@@ -7,7 +7,7 @@
 
 use std::any::TypeId;
 
-use super::{Isa, isa};
+use super::{Isa, Level};
 use crate::real::Real;
 
 /// Tile edge: one AVX-512 register of `f32`.
@@ -26,7 +26,7 @@ pub(crate) enum Store {
 
 /// Whether [`transpose_tile`] runs on this machine for `T`.
 pub(crate) fn available<T: Real>() -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>() && isa() == Isa::Avx512
+    TypeId::of::<T>() == TypeId::of::<f32>() && Isa::detect().level() == Level::Avx512
 }
 
 /// `dst[c·ldd + r] = ±src[r·lds + c]` for `r, c < 16` (which entries: [`Store`]): the 16 vectors

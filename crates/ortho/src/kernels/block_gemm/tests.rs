@@ -27,17 +27,7 @@ fn naive_xb<T: Real>(alpha: T, x: MatRef<'_, T>, b: MatRef<'_, T>) -> Mat<f64> {
 
 /// Instruction sets this CPU can run (the portable one always).
 fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Portable];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            v.push(Isa::Avx2);
-        }
-        if isa() == Isa::Avx512 {
-            v.push(Isa::Avx512);
-        }
-    }
-    v
+    Isa::available()
 }
 
 /// Runs `gemm_uninit_with` into storage with column stride `ld = m + pad`, pre-filled with a
@@ -60,7 +50,10 @@ fn run_xb<T: Real>(isa: Isa, alpha: T, x: MatRef<'_, T>, b: MatRef<'_, T>, pad: 
 
 /// The instruction sets with fused multiply-add (AVX2, AVX-512) gave identical bits.
 fn assert_fused_agree<T: Real>(outs: &[(Isa, Vec<T>)], what: &str) {
-    let fused: Vec<_> = outs.iter().filter(|(i, _)| *i != Isa::Portable).collect();
+    let fused: Vec<_> = outs
+        .iter()
+        .filter(|(i, _)| i.level() != Level::Portable)
+        .collect();
     for w in fused.windows(2) {
         assert!(
             w[0].1 == w[1].1,
