@@ -139,6 +139,7 @@ enum CodeOrder {
 }
 
 multiversion! {
+max = avx2;
 /// [`AqlmLayer::decode_block_into`] for `og = 1`, `ig = 8` (one 8-float vector per tile), with
 /// the codebook count unrolled for `M = 1, 2`: the decode of the many-token kernels.
 fn decode_block_g8(

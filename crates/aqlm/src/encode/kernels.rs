@@ -1,56 +1,35 @@
 //! Small SIMD-friendly kernels shared by k-means and the code searches.
 //!
-//! Every kernel is written once as portable Rust and compiled twice: for the baseline target
-//! and, selected at run time, with AVX2 enabled. Only element-wise operations in a fixed order
-//! are used (Rust never fuses or reassociates floating point), so both versions give identical
-//! bits.
+//! Every kernel is written once as portable Rust and compiled for the baseline target, AVX2 and
+//! AVX-512, selected at run time by the crate's one dispatch mechanism
+//! ([`multiversion!`](crate::kernels::simd)). Only element-wise operations in a fixed order are
+//! used (Rust never fuses or reassociates floating point), so every build gives identical bits.
 
-/// Defines a function that dispatches at run time to an AVX-512F, an AVX2 or the portable
-/// build of the same `#[inline(always)]` body. Element-wise operations and fixed reduction
-/// orders make the three builds bit-identical.
-macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? => $imp:ident) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) $(-> $r)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn v4($($a: $t),*) $(-> $r)? {
-                    $imp($($a),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn v3($($a: $t),*) $(-> $r)? {
-                    $imp($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { v4($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above).
-                    return unsafe { v3($($a),*) };
-                }
-            }
-            $imp($($a),*)
-        }
-    };
-}
-pub(crate) use multiversion;
+use crate::kernels::simd::multiversion;
 
 multiversion! {
+    max = avx512;
     /// `out[k] = nrm[k] − 2 Σ_b x[b]·cbt[b·K + k]` for `k < K = out.len()`: the squared distance
     /// from `x` to codeword `k` minus `‖x‖²`, with the codebook stored transposed (`cbt [d, K]`).
-    pub(crate) fn dist_scores(x: &[f32], cbt: &[f32], nrm: &[f32], out: &mut [f32]) => dist_scores_impl
+    pub(crate) fn dist_scores(x: &[f32], cbt: &[f32], nrm: &[f32], out: &mut [f32]) {
+        dist_scores_impl(x, cbt, nrm, out)
+    }
 }
 
 multiversion! {
+    max = avx512;
     /// Index and value of the first minimum of `v` (`(0, ∞)` if empty or all ∞/NaN; NaN never wins).
-    pub(crate) fn argmin(v: &[f32]) -> (usize, f32) => argmin_impl
+    pub(crate) fn argmin(v: &[f32]) -> (usize, f32) {
+        argmin_impl(v)
+    }
 }
 
 multiversion! {
+    max = avx512;
     /// The nearest codeword: [`dist_scores`] into `scores`, then [`argmin`] of it.
-    pub(crate) fn nearest(x: &[f32], cbt: &[f32], nrm: &[f32], scores: &mut [f32]) -> (usize, f32) => nearest_impl
+    pub(crate) fn nearest(x: &[f32], cbt: &[f32], nrm: &[f32], scores: &mut [f32]) -> (usize, f32) {
+        nearest_impl(x, cbt, nrm, scores)
+    }
 }
 
 #[inline(always)]

@@ -10,8 +10,9 @@
 use rayon::prelude::*;
 
 use super::beam::Transposed;
-use super::kernels::{argmin, dist_scores, multiversion};
+use super::kernels::{argmin, dist_scores};
 use super::problem::{GROUP_CHUNK, Layout, State};
+use crate::kernels::simd::multiversion;
 
 /// Lanes per SIMD block of the pair table.
 const LANES: usize = 16;
@@ -110,8 +111,11 @@ pub(crate) fn search_pairs(w: &[f32], st: &mut State, l: &Layout) {
 }
 
 multiversion! {
+    max = avx512;
     /// `out[t][k1] = min_{k2} (T[k1][k2] + b[t][k2])` for the `BATCH` groups `t`.
-    fn row_mins(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) => row_mins_impl
+    fn row_mins(table: &[Block], kc: usize, b: &[Vec<Block>], out: &mut [Vec<f32>]) {
+        row_mins_impl(table, kc, b, out)
+    }
 }
 
 #[inline(always)]

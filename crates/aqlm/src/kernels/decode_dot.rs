@@ -45,6 +45,7 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
 }
 
 multiversion! {
+max = avx2;
 /// Output groups `o0..` into `chunk` (`[o][a][t]`).
 fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
     let sch = &layer.scheme;
@@ -164,6 +165,7 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
 }
 
 multiversion! {
+max = avx2;
 /// Input groups `j0..` of the input gradient into `chunk` (`[j][b][t]`).
 fn backward_task(
     layer: &AqlmLayer,

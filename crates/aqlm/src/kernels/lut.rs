@@ -14,6 +14,8 @@ use rayon::prelude::*;
 
 use super::layout::{by_input_groups, feature_major, from_feature_major};
 use super::simd::multiversion;
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Isa, Level};
 use crate::layer::{AqlmLayer, ROW_INTERLEAVE};
 
 /// Target size of one block of tables, in `f32` (1 MiB, half an L2).
@@ -40,6 +42,7 @@ pub(crate) fn block_groups(layer: &AqlmLayer, tokens: usize) -> usize {
 }
 
 multiversion! {
+max = avx2;
 /// Builds the tables of input group `j` into `lut` (`[m][a][c][t]`).
 fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
     let s = &layer.scheme;
@@ -102,6 +105,7 @@ fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
 }
 
 multiversion! {
+max = avx2;
 /// Adds the contributions of input groups `j0..j1` (tables in `lut`) to the accumulators of
 /// output groups starting at `o0` (`acc [rows][t]`).
 fn gather(
@@ -148,6 +152,7 @@ fn gather(
 }
 
 multiversion! {
+max = avx2;
 /// One-token fast path for `2^B = 256`, `og = 1`: adds the contributions of the tables
 /// `tables[i − i0]` (`i = j·M + m`) to `acc` (output rows `o0..`, `o0` a multiple of 8).
 ///
@@ -196,8 +201,8 @@ fn gather_t1(
     acc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
+    if Isa::detect().level() >= Level::Avx2 {
+        // SAFETY: the token proves the CPU supports AVX2.
         unsafe { gather_t1_avx2(codes, tables, n_tab, i0, o0, acc) };
         return;
     }
@@ -253,6 +258,7 @@ fn gather_t1_avx2(
 }
 
 multiversion! {
+max = avx2;
 /// Fast path for `2^B = 256`, `og = 1` and a token count that is a multiple of 8: eight rows
 /// at a time (codes from [`AqlmLayer::codes_u8_interleaved`], `o0` a multiple of 8), tokens
 /// in register tiles of 8, so the sums stay in registers and sixty-four independent chains
@@ -361,6 +367,7 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
 }
 
 multiversion! {
+max = avx2;
 /// Input gradient of input groups `j0..` into `chunk` (`[j][b][t]`).
 fn scatter_task(
     layer: &AqlmLayer,
