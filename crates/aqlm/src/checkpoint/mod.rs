@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-pub use atomic::write_atomic;
+pub use atomic::{write_atomic, write_atomic_with};
 pub use config::QuantizationConfig;
 pub use safetensors::Dtype;
 pub use tensors::{RawTensor, floats_as_f32};
