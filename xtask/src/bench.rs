@@ -1,76 +1,51 @@
 //! `cargo xtask bench`: run every criterion bench of the workspace, then write the report.
+//!
+//! A run: build the bench executables once, run every bench with all threads, the main kernels
+//! again on one thread, the interleaved rounds of every target ([`rounds`]); then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
+//! `docs/bench/{results.json, REPORT.md, *.svg}`. Every criterion home of a run is a folder below
+//! `<target dir>/xtask-bench/` ([`data_dir`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::criterion::Estimate;
-use crate::rounds::{self, GroupRounds, Role, Threads};
+use crate::process::Metadata;
+use crate::report::{Meta, Run};
+use crate::rounds::{self, Group, Role, Threads};
 use crate::{criterion, fsutil, keys, machine::Machine, process, report};
-
-/// Bench targets skipped by `--quick` unless `--filter` is given: one iteration alone takes
-/// seconds (the encoder quantizes a 1024² matrix per iteration, measurement time 60 s).
-const QUICK_SKIP: [&str; 1] = ["encode"];
 
 /// Criterion filter (a regex on `group/function`) of the main kernels re-run on one thread:
 /// the fixed results keys and their baselines, not the per-kernel variants or the encoder.
-const MAIN_KERNELS: &str = r"^[^/]*/(baseline\.(faer_gemm|dense_f32)\.[^/]*4096[^/]*|baseline\.faer_gemm\..*|ortho\..*|aqlm\.(forward|backward)\.[0-9x]+\.4096\.t[0-9]+|layer\..*)$";
+const MAIN_KERNELS: &str = r"^[^/]*/(baseline\.(faer_gemm|dense_f32)\.[^/]*4096[^/]*|baseline\.faer_gemm\..*|ortho\..*|aqlm\.(forward|backward)\.[0-9x]+\.4096\.t[0-9]+|layer\..*|candle\..*)$";
 
 /// Command-line options of `cargo xtask bench`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub(crate) struct Options {
-    /// Criterion's `--quick` mode (development runs, < 3 min on 2 cores).
+    /// Criterion's `--quick` mode: every results key, fewer samples, no rounds by default
+    /// (development runs, a few minutes on 2 cores).
+    #[arg(long)]
     pub(crate) quick: bool,
-    /// Criterion filter (regex on `group/function`), passed to every bench.
+    /// Criterion filter (a regex on `group/function`), passed to every bench.
+    #[arg(long, value_name = "REGEX", value_parser = parse_filter)]
     pub(crate) filter: Option<String>,
-    /// Skip the one-thread pass.
+    /// Skip the one-thread pass (and its rounds).
+    #[arg(long)]
     pub(crate) no_threads: bool,
-    /// Rewrite the outputs from the last run's data (`target/xtask-bench/`) without running.
-    pub(crate) report_only: bool,
-    /// Interleaved rounds per thread setting (`--rounds N`); `None`: the default, see
-    /// [`Options::rounds`].
+    /// Interleaved rounds per target and thread setting, each between two runs of its baseline
+    /// (default 3, 0 with --quick; 0 disables).
+    #[arg(long, value_name = "N")]
     pub(crate) rounds: Option<usize>,
+    /// Rewrite the outputs from the last run's data (`<target dir>/xtask-bench/`) without running.
+    #[arg(long)]
+    pub(crate) report_only: bool,
 }
 
 impl Options {
-    /// Parses the arguments after `bench`.
-    pub(crate) fn parse(args: &[String]) -> Result<Options> {
-        let mut o = Options::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--quick" => o.quick = true,
-                "--no-threads" => o.no_threads = true,
-                "--report-only" => o.report_only = true,
-                "--filter" => {
-                    let f = it
-                        .next()
-                        .context("--filter needs a value (a regex on bench ids)")?;
-                    o.filter = Some(f.clone());
-                }
-                s if s.starts_with("--filter=") => {
-                    o.filter = Some(s["--filter=".len()..].to_string());
-                }
-                "--rounds" => {
-                    let n = it
-                        .next()
-                        .context("--rounds needs a value (interleaved rounds, 0 disables)")?;
-                    o.rounds = Some(parse_rounds(n)?);
-                }
-                s if s.starts_with("--rounds=") => {
-                    o.rounds = Some(parse_rounds(&s["--rounds=".len()..])?);
-                }
-                other => bail!(
-                    "bench: unexpected argument `{other}` (expected --quick, --filter REGEX, --no-threads, --rounds N, --report-only)"
-                ),
-            }
-        }
-        Ok(o)
-    }
-
     /// Interleaved rounds per thread setting: `--rounds N` if given, else
     /// [`rounds::default_rounds`].
     pub(crate) fn rounds(&self) -> usize {
@@ -79,10 +54,9 @@ impl Options {
     }
 }
 
-/// Parses the value of `--rounds`: a non-negative integer.
-fn parse_rounds(s: &str) -> Result<usize> {
-    s.parse()
-        .with_context(|| format!("--rounds: `{s}` is not a non-negative integer"))
+/// `--filter` must be a regular expression (criterion would reject it only after the build).
+fn parse_filter(s: &str) -> Result<String, regex::Error> {
+    regex::Regex::new(s).map(|_| s.to_string())
 }
 
 /// A criterion bench target of a workspace package.
@@ -98,46 +72,47 @@ pub(crate) struct BenchTarget {
     pub(crate) dir: PathBuf,
 }
 
-/// The bench targets of the workspace members, from `cargo metadata` JSON.
-pub(crate) fn bench_targets(metadata: &Value) -> Vec<BenchTarget> {
-    let members: Vec<&str> = metadata["workspace_members"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for p in metadata["packages"].as_array().into_iter().flatten() {
-        let (Some(id), Some(pkg)) = (p["id"].as_str(), p["name"].as_str()) else {
-            continue;
-        };
-        if !members.contains(&id) {
-            continue;
-        }
-        for t in p["targets"].as_array().into_iter().flatten() {
-            let is_bench = t["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bench"));
-            if let (true, Some(name)) = (is_bench, t["name"].as_str()) {
-                let dir = p["manifest_path"]
-                    .as_str()
-                    .and_then(|m| Path::new(m).parent())
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                out.push(BenchTarget {
-                    package: pkg.to_string(),
-                    name: name.to_string(),
-                    package_id: id.to_string(),
-                    dir,
-                });
-            }
-        }
+impl BenchTarget {
+    /// `package/bench`, for logs and the report.
+    pub(crate) fn label(&self) -> String {
+        format!("{}/{}", self.package, self.name)
     }
+}
+
+/// The bench targets of the workspace members, sorted by package and name.
+pub(crate) fn bench_targets(metadata: &Metadata) -> Vec<BenchTarget> {
+    let mut out: Vec<BenchTarget> = metadata
+        .packages
+        .iter()
+        .filter(|p| metadata.workspace_members.contains(&p.id))
+        .flat_map(|p| {
+            p.targets
+                .iter()
+                .filter(|t| t.is("bench"))
+                .map(move |t| BenchTarget {
+                    package: p.name.clone(),
+                    name: t.name.clone(),
+                    package_id: p.id.clone(),
+                    dir: p
+                        .manifest_path
+                        .parent()
+                        .map(PathBuf::from)
+                        .unwrap_or_default(),
+                })
+        })
+        .collect();
     out.sort_by(|a, b| (&a.package, &a.name).cmp(&(&b.package, &b.name)));
     out
 }
 
+/// Where a run keeps its data: `xtask-bench` in cargo's target directory.
+pub(crate) fn data_dir(metadata: &Metadata) -> PathBuf {
+    metadata.target_directory.join("xtask-bench")
+}
+
 /// Where one pass writes its criterion data.
-pub(crate) fn pass_dir(root: &Path, pass: &str) -> PathBuf {
-    root.join("target/xtask-bench").join(pass)
+pub(crate) fn pass_dir(data: &Path, threads: Threads) -> PathBuf {
+    data.join(threads.pass())
 }
 
 /// The criterion home of one bench target within a pass folder (`<pass>/<package>/<bench>`), so
@@ -146,9 +121,14 @@ pub(crate) fn target_home(pass: &Path, t: &BenchTarget) -> PathBuf {
     pass.join(&t.package).join(&t.name)
 }
 
+/// A bench target with its built executable.
+type Exe = (BenchTarget, PathBuf);
+
 /// Runs the benches and writes `docs/bench/{results.json, REPORT.md, *.svg}`.
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
-    let meta_path = root.join("target/xtask-bench/run.json");
+    let metadata = process::metadata(root)?;
+    let data = data_dir(&metadata);
+    let meta_path = data.join("run.json");
     if opts.report_only {
         let text = std::fs::read_to_string(&meta_path).with_context(|| {
             format!(
@@ -156,123 +136,123 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
                 meta_path.display()
             )
         })?;
-        let meta: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", meta_path.display()))?;
-        let run = report::Run::from_json(&meta, root)
-            .with_context(|| format!("in {}", meta_path.display()))?;
+        let meta: Meta = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a run record of this xtask (run `cargo xtask bench` again)",
+                meta_path.display()
+            )
+        })?;
+        let run = Run::load(meta, &data).with_context(|| format!("in {}", meta_path.display()))?;
         return write_outputs(root, &run);
     }
     let start = Instant::now();
-    let mut meta = process::cargo(root);
-    meta.args(["metadata", "--no-deps", "--format-version", "1"]);
-    let meta = process::output_of(&mut meta).context("`cargo metadata` failed")?;
-    let meta: Value = serde_json::from_str(&meta).context("`cargo metadata` output is not JSON")?;
-    let all_targets = bench_targets(&meta);
-    let (targets, skipped): (Vec<_>, Vec<_>) = all_targets.into_iter().partition(|t| {
-        !(opts.quick && opts.filter.is_none() && QUICK_SKIP.contains(&t.name.as_str()))
-    });
+    let targets = bench_targets(&metadata);
     if targets.is_empty() {
         bail!("no criterion bench targets in the workspace");
     }
     let machine = Machine::probe(root);
     eprintln!("xtask: {}", machine.line());
-
     let exes = build(root, &targets)?;
-    let built = start.elapsed().as_secs_f64();
+    let build_s = start.elapsed().as_secs_f64();
 
-    let all_dir = pass_dir(root, Threads::All.pass());
-    let one_dir = pass_dir(root, Threads::One.pass());
-    let rounds_dir = rounds::rounds_dir(root);
-    fsutil::remove_dir_if_exists(&all_dir)?;
-    fsutil::remove_dir_if_exists(&one_dir)?;
-    fsutil::remove_dir_if_exists(&rounds_dir)?;
-
+    let all_dir = pass_dir(&data, Threads::All);
+    let one_dir = pass_dir(&data, Threads::One);
+    for dir in [&all_dir, &one_dir, &rounds::rounds_dir(&data)] {
+        fsutil::remove_dir_if_exists(dir)?;
+    }
+    let filter = opts.filter.as_deref();
     let mut stdout = String::new();
     for (t, exe) in &exes {
         let home = target_home(&all_dir, t);
-        let what = format!("{}/{}", t.package, t.name);
-        stdout += &run_bench(
-            t,
-            exe,
-            opts.quick,
-            &home,
-            opts.filter.as_deref(),
-            None,
-            &what,
-        )?;
+        stdout += &run_bench(t, exe, opts.quick, &home, filter, None, &t.label())?;
     }
     let one_thread = !opts.no_threads && machine.threads > 1;
     let mut stdout_1 = String::new();
     if one_thread {
-        let filter = opts.filter.as_deref().unwrap_or(MAIN_KERNELS);
+        let filter = filter.unwrap_or(MAIN_KERNELS);
         for (t, exe) in &exes {
             let home = target_home(&one_dir, t);
-            let what = format!("{}/{} (1 thread)", t.package, t.name);
+            let what = format!("{} (1 thread)", t.label());
             stdout_1 += &run_bench(t, exe, opts.quick, &home, Some(filter), Some(1), &what)?;
         }
     }
-    let count = opts.rounds();
+
     let rounds_start = Instant::now();
-    let mut interleaved = Vec::new();
-    let settings = [
-        (Threads::All, &all_dir, true),
-        (Threads::One, &one_dir, one_thread),
-    ];
-    for (threads, pass, ran) in settings {
-        if count > 0 && ran {
-            let quick = opts.quick;
-            interleaved.extend(run_rounds(&exes, pass, threads, count, quick, &rounds_dir)?);
-        }
+    let count = opts.rounds();
+    let mut passes = vec![(Threads::All, all_dir.as_path())];
+    if one_thread {
+        passes.push((Threads::One, one_dir.as_path()));
     }
+    let groups = run_rounds(&data, &exes, &passes, count, opts.quick)?;
     let rounds_s = rounds_start.elapsed().as_secs_f64();
-    let name = |t: &BenchTarget| format!("{}/{}", t.package, t.name);
-    let run = report::Run {
+
+    let meta = Meta {
         machine,
         quick: opts.quick,
         filter: opts.filter.clone(),
-        targets: targets.iter().map(name).collect(),
-        skipped: skipped.iter().map(name).collect(),
-        measured: criterion::read_all(&all_dir)?,
-        measured_1: criterion::read_all(&one_dir)?,
-        rounds: count,
-        interleaved,
+        no_threads: opts.no_threads,
+        benches: targets.iter().map(BenchTarget::label).collect(),
         stdout,
         stdout_1,
-        build_s: built,
+        build_s,
         rounds_s,
         total_s: start.elapsed().as_secs_f64(),
+        rounds: rounds::Record { count, groups },
     };
-    let json = serde_json::to_string_pretty(&run.to_json()).context("serializing run.json")?;
+    let json = serde_json::to_string_pretty(&meta).context("serializing run.json")?;
     fsutil::write_atomic(&meta_path, json.as_bytes())?;
-    write_outputs(root, &run)
+    write_outputs(root, &Run::load(meta, &data)?)
 }
 
 /// Writes `docs/bench/results.json`, REPORT.md and the plots for a run.
-fn write_outputs(root: &Path, run: &report::Run) -> Result<()> {
+fn write_outputs(root: &Path, run: &Run) -> Result<()> {
     if run.measured.is_empty() {
         bail!("no bench results (did the filter match anything?)");
     }
-    let results = keys::results_map(&run.measured);
+    let results: BTreeMap<String, f64> = keys::results_map(&run.measured);
     let out_dir = root.join("docs/bench");
     let json = serde_json::to_string_pretty(&results).context("serializing results.json")?;
     fsutil::write_atomic(
         &out_dir.join("results.json"),
         format!("{json}\n").as_bytes(),
     )?;
-    let files = report::write(&out_dir, run)?;
+    let mut files = report::write(&out_dir, run)?;
+    files.push("docs/bench/results.json".into());
     eprintln!(
         "xtask: bench done in {:.0} s (build {:.0} s): {} results keys, wrote {}",
-        run.total_s,
-        run.build_s,
+        run.meta.total_s,
+        run.meta.build_s,
         results.len(),
         files.join(", ")
     );
     Ok(())
 }
 
+/// One line of cargo's `--message-format=json` output, as far as we read it.
+#[derive(Debug, Deserialize)]
+struct Message {
+    reason: String,
+    package_id: Option<String>,
+    target: Option<process::Target>,
+    executable: Option<PathBuf>,
+}
+
+/// `(package_id, target name, executable)` of every bench artifact in cargo's JSON messages.
+pub(crate) fn bench_executables(messages: &str) -> Vec<(String, String, PathBuf)> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Message>(l).ok())
+        .filter(|m| m.reason == "compiler-artifact")
+        .filter_map(|m| {
+            let target = m.target.filter(|t| t.is("bench"))?;
+            Some((m.package_id?, target.name, m.executable?))
+        })
+        .collect()
+}
+
 /// Builds the bench executables once (`cargo bench --no-run`, the same package selection for all)
 /// and returns each target with its executable, in `targets` order.
-fn build(root: &Path, targets: &[BenchTarget]) -> Result<Vec<(BenchTarget, PathBuf)>> {
+fn build(root: &Path, targets: &[BenchTarget]) -> Result<Vec<Exe>> {
     let mut cmd = process::cargo(root);
     cmd.args([
         "bench",
@@ -291,33 +271,7 @@ fn build(root: &Path, targets: &[BenchTarget]) -> Result<Vec<(BenchTarget, PathB
                 .iter()
                 .find(|(id, name, _)| id == &t.package_id && name == &t.name)
                 .map(|(_, _, exe)| (t.clone(), exe.clone()))
-                .with_context(|| {
-                    format!(
-                        "cargo built no executable for bench `{}` of `{}`",
-                        t.name, t.package
-                    )
-                })
-        })
-        .collect()
-}
-
-/// `(package_id, target name, executable)` of every bench artifact in cargo's JSON messages.
-pub(crate) fn bench_executables(messages: &str) -> Vec<(String, String, PathBuf)> {
-    messages
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| {
-            m["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bench"))
-        })
-        .filter_map(|m| {
-            Some((
-                m["package_id"].as_str()?.to_string(),
-                m["target"]["name"].as_str()?.to_string(),
-                PathBuf::from(m["executable"].as_str()?),
-            ))
+                .with_context(|| format!("cargo built no executable for bench `{}`", t.label()))
         })
         .collect()
 }
@@ -353,7 +307,7 @@ fn run_bench(
 }
 
 /// The estimates of a pass, each with the index (into `exes`) of the bench that measured it.
-fn locate(exes: &[(BenchTarget, PathBuf)], pass: &Path) -> Result<Vec<(usize, Estimate)>> {
+fn locate(exes: &[Exe], pass: &Path) -> Result<Vec<(usize, Estimate)>> {
     let mut out = Vec::new();
     for (i, (t, _)) in exes.iter().enumerate() {
         let found = criterion::read_all(&target_home(pass, t))?;
@@ -362,42 +316,18 @@ fn locate(exes: &[(BenchTarget, PathBuf)], pass: &Path) -> Result<Vec<(usize, Es
     Ok(out)
 }
 
-/// Runs the interleaved rounds of every group planned from a pass (see [`rounds::plan`]).
-fn run_rounds(
-    exes: &[(BenchTarget, PathBuf)],
-    pass: &Path,
-    threads: Threads,
-    count: usize,
-    quick: bool,
-    rounds_dir: &Path,
-) -> Result<Vec<GroupRounds>> {
-    let located = locate(exes, pass)?;
-    let measured: Vec<Estimate> = located.iter().map(|(_, e)| e.clone()).collect();
-    let groups = rounds::plan(threads, &measured);
-    if groups.is_empty() {
-        eprintln!(
-            "xtask: no interleaved rounds ({}): no target was measured with its baseline",
-            threads.label()
-        );
-    }
-    groups
-        .iter()
-        .map(|g| run_group(exes, &located, g, count, quick, rounds_dir))
-        .collect()
-}
-
-/// One invocation of a round: which bench executable, which criterion full ids.
+/// One invocation of a run: which bench executable, which criterion full ids.
 #[derive(Debug)]
 struct Invocation<'a> {
     /// The bench target and its executable.
-    exe: &'a (BenchTarget, PathBuf),
+    exe: &'a Exe,
     /// The criterion full ids to run.
     ids: Vec<&'a str>,
 }
 
 /// The invocations that run `keys` (one per bench executable holding some, in `exes` order).
 fn invocations<'a>(
-    exes: &'a [(BenchTarget, PathBuf)],
+    exes: &'a [Exe],
     located: &'a [(usize, Estimate)],
     keys: &[String],
     threads: Threads,
@@ -425,70 +355,7 @@ fn invocations<'a>(
         .collect()
 }
 
-/// Runs the rounds of one group (baseline, targets, …, baseline), each run into its own
-/// criterion home, checking every run's output as it comes; returns what they measured.
-fn run_group(
-    exes: &[(BenchTarget, PathBuf)],
-    located: &[(usize, Estimate)],
-    group: &rounds::Group,
-    count: usize,
-    quick: bool,
-    rounds_dir: &Path,
-) -> Result<GroupRounds> {
-    let base = invocations(
-        exes,
-        located,
-        std::slice::from_ref(&group.baseline),
-        group.threads,
-    )?;
-    let targets = invocations(exes, located, &group.targets, group.threads)?;
-    let dir = rounds::group_dir(rounds_dir, group);
-    let t0 = Instant::now();
-    for r in 0..=count {
-        let home = rounds::run_home(&dir, Role::Baseline, r);
-        let what = format!(
-            "rounds of `{}` ({}): baseline run {}/{}",
-            group.baseline,
-            group.threads.label(),
-            r + 1,
-            count + 1
-        );
-        run_invocations(&base, quick, &home, group.threads, &what)?;
-        rounds::read_run(&home, std::slice::from_ref(&group.baseline))
-            .with_context(|| format!("after {what}"))?;
-        if r == count {
-            break;
-        }
-        let home = rounds::run_home(&dir, Role::Targets, r);
-        let what = format!(
-            "rounds of `{}` ({}): targets run {}/{count}",
-            group.baseline,
-            group.threads.label(),
-            r + 1
-        );
-        run_invocations(&targets, quick, &home, group.threads, &what)?;
-        rounds::read_run(&home, &group.targets).with_context(|| format!("after {what}"))?;
-    }
-    let measured = rounds::read_group(rounds_dir, group, count)?;
-    for key in &group.targets {
-        if let Some((c, s)) = rounds::summary(std::slice::from_ref(&measured), key, group.threads) {
-            eprintln!(
-                "xtask: interleaved ({}) `{key}`: {}",
-                group.threads.label(),
-                report::fmt_spread(c, &s)
-            );
-        }
-    }
-    eprintln!(
-        "xtask: rounds of `{}` ({}) took {:.0} s",
-        group.baseline,
-        group.threads.label(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(measured)
-}
-
-/// Runs the invocations of one run of a round into the criterion home `home`.
+/// Runs the invocations of one run into the criterion home `home`.
 fn run_invocations(
     invocations: &[Invocation<'_>],
     quick: bool,
@@ -499,48 +366,148 @@ fn run_invocations(
     for inv in invocations {
         let (t, exe) = inv.exe;
         let filter = rounds::filter_regex(&inv.ids);
-        let what = format!("{what} ({}/{})", t.package, t.name);
+        let what = format!("{what} ({})", t.label());
         run_bench(t, exe, quick, home, Some(&filter), threads.rayon(), &what)?;
     }
     Ok(())
 }
 
+/// Runs the interleaved rounds of every group planned from the passes (see [`rounds::plan`]),
+/// the groups of a baseline at both thread settings in lockstep ([`rounds::schedule`]); returns
+/// the groups that ran (their data stays in `<data>/rounds/`).
+fn run_rounds(
+    data: &Path,
+    exes: &[Exe],
+    passes: &[(Threads, &Path)],
+    count: usize,
+    quick: bool,
+) -> Result<Vec<Group>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut located = Vec::new();
+    let mut groups = Vec::new();
+    for &(threads, pass) in passes {
+        let found = locate(exes, pass)?;
+        let measured: Vec<Estimate> = found.iter().map(|(_, e)| e.clone()).collect();
+        let planned = rounds::plan(threads, &measured);
+        if planned.is_empty() {
+            eprintln!(
+                "xtask: no interleaved rounds ({}): no target was measured with its baseline",
+                threads.label()
+            );
+        }
+        groups.extend(planned);
+        located.push((threads, found));
+    }
+    let rounds_dir = rounds::rounds_dir(data);
+    for batch in rounds::schedule(groups.clone()) {
+        let t0 = Instant::now();
+        // The baseline and target invocations of each group of the batch.
+        let mut plans = Vec::new();
+        for g in &batch {
+            let (_, found) = located
+                .iter()
+                .find(|(t, _)| *t == g.threads)
+                .with_context(|| format!("no {} pass", g.threads.pass()))?;
+            let base = invocations(exes, found, std::slice::from_ref(&g.baseline), g.threads)?;
+            let targets = invocations(exes, found, &g.targets, g.threads)?;
+            plans.push((g, base, targets));
+        }
+        for r in 0..=count {
+            for (g, base, targets) in &plans {
+                let dir = rounds::group_dir(&rounds_dir, g);
+                let what = |role: &str, n: usize| {
+                    format!(
+                        "rounds of `{}` ({}): {role} run {}/{n}",
+                        g.baseline,
+                        g.threads.label(),
+                        r + 1
+                    )
+                };
+                let home = rounds::run_home(&dir, Role::Baseline, r);
+                let w = what("baseline", count + 1);
+                run_invocations(base, quick, &home, g.threads, &w)?;
+                rounds::read_run(&home, std::slice::from_ref(&g.baseline))
+                    .with_context(|| format!("after {w}"))?;
+                if r < count {
+                    let home = rounds::run_home(&dir, Role::Targets, r);
+                    let w = what("targets", count);
+                    run_invocations(targets, quick, &home, g.threads, &w)?;
+                    rounds::read_run(&home, &g.targets).with_context(|| format!("after {w}"))?;
+                }
+            }
+        }
+        for g in &batch {
+            let got = rounds::read_group(&rounds_dir, g, count)?;
+            for key in &g.targets {
+                let s = rounds::summary(std::slice::from_ref(&got), key, g.threads);
+                if let Some((c, s)) = s {
+                    let label = g.threads.label();
+                    eprintln!(
+                        "xtask: interleaved ({label}) `{key}`: {}",
+                        report::fmt_spread(c, &s)
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "xtask: rounds of `{}` took {:.0} s",
+            batch.first().map_or("", |g| g.baseline.as_str()),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(groups)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Cli;
+    use clap::Parser;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        let argv = ["xtask", "bench"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            crate::Command::Bench(o) => Ok(o),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
     #[test]
     fn parses_options() {
-        assert_eq!(Options::parse(&[]).unwrap(), Options::default());
+        assert_eq!(parse(&[]).unwrap(), Options::default());
         assert_eq!(Options::default().rounds(), rounds::DEFAULT_ROUNDS);
-        let o = Options::parse(&s(&["--quick", "--filter", "ortho"])).unwrap();
+        let o = parse(&["--quick", "--filter", "ortho"]).unwrap();
         assert!(o.quick && o.filter.as_deref() == Some("ortho"));
-        let o = Options::parse(&s(&["--filter=aqlm", "--no-threads", "--report-only"])).unwrap();
+        let o = parse(&["--filter=aqlm", "--no-threads", "--report-only"]).unwrap();
         assert!(o.no_threads && o.report_only && o.filter.as_deref() == Some("aqlm"));
-        assert!(Options::parse(&s(&["--filter"])).is_err());
+        assert!(parse(&["--filter"]).is_err());
+        assert!(parse(&["--filter", "a("]).is_err());
         // --rounds: default 3, 0 with --quick unless given.
-        assert_eq!(Options::parse(&s(&["--quick"])).unwrap().rounds(), 0);
-        let o = Options::parse(&s(&["--quick", "--rounds", "2"])).unwrap();
+        assert_eq!(parse(&["--quick"]).unwrap().rounds(), 0);
+        let o = parse(&["--quick", "--rounds", "2"]).unwrap();
         assert_eq!((o.rounds, o.rounds()), (Some(2), 2));
-        assert_eq!(Options::parse(&s(&["--rounds=0"])).unwrap().rounds(), 0);
-        assert!(Options::parse(&s(&["--rounds"])).is_err());
-        assert!(Options::parse(&s(&["--rounds", "-1"])).is_err());
-        assert!(Options::parse(&s(&["--rounds=x"])).is_err());
-        assert!(Options::parse(&s(&["--fast"])).is_err());
+        assert_eq!(parse(&["--rounds=0"]).unwrap().rounds(), 0);
+        assert!(parse(&["--rounds"]).is_err());
+        assert!(parse(&["--rounds", "-1"]).is_err());
+        assert!(parse(&["--rounds=x"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
     }
 
     #[test]
     fn finds_bench_targets_of_members_only() {
-        let meta: Value = serde_json::from_str(
-            r#"{"workspace_members":["a 0.1"],"packages":[
+        let meta: Metadata = serde_json::from_str(
+            r#"{"workspace_members":["a 0.1"],"target_directory":"/t","packages":[
                 {"id":"a 0.1","name":"oftq-ortho","manifest_path":"/w/crates/ortho/Cargo.toml","targets":[{"kind":["lib"],"name":"oftq_ortho"},{"kind":["bench"],"name":"ortho"}]},
-                {"id":"b 0.1","name":"other","targets":[{"kind":["bench"],"name":"x"}]}]}"#,
+                {"id":"b 0.1","name":"other","manifest_path":"/x/Cargo.toml","targets":[{"kind":["bench"],"name":"x"}]}]}"#,
         )
         .unwrap();
+        assert_eq!(data_dir(&meta), Path::new("/t/xtask-bench"));
         assert_eq!(
             bench_targets(&meta),
             [BenchTarget {
@@ -595,8 +562,9 @@ mod tests {
         );
         let err = invocations(&exes, &located, &s(&["missing"]), Threads::One).unwrap_err();
         assert!(err.to_string().contains("threads-1"), "{err}");
+        let pass = pass_dir(Path::new("/x"), Threads::All);
         assert_eq!(
-            target_home(Path::new("/x/threads-all"), &exes[1].0),
+            target_home(&pass, &exes[1].0),
             Path::new("/x/threads-all/p/layer")
         );
     }
@@ -615,5 +583,20 @@ not json
                 PathBuf::from("/t/release/deps/ortho-abc")
             )]
         );
+    }
+
+    #[test]
+    fn main_kernels_filter_selects_fixed_keys() {
+        let re = regex::Regex::new(MAIN_KERNELS).unwrap();
+        for id in [
+            "aqlm/aqlm.forward.2x8.4096.t1",
+            "layer/layer.fwd_bwd.2x8.4096.t64.b32",
+            "candle/candle.fwd_bwd.2x8.4096.t64.b32",
+            "aqlm/baseline.dense_f32.gemv.4096",
+        ] {
+            assert!(re.is_match(id), "{id}");
+        }
+        assert!(!re.is_match("aqlm/aqlm.forward.2x8.4096.t1.lut"));
+        assert!(!re.is_match("aqlm.encode/2x8.1024"));
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::keys;
 
@@ -33,32 +33,74 @@ impl Estimate {
     }
 }
 
+/// The fields of criterion's `benchmark.json` that we use.
+#[derive(Debug, Deserialize)]
+struct BenchmarkJson {
+    group_id: String,
+    function_id: Option<String>,
+    value_str: Option<String>,
+    throughput: Option<Throughput>,
+    /// Criterion writes all three; older versions lack `full_id`.
+    full_id: Option<String>,
+    directory_name: Option<String>,
+    title: Option<String>,
+}
+
+/// Criterion's `Throughput`, as it serializes it.
+#[derive(Debug, Deserialize)]
+#[expect(
+    dead_code,
+    reason = "every variant is criterion's; only the element counts are read"
+)]
+enum Throughput {
+    Bits(u64),
+    Bytes(u64),
+    BytesDecimal(u64),
+    Elements(u64),
+    ElementsAndBytes { elements: u64, bytes: u64 },
+}
+
+/// The part of criterion's `estimates.json` that we use: `median.point_estimate` (ns).
+#[derive(Debug, Deserialize)]
+struct EstimatesJson {
+    median: PointEstimate,
+}
+
+#[derive(Debug, Deserialize)]
+struct PointEstimate {
+    point_estimate: f64,
+}
+
 /// Parses one `benchmark.json` and its `estimates.json` into an [`Estimate`].
 pub(crate) fn parse(benchmark_json: &str, estimates_json: &str) -> Result<Estimate> {
-    let b: Value = serde_json::from_str(benchmark_json).context("benchmark.json is not JSON")?;
-    let e: Value = serde_json::from_str(estimates_json).context("estimates.json is not JSON")?;
-    let group = b["group_id"]
-        .as_str()
-        .context("benchmark.json has no string `group_id`")?;
-    let function = b["function_id"].as_str();
-    let value = b["value_str"].as_str();
-    let key = keys::key_of(group, function, value);
-    let full_id = ["full_id", "directory_name", "title"]
-        .iter()
-        .find_map(|f| b[*f].as_str())
+    let b: BenchmarkJson =
+        serde_json::from_str(benchmark_json).context("benchmark.json is not criterion's")?;
+    let e: EstimatesJson =
+        serde_json::from_str(estimates_json).context("estimates.json is not criterion's")?;
+    let key = keys::key_of(
+        &b.group_id,
+        b.function_id.as_deref(),
+        b.value_str.as_deref(),
+    );
+    let full_id = b
+        .full_id
+        .or(b.directory_name)
+        .or(b.title)
         .with_context(|| {
             format!("benchmark.json of `{key}` has no `full_id`, `directory_name` or `title`")
-        })?
-        .to_string();
-    let median_ns = e["median"]["point_estimate"]
-        .as_f64()
-        .context("estimates.json has no number `median.point_estimate`")?;
+        })?;
+    let median_ns = e.median.point_estimate;
     if !(median_ns.is_finite() && median_ns > 0.0) {
         bail!("estimates.json of `{key}`: median {median_ns} ns is not a positive time");
     }
-    let elements = b["throughput"]["Elements"]
-        .as_f64()
-        .or_else(|| b["throughput"]["ElementsAndBytes"]["elements"].as_f64());
+    let elements = match b.throughput {
+        Some(Throughput::Elements(n) | Throughput::ElementsAndBytes { elements: n, .. }) => {
+            Some(n as f64)
+        }
+        Some(Throughput::Bits(_) | Throughput::Bytes(_) | Throughput::BytesDecimal(_)) | None => {
+            None
+        }
+    };
     Ok(Estimate {
         key,
         full_id,
@@ -125,9 +167,22 @@ mod tests {
     }
 
     #[test]
+    fn throughput_variants() {
+        let with = |t: &str| BENCH.replace(r#"{"Elements":11184768}"#, t);
+        let e = parse(
+            &with(r#"{"ElementsAndBytes":{"elements":7,"bytes":9}}"#),
+            EST,
+        )
+        .unwrap();
+        assert_eq!(e.elements, Some(7.0));
+        assert_eq!(parse(&with(r#"{"Bytes":7}"#), EST).unwrap().elements, None);
+        assert_eq!(parse(&with("null"), EST).unwrap().elements, None);
+    }
+
+    #[test]
     fn full_id_falls_back_to_directory_name_then_title() {
         let strip = |fields: &[&str]| {
-            let mut b: Value = serde_json::from_str(BENCH).unwrap();
+            let mut b: serde_json::Value = serde_json::from_str(BENCH).unwrap();
             for f in fields {
                 b.as_object_mut().unwrap().remove(*f);
             }

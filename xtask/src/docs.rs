@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, html};
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::{fsutil, process};
 
@@ -14,16 +14,20 @@ const CSS: &str = include_str!("assets/page.css");
 const KATEX_CHECK: &str = include_str!("assets/katex-check.js");
 
 /// The narrative pages, in navigation order: (source under `docs/`, title).
-const PAGES: [(&str, &str); 5] = [
+const PAGES: [(&str, &str); 7] = [
     ("guide.md", "User guide"),
     ("math.md", "Mathematics"),
     ("aqlm.md", "AQLM"),
     ("peft-compat.md", "PEFT compatibility"),
     ("bench/REPORT.md", "Benchmarks"),
+    ("bench/README.md", "Benchmark method"),
+    ("bench/encoder-quality.md", "Encoder quality"),
 ];
 
-/// Builds `target/doc-site/`.
+/// Builds `<target dir>/doc-site/` (`target/doc-site/` unless `$CARGO_TARGET_DIR` is set).
 pub(crate) fn run(root: &Path) -> Result<()> {
+    let metadata = process::metadata(root)?;
+    let target = &metadata.target_directory;
     let katex = root.join("docs/vendor/katex");
     if !katex.join("katex.min.js").is_file() {
         bail!(
@@ -31,11 +35,11 @@ pub(crate) fn run(root: &Path) -> Result<()> {
             katex.display()
         );
     }
-    let site = root.join("target/doc-site");
+    let site = target.join("doc-site");
     fsutil::remove_dir_if_exists(&site)?;
 
     // 1. rustdoc, warnings and missing docs as errors, KaTeX header on every page.
-    let header = root.join("target/xtask-docs/katex-header.html");
+    let header = target.join("xtask-docs/katex-header.html");
     fsutil::write_atomic(&header, HEADER.as_bytes())?;
     let flags = [
         "-D",
@@ -52,13 +56,13 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         .env_remove("RUSTDOCFLAGS");
     process::run(&mut cmd)?;
     let api = site.join("api");
-    fsutil::copy_dir(&root.join("target/doc"), &api)?;
+    fsutil::copy_dir(&target.join("doc"), &api)?;
     fsutil::copy_dir(&katex, &api.join("katex"))?;
     fsutil::copy_dir(&katex, &site.join("katex"))?;
 
     // 2. narrative pages.
     let mut pages = Vec::new();
-    let mut formulas = Vec::new();
+    let mut formulas: Vec<Formula<'_>> = Vec::new();
     for (src, title) in PAGES {
         let path = root.join("docs").join(src);
         if !path.is_file() {
@@ -76,9 +80,11 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         let out = html_path(src);
         let depth = out.matches('/').count();
         let (body, math) = render_markdown_math(&md);
-        formulas.extend(math.into_iter().map(
-            |(tex, display)| serde_json::json!({ "page": src, "tex": tex, "display": display }),
-        ));
+        formulas.extend(math.into_iter().map(|(tex, display)| Formula {
+            page: src,
+            tex,
+            display,
+        }));
         let page = page(title, &body, &"../".repeat(depth));
         fsutil::write_atomic(&site.join(&out), page.as_bytes())?;
         pages.push((out, title));
@@ -101,10 +107,10 @@ pub(crate) fn run(root: &Path) -> Result<()> {
         }
     }
 
-    check_math(root, &katex, &formulas)?;
+    check_math(target, &katex, &formulas)?;
 
     // 3. index.
-    let crates = documented_crates(root, &api)?;
+    let crates = documented_crates(&metadata, &api);
     let index = index_page(&pages, &crates);
     fsutil::write_atomic(&site.join("index.html"), index.as_bytes())?;
 
@@ -139,14 +145,25 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One formula of the narrative pages, as `katex-check.js` reads it.
+#[derive(Debug, Serialize)]
+struct Formula<'a> {
+    /// The page (under `docs/`).
+    page: &'a str,
+    /// The TeX source.
+    tex: String,
+    /// Display (`$$…$$`) rather than inline math.
+    display: bool,
+}
+
 /// Renders every formula with the vendored KaTeX under `node`, failing on TeX errors (the pages
 /// render at view time; this catches mistakes at build time). Skipped with a note without `node`.
-fn check_math(root: &Path, katex: &Path, formulas: &[Value]) -> Result<()> {
+fn check_math(target: &Path, katex: &Path, formulas: &[Formula<'_>]) -> Result<()> {
     if process::output_of(Command::new("node").arg("--version")).is_none() {
         eprintln!("xtask: `node` not found: math not pre-checked (it still renders at view time)");
         return Ok(());
     }
-    let dir = root.join("target/xtask-docs");
+    let dir = target.join("xtask-docs");
     let script = dir.join("katex-check.js");
     let data = dir.join("formulas.json");
     fsutil::write_atomic(&script, KATEX_CHECK.as_bytes())?;
@@ -272,30 +289,19 @@ document.querySelectorAll(".math").forEach(function (e) {{
 }
 
 /// Library and binary crates of the workspace that rustdoc documented: (crate dir name, package).
-fn documented_crates(root: &Path, api: &Path) -> Result<Vec<(String, String)>> {
-    let mut cmd = process::cargo(root);
-    cmd.args(["metadata", "--no-deps", "--format-version", "1"]);
-    let meta = process::output_of(&mut cmd).context("`cargo metadata` failed")?;
-    let meta: Value = serde_json::from_str(&meta).context("`cargo metadata` output is not JSON")?;
+fn documented_crates(metadata: &process::Metadata, api: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for p in meta["packages"].as_array().into_iter().flatten() {
-        let pkg = p["name"].as_str().unwrap_or_default();
-        for t in p["targets"].as_array().into_iter().flatten() {
-            let doc = t["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "lib" || k == "bin"));
-            let Some(name) = t["name"].as_str() else {
-                continue;
-            };
-            let dir = name.replace('-', "_");
-            if doc && api.join(&dir).join("index.html").is_file() {
-                out.push((dir, pkg.to_string()));
+    for p in &metadata.packages {
+        for t in p.targets.iter().filter(|t| t.is("lib") || t.is("bin")) {
+            let dir = t.name.replace('-', "_");
+            if api.join(&dir).join("index.html").is_file() {
+                out.push((dir, p.name.clone()));
             }
         }
     }
     out.sort();
     out.dedup();
-    Ok(out)
+    out
 }
 
 fn index_page(pages: &[(String, &str)], crates: &[(String, String)]) -> String {
@@ -376,12 +382,15 @@ mod tests {
     #[test]
     fn narrative_docs_render_without_broken_relative_links() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        for (src, _) in PAGES.iter().filter(|(s, _)| !s.starts_with("bench/")) {
-            let md = std::fs::read_to_string(root.join("docs").join(src)).unwrap();
+        // Every page but the generated report, which `cargo xtask docs` checks once built.
+        for (src, _) in PAGES.iter().filter(|(s, _)| *s != "bench/REPORT.md") {
+            let page = root.join("docs").join(src);
+            let md = std::fs::read_to_string(&page).unwrap();
             let html = render_markdown(&md);
+            let dir = page.parent().unwrap();
             for link in relative_links(&html) {
                 let target = link.to_string_lossy().replace(".html", ".md");
-                let ok = root.join("docs").join(&target).exists()
+                let ok = dir.join(&target).exists()
                     || target.starts_with("bench/")
                     || target.starts_with("api/");
                 assert!(ok, "{src}: broken link {}", link.display());

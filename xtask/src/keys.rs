@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use crate::criterion::Estimate;
 
-/// The keys `docs/bench/results.json` may hold (DESIGN.md, "Benchmark results file").
-pub(crate) const RESULT_KEYS: [&str; 14] = [
+/// The keys `docs/bench/results.json` may hold (DESIGN.md, "Benchmark results file"), in
+/// report order.
+pub(crate) const RESULT_KEYS: [&str; 16] = [
     "baseline.dense_f32.gemv.4096",
     "baseline.dense_f32.gemm.4096.t16",
     "baseline.dense_f32.gemm.4096.t64",
@@ -20,10 +21,12 @@ pub(crate) const RESULT_KEYS: [&str; 14] = [
     "aqlm.backward.2x8.4096.t64",
     "layer.train_step.2x8.4096.t64.b32",
     "aqlm.encode.2x8.1024",
+    "layer.fwd_bwd.2x8.4096.t64.b32",
+    "candle.fwd_bwd.2x8.4096.t64.b32",
 ];
 
 /// First id segments that mark a function id as already fully qualified.
-const AREAS: [&str; 4] = ["baseline.", "ortho.", "aqlm.", "layer."];
+const AREAS: [&str; 5] = ["baseline.", "ortho.", "aqlm.", "layer.", "candle."];
 
 /// The dotted key of a criterion benchmark.
 ///
@@ -101,6 +104,30 @@ mod tests {
             m.keys().collect::<Vec<_>>(),
             ["aqlm.encode.2x8.1024", "aqlm.forward.2x8.4096.t1"]
         );
+    }
+
+    /// Every key of DESIGN.md's results list is one of ours (checked when `../shared/DESIGN.md`
+    /// is beside the workspace; the repository alone does not hold it).
+    #[test]
+    fn result_keys_are_design_keys() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let Ok(design) = std::fs::read_to_string(root.join("shared/DESIGN.md")) else {
+            eprintln!("shared/DESIGN.md not found: key list not cross-checked");
+            return;
+        };
+        let section = design
+            .split("### Benchmark results file")
+            .nth(1)
+            .and_then(|s| s.split("```").nth(1))
+            .unwrap();
+        let mut design_keys: Vec<&str> = section
+            .split_whitespace()
+            .filter(|w| AREAS.iter().any(|a| w.starts_with(a)))
+            .collect();
+        let mut ours = RESULT_KEYS.to_vec();
+        design_keys.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(design_keys, ours);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::process::Command;
 
+use serde::{Deserialize, Serialize};
+
 use crate::process;
 
 /// Facts about the machine and the tree a bench ran on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Machine {
     /// CPU model name from /proc/cpuinfo.
     pub(crate) cpu: String,

@@ -1,16 +1,16 @@
-//! Developer tasks for oftq, run as `cargo xtask <command>`.
+//! Developer tasks for oftq, run as `cargo xtask <command>` (`cargo xtask help` lists them).
 //!
-//! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs: `cargo fmt --check`, clippy with
-//!   `-D warnings`, the release test suite (`--keep-going`: run every step, list the failures).
+//! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs ([`ci`]).
 //! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]`
-//!   runs every criterion bench of the workspace (all threads, then the main kernels again with
-//!   `RAYON_NUM_THREADS=1`), then measures every issue target again in `N` interleaved rounds per
-//!   thread setting, each between two runs of its baseline (default 3, 0 with `--quick`; 0
-//!   disables), and writes `docs/bench/results.json`, `docs/bench/REPORT.md` and SVG plots.
+//!   runs every criterion bench of the workspace and writes
+//!   `docs/bench/{results.json, REPORT.md, *.svg}` ([`bench`]; the pieces: [`criterion`] reads
+//!   criterion's files, [`keys`] and [`targets`] name the results and their targets, [`rounds`]
+//!   re-measures every target between runs of its baseline, [`report`] and [`plot`] write the
+//!   report).
 //! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
-//!   property and writes its worst-error table to `docs/verify/REPORT.md`.
-//! - `cargo xtask docs` builds rustdoc (warnings and missing docs are errors, math rendered by a
-//!   vendored KaTeX) and the narrative docs of `docs/` into one static site, `target/doc-site/`.
+//!   property and writes its worst-error table to `docs/verify/REPORT.md` ([`verify`]).
+//! - `cargo xtask docs` builds rustdoc and the narrative docs of `docs/` into one static site,
+//!   `target/doc-site/` ([`docs`]).
 
 mod bench;
 mod ci;
@@ -19,68 +19,67 @@ mod docs;
 mod fsutil;
 mod keys;
 mod machine;
+mod plot;
 mod process;
 mod report;
 mod rounds;
-mod svg;
 mod targets;
 mod verify;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: cargo xtask <command>
+/// Developer tasks for oftq.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-commands:
-  ci [--keep-going]                    fmt --check, clippy -D warnings, tests (what .ci/run runs)
-  bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]
-                                       run the criterion benches, write docs/bench/{results.json,REPORT.md,*.svg};
-                                       --rounds N: N interleaved rounds per target and thread setting,
-                                       each between two runs of its baseline (default 3, 0 with --quick)
-  docs                                 rustdoc (+KaTeX) and docs/*.md into target/doc-site/
-  verify [--cases N]                   the property suite at N cases per property (default 256),
-                                       its worst-error table into docs/verify/REPORT.md
-";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// fmt --check, clippy -D warnings, the release tests (what .ci/run runs).
+    Ci {
+        /// Run every step and list the failures at the end.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Run the criterion benches; write docs/bench/{results.json, REPORT.md, *.svg}.
+    Bench(bench::Options),
+    /// rustdoc (+KaTeX) and docs/*.md into target/doc-site/.
+    Docs,
+    /// The property suite at N cases per property, its worst-error table into
+    /// docs/verify/REPORT.md.
+    Verify {
+        /// Cases per property.
+        #[arg(long, default_value_t = 256, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        cases: u64,
+    },
+}
 
 fn main() {
-    if let Err(e) = run() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command) {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+fn run(command: Command) -> Result<()> {
     let root = workspace_root()?;
-    match args.first().map(String::as_str) {
-        Some("ci") => match args.get(1).map(String::as_str) {
-            None => ci::run(&root, false),
-            Some("--keep-going") => {
-                no_more_args(&args[2..])?;
-                ci::run(&root, true)
-            }
-            Some(a) => bail!("unexpected argument `{a}`\n{USAGE}"),
-        },
-        Some("bench") => bench::run(&root, &bench::Options::parse(&args[1..])?),
-        Some("docs") => {
-            no_more_args(&args[1..])?;
-            docs::run(&root)
-        }
-        Some("verify") => verify::run(&root, verify::parse_cases(&args[1..])?),
-        Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown command `{other}`\n{USAGE}"),
-    }
-}
-
-fn no_more_args(rest: &[String]) -> Result<()> {
-    match rest.first() {
-        Some(a) => bail!("unexpected argument `{a}`\n{USAGE}"),
-        None => Ok(()),
+    match command {
+        Command::Ci { keep_going } => ci::run(&root, keep_going),
+        Command::Bench(opts) => bench::run(&root, &opts),
+        Command::Docs => docs::run(&root),
+        Command::Verify { cases } => verify::run(&root, cases),
     }
 }
 
@@ -91,4 +90,55 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(PathBuf::from)
         .context("xtask's manifest directory has no parent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["xtask"].iter().chain(args)).map(|c| c.command)
+    }
+
+    #[test]
+    fn every_command_and_flag_parses() {
+        assert!(matches!(
+            parse(&["ci"]),
+            Ok(Command::Ci { keep_going: false })
+        ));
+        assert!(matches!(
+            parse(&["ci", "--keep-going"]),
+            Ok(Command::Ci { keep_going: true })
+        ));
+        assert!(matches!(parse(&["docs"]), Ok(Command::Docs)));
+        assert!(matches!(
+            parse(&["verify"]),
+            Ok(Command::Verify { cases: 256 })
+        ));
+        assert!(matches!(
+            parse(&["verify", "--cases", "1000"]),
+            Ok(Command::Verify { cases: 1000 })
+        ));
+        assert!(matches!(
+            parse(&["bench", "--quick"]),
+            Ok(Command::Bench(_))
+        ));
+        for bad in [
+            &["verify", "--cases", "0"][..],
+            &["verify", "--cases"],
+            &["verify", "--x", "3"],
+            &["ci", "--fast"],
+            &["docs", "extra"],
+            &["frobnicate"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

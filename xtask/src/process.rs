@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 
 /// Renders `cmd` as a shell-like line for logs and error messages.
 pub(crate) fn describe(cmd: &Command) -> String {
@@ -92,4 +93,52 @@ pub(crate) fn run_capture(cmd: &mut Command) -> Result<String> {
         bail!("`{line}` failed with {}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The part of `cargo metadata --no-deps --format-version 1` that xtask reads.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Metadata {
+    /// Every package of the workspace (and with `--no-deps`, nothing else).
+    pub(crate) packages: Vec<Package>,
+    /// The package ids of the workspace members.
+    pub(crate) workspace_members: Vec<String>,
+    /// Cargo's target directory (`$CARGO_TARGET_DIR` when set, else `<workspace>/target`).
+    pub(crate) target_directory: std::path::PathBuf,
+}
+
+/// A package of [`Metadata`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Package {
+    /// Cargo's package id (matches the build messages).
+    pub(crate) id: String,
+    /// Package name.
+    pub(crate) name: String,
+    /// Its Cargo.toml.
+    pub(crate) manifest_path: std::path::PathBuf,
+    /// Its targets (lib, bins, benches, …).
+    pub(crate) targets: Vec<Target>,
+}
+
+/// A target of a [`Package`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Target {
+    /// Target name.
+    pub(crate) name: String,
+    /// Kinds (`lib`, `bin`, `bench`, …).
+    pub(crate) kind: Vec<String>,
+}
+
+impl Target {
+    /// Whether the target is of kind `kind`.
+    pub(crate) fn is(&self, kind: &str) -> bool {
+        self.kind.iter().any(|k| k == kind)
+    }
+}
+
+/// Runs `cargo metadata --no-deps` in the workspace.
+pub(crate) fn metadata(root: &Path) -> Result<Metadata> {
+    let mut cmd = cargo(root);
+    cmd.args(["metadata", "--no-deps", "--format-version", "1"]);
+    let out = output_of(&mut cmd).context("`cargo metadata` failed")?;
+    serde_json::from_str(&out).context("`cargo metadata` printed something else than its JSON")
 }

@@ -4,15 +4,19 @@
 //! The targets that share a baseline form a [`Group`]. For a group, `cargo xtask bench` runs
 //! baseline, targets, baseline, targets, …, baseline: R target runs sandwiched between R + 1
 //! baseline runs, each a separate invocation of a bench executable with its own criterion home,
-//! `target/xtask-bench/rounds/<pass>/<baseline key>/{baseline,targets}-<r>/`. Round r compares
+//! `<target dir>/xtask-bench/rounds/<pass>/<baseline key>/{baseline,targets}-<r>/`. Round r compares
 //! the targets of run r with a baseline whose median is the geometric mean of baseline runs r
 //! and r + 1 (a drift linear in time cancels); the report gives the median, min and max over
 //! the rounds ([`Spread`]).
+//!
+//! The all-thread and one-thread groups of a baseline run in lockstep (all-thread baseline and
+//! targets of round r, then the one-thread ones, then round r + 1, …), so that the thread
+//! speed-up of a target is measured from two runs seconds apart ([`thread_speedup`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::criterion::{self, Estimate};
 use crate::keys;
@@ -27,30 +31,25 @@ pub(crate) fn default_rounds(quick: bool) -> usize {
     if quick { 0 } else { DEFAULT_ROUNDS }
 }
 
-/// A thread setting of the passes and of the rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A thread setting of the passes and of the rounds (in run.json by its pass name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Threads {
     /// All threads (`RAYON_NUM_THREADS` left as it is).
+    #[serde(rename = "threads-all")]
     All,
     /// `RAYON_NUM_THREADS=1`.
+    #[serde(rename = "threads-1")]
     One,
 }
 
 impl Threads {
-    /// The pass folder name under `target/xtask-bench/` (`threads-all`, `threads-1`), also the
+    /// The pass folder name under `<target dir>/xtask-bench/` (`threads-all`, `threads-1`), also the
     /// name used in run.json.
     pub(crate) fn pass(self) -> &'static str {
         match self {
             Threads::All => "threads-all",
             Threads::One => "threads-1",
         }
-    }
-
-    /// Inverse of [`Threads::pass`].
-    pub(crate) fn from_pass(pass: &str) -> Option<Threads> {
-        [Threads::All, Threads::One]
-            .into_iter()
-            .find(|t| t.pass() == pass)
     }
 
     /// The `RAYON_NUM_THREADS` value to set, if any.
@@ -71,7 +70,7 @@ impl Threads {
 }
 
 /// Targets that share a baseline, measured together in interleaved rounds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Group {
     /// The thread setting of the rounds.
     pub(crate) threads: Threads,
@@ -79,39 +78,6 @@ pub(crate) struct Group {
     pub(crate) baseline: String,
     /// The targets' keys, in report order.
     pub(crate) targets: Vec<String>,
-}
-
-impl Group {
-    /// The run.json form of the group.
-    pub(crate) fn to_json(&self) -> Value {
-        json!({ "threads": self.threads.pass(), "baseline": self.baseline, "targets": self.targets })
-    }
-
-    /// Inverse of [`Group::to_json`].
-    pub(crate) fn from_json(v: &Value) -> Result<Group> {
-        let threads = v["threads"]
-            .as_str()
-            .context("group has no string `threads`")?;
-        let targets = v["targets"]
-            .as_array()
-            .context("group has no array `targets`")?
-            .iter()
-            .map(|t| t.as_str().map(String::from))
-            .collect::<Option<Vec<String>>>()
-            .context("group `targets` holds a non-string")?;
-        if targets.is_empty() {
-            bail!("group has no targets");
-        }
-        Ok(Group {
-            threads: Threads::from_pass(threads)
-                .with_context(|| format!("unknown thread setting `{threads}`"))?,
-            baseline: v["baseline"]
-                .as_str()
-                .context("group has no string `baseline`")?
-                .to_string(),
-            targets,
-        })
-    }
 }
 
 /// Whether a key has an issue target that compares it with a baseline (not an absolute time).
@@ -128,8 +94,7 @@ fn compares_with_baseline(key: &str) -> bool {
 pub(crate) fn plan(threads: Threads, measured: &[Estimate]) -> Vec<Group> {
     let ran = |k: &str| measured.iter().any(|e| e.key == k);
     let mut groups: Vec<Group> = Vec::new();
-    let keys = keys::RESULT_KEYS.iter().chain(&targets::EXTRA_TARGET_KEYS);
-    for &key in keys {
+    for key in keys::RESULT_KEYS {
         if !compares_with_baseline(key) || !ran(key) {
             continue;
         }
@@ -151,30 +116,31 @@ pub(crate) fn plan(threads: Threads, measured: &[Estimate]) -> Vec<Group> {
     groups
 }
 
-/// Characters with a meaning in a (Rust `regex` crate) regular expression.
-const REGEX_META: &str = r"\.+*?()|[]{}^$#&-~";
-
-/// `s` with every regex metacharacter escaped, so that it matches itself literally.
-pub(crate) fn escape_regex(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if REGEX_META.contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A criterion filter matching exactly the given criterion full ids: `^(id1|id2)$`, escaped.
 pub(crate) fn filter_regex(full_ids: &[&str]) -> String {
-    let alternatives: Vec<String> = full_ids.iter().map(|id| escape_regex(id)).collect();
+    let alternatives: Vec<String> = full_ids.iter().map(|id| regex::escape(id)).collect();
     format!("^({})$", alternatives.join("|"))
 }
 
-/// `target/xtask-bench/rounds`: where the rounds of a run write their criterion data.
-pub(crate) fn rounds_dir(root: &Path) -> PathBuf {
-    root.join("target/xtask-bench/rounds")
+/// The order in which the groups' rounds run: batches of groups that share a baseline (the
+/// all-thread group first), each batch run round by round in lockstep (see the module doc).
+pub(crate) fn schedule(groups: Vec<Group>) -> Vec<Vec<Group>> {
+    let mut batches: Vec<Vec<Group>> = Vec::new();
+    for g in groups {
+        match batches.iter_mut().find(|b| b[0].baseline == g.baseline) {
+            Some(b) => b.push(g),
+            None => batches.push(vec![g]),
+        }
+    }
+    for b in &mut batches {
+        b.sort_by_key(|g| g.threads != Threads::All);
+    }
+    batches
+}
+
+/// Where the rounds of a run write their criterion data, in the run's data folder.
+pub(crate) fn rounds_dir(data: &Path) -> PathBuf {
+    data.join("rounds")
 }
 
 /// The folder of one group's rounds: `<rounds_dir>/<pass>/<baseline key>`.
@@ -351,36 +317,55 @@ pub(crate) fn summary(
     Some((compare, Spread::of(&v)?))
 }
 
-/// The run.json form of a run's rounds: the count and the groups (the estimates stay in the
-/// criterion homes and are re-read by [`from_json`]).
-pub(crate) fn to_json(count: usize, rounds: &[GroupRounds]) -> Value {
-    json!({
-        "count": count,
-        "groups": rounds.iter().map(|g| g.group.to_json()).collect::<Vec<_>>(),
-    })
+/// The thread speed-up of a target over the rounds: round r divides its one-thread time by its
+/// all-thread time of the same round (runs seconds apart, see [`schedule`]).
+pub(crate) fn thread_speedup(all: &[GroupRounds], key: &str) -> Option<Spread> {
+    let times = |threads| {
+        all.iter()
+            .filter(|g| g.group.threads == threads)
+            .find_map(|g| target_times(g, key))
+    };
+    let (many, one) = (times(Threads::All)?, times(Threads::One)?);
+    let v: Vec<f64> = one.iter().zip(&many).map(|(o, m)| o / m).collect();
+    Spread::of(&v)
 }
 
-/// Inverse of [`to_json`], re-reading every group's criterion homes below `rounds_dir`. A
-/// missing value (run.json of a run before rounds existed) means no rounds.
-pub(crate) fn from_json(v: &Value, rounds_dir: &Path) -> Result<(usize, Vec<GroupRounds>)> {
-    if v.is_null() {
-        return Ok((0, Vec::new()));
-    }
-    let count = v["count"]
-        .as_u64()
-        .context("rounds have no integer `count`")?;
-    let count = usize::try_from(count).context("rounds `count` is too large")?;
-    let groups = v["groups"]
-        .as_array()
-        .context("rounds have no array `groups`")?;
-    if count == 0 && !groups.is_empty() {
-        bail!("rounds have groups but a count of 0");
-    }
-    let rounds = groups
+/// The times (seconds) of `key` in each target run of a group's rounds.
+fn target_times(rounds: &GroupRounds, key: &str) -> Option<Vec<f64>> {
+    let i = rounds.group.targets.iter().position(|k| k == key)?;
+    rounds
+        .targets
         .iter()
-        .map(|g| read_group(rounds_dir, &Group::from_json(g)?, count))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((count, rounds))
+        .map(|run| run.get(i).map(|e| e.median_s))
+        .collect()
+}
+
+/// The run.json form of a run's rounds: the count and the groups (the estimates stay in the
+/// criterion homes and are re-read by [`Record::load`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// Rounds per group (0: none ran).
+    pub(crate) count: usize,
+    /// The groups that ran.
+    pub(crate) groups: Vec<Group>,
+}
+
+impl Record {
+    /// Re-reads every group's criterion homes below `rounds_dir`.
+    pub(crate) fn load(&self, rounds_dir: &Path) -> Result<Vec<GroupRounds>> {
+        if self.count == 0 && !self.groups.is_empty() {
+            bail!("rounds have groups but a count of 0");
+        }
+        self.groups
+            .iter()
+            .map(|g| {
+                if g.targets.is_empty() {
+                    bail!("the group of `{}` has no targets", g.baseline);
+                }
+                read_group(rounds_dir, g, self.count)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -471,10 +456,9 @@ mod tests {
             filter_regex(&["ortho/ortho.build_r.exact.r128.b32", "baseline/x-y"]),
             r"^(ortho/ortho\.build_r\.exact\.r128\.b32|baseline/x\-y)$"
         );
-        assert_eq!(
-            escape_regex("a(b)|[c]*+?{d}^$#&~\\"),
-            r"a\(b\)\|\[c\]\*\+\?\{d\}\^\$\#\&\~\\"
-        );
+        let re = regex::Regex::new(&filter_regex(&["g/a(b)|[c]*+?{d}^$#&~"])).unwrap();
+        assert!(re.is_match("g/a(b)|[c]*+?{d}^$#&~"));
+        assert!(!re.is_match("g/ab"));
     }
 
     #[test]
@@ -552,6 +536,7 @@ mod tests {
     }
 
     fn write_estimate(home: &Path, e: &Estimate) {
+        use serde_json::json;
         let (group, function) = e.full_id.split_once('/').unwrap();
         let new = home.join(group).join(function).join("new");
         std::fs::create_dir_all(&new).unwrap();
@@ -586,10 +571,15 @@ mod tests {
         assert!((rounds.baseline[2].median_s - 3.0).abs() < 1e-12);
 
         // run.json round trip.
-        let v = to_json(2, std::slice::from_ref(&rounds));
-        let (count, back) = from_json(&v, dir.path()).unwrap();
-        assert_eq!((count, back), (2, vec![rounds]));
-        assert_eq!(from_json(&Value::Null, dir.path()).unwrap().0, 0);
+        let record = Record {
+            count: 2,
+            groups: vec![g.clone()],
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains(r#""threads":"threads-all""#), "{text}");
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.load(dir.path()).unwrap(), vec![rounds]);
+        assert!(Record::default().load(dir.path()).unwrap().is_empty());
 
         // Three rounds need a fourth baseline run and a third target run: missing.
         let err = read_group(dir.path(), &g, 3).unwrap_err();
@@ -607,16 +597,75 @@ mod tests {
             "{err:#}"
         );
         assert!(read_group(dir.path(), &g, 0).is_err());
-        let bad = json!({"count": 2, "groups": [{"threads": "threads-7", "baseline": GEMM64, "targets": ["x"]}]});
-        assert!(from_json(&bad, dir.path()).is_err());
+        let bad = r#"{"count": 2, "groups": [{"threads": "threads-7", "baseline": "x", "targets": ["y"]}]}"#;
+        assert!(serde_json::from_str::<Record>(bad).is_err());
+        let no_targets = Record {
+            count: 2,
+            groups: vec![Group {
+                targets: Vec::new(),
+                ..g.clone()
+            }],
+        };
+        assert!(no_targets.load(dir.path()).is_err());
     }
 
     #[test]
     fn threads_names_round_trip() {
         for t in [Threads::All, Threads::One] {
-            assert_eq!(Threads::from_pass(t.pass()), Some(t));
+            let text = serde_json::to_string(&t).unwrap();
+            assert_eq!(text, format!("\"{}\"", t.pass()));
+            assert_eq!(serde_json::from_str::<Threads>(&text).unwrap(), t);
         }
         assert_eq!(Threads::One.rayon(), Some(1));
         assert_eq!(Threads::All.rayon(), None);
+    }
+
+    #[test]
+    fn schedule_pairs_thread_settings_by_baseline() {
+        let g = |threads, baseline: &str| Group {
+            threads,
+            baseline: baseline.into(),
+            targets: vec!["t".into()],
+        };
+        let batches = schedule(vec![
+            g(Threads::One, GEMV),
+            g(Threads::All, GEMM64),
+            g(Threads::All, GEMV),
+        ]);
+        let names: Vec<Vec<(Threads, &str)>> = batches
+            .iter()
+            .map(|b| b.iter().map(|g| (g.threads, g.baseline.as_str())).collect())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec![(Threads::All, GEMV), (Threads::One, GEMV)],
+                vec![(Threads::All, GEMM64)]
+            ]
+        );
+    }
+
+    #[test]
+    fn thread_speedup_pairs_rounds() {
+        let g = group();
+        let key = &g.targets[0];
+        let rounds = |threads, times: &[f64]| GroupRounds {
+            group: Group {
+                threads,
+                ..g.clone()
+            },
+            baseline: vec![est(GEMM64, 1.0, None); times.len() + 1],
+            targets: times
+                .iter()
+                .map(|&t| vec![est(key, t, None), est(&g.targets[1], 1.0, None)])
+                .collect(),
+        };
+        let all = [
+            rounds(Threads::All, &[1.0, 2.0, 1.0]),
+            rounds(Threads::One, &[1.5, 2.0, 1.9]),
+        ];
+        let s = thread_speedup(&all, key).unwrap();
+        assert_eq!((s.median, s.min, s.max), (1.5, 1.0, 1.9));
+        assert!(thread_speedup(&all[..1], key).is_none());
     }
 }

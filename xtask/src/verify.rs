@@ -4,26 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::process;
-
-/// Parses `--cases N` (default 256).
-pub(crate) fn parse_cases(args: &[String]) -> Result<u64> {
-    match args {
-        [] => Ok(256),
-        [flag, n] if flag == "--cases" => {
-            let n: u64 = n
-                .parse()
-                .with_context(|| format!("--cases expects a number, got `{n}`"))?;
-            if n == 0 {
-                bail!("--cases must be at least 1");
-            }
-            Ok(n)
-        }
-        _ => bail!("usage: cargo xtask verify [--cases N]"),
-    }
-}
 
 /// Runs `cargo test --release -p oftq-verify --test properties` with `PROPTEST_CASES = cases` and
 /// the report file set; the test binary prints the table itself.
@@ -52,21 +35,4 @@ pub(crate) fn run(root: &Path, cases: u64) -> Result<()> {
         report.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cases_flag() {
-        assert_eq!(parse_cases(&[]).unwrap(), 256);
-        assert_eq!(
-            parse_cases(&["--cases".into(), "1000".into()]).unwrap(),
-            1000
-        );
-        assert!(parse_cases(&["--cases".into(), "0".into()]).is_err());
-        assert!(parse_cases(&["--cases".into()]).is_err());
-        assert!(parse_cases(&["--x".into(), "3".into()]).is_err());
-    }
 }
