@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: run every criterion bench of the workspace, then write the report.
 //!
-//! A run: build the bench executables once, run every bench with all threads, the main kernels
-//! again on one thread, the interleaved rounds of every target ([`rounds`]); then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
+//! A run: probe the machine ([`roofline`]), build the bench executables once, run every bench
+//! with all threads, the main kernels again on one thread, the interleaved rounds of every target
+//! ([`rounds`]), probe again; then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
 //! `docs/bench/{results.json, REPORT.md, *.svg}`. Every criterion home of a run is a folder below
 //! `<target dir>/xtask-bench/` ([`data_dir`]).
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use crate::criterion::Estimate;
 use crate::process::Metadata;
 use crate::report::{Meta, Run};
+use crate::roofline::Probes;
 use crate::rounds::{self, Group, Role, Threads};
 use crate::{criterion, fsutil, keys, machine::Machine, process, report};
 
@@ -154,6 +156,8 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     eprintln!("xtask: {}", machine.line());
     let exes = build(root, &targets)?;
     let build_s = start.elapsed().as_secs_f64();
+    eprintln!("xtask: probing the machine (bandwidth, FMA and look-up rates)");
+    let probes = Probes::measure(machine.threads);
 
     let all_dir = pass_dir(&data, Threads::All);
     let one_dir = pass_dir(&data, Threads::One);
@@ -185,6 +189,8 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     let groups = run_rounds(&data, &exes, &passes, count, opts.quick)?;
     let rounds_s = rounds_start.elapsed().as_secs_f64();
+    eprintln!("xtask: probing the machine again (the better reading counts)");
+    let probes = probes.best(&Probes::measure(machine.threads));
 
     let meta = Meta {
         machine,
@@ -198,6 +204,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         rounds_s,
         total_s: start.elapsed().as_secs_f64(),
         rounds: rounds::Record { count, groups },
+        probes: Some(probes),
     };
     let json = serde_json::to_string_pretty(&meta).context("serializing run.json")?;
     fsutil::write_atomic(&meta_path, json.as_bytes())?;

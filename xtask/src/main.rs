@@ -5,8 +5,8 @@
 //!   runs every criterion bench of the workspace and writes
 //!   `docs/bench/{results.json, REPORT.md, *.svg}` ([`bench`]; the pieces: [`criterion`] reads
 //!   criterion's files, [`keys`] and [`targets`] name the results and their targets, [`rounds`]
-//!   re-measures every target between runs of its baseline, [`report`] and [`plot`] write the
-//!   report).
+//!   re-measures every target between runs of its baseline, [`roofline`] bounds every target row by the machine's measured limits, [`report`] and
+//!   [`plot`] write the report).
 //! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
 //!   property and writes its worst-error table to `docs/verify/REPORT.md` ([`verify`]).
 //! - `cargo xtask docs` builds rustdoc and the narrative docs of `docs/` into one static site,
@@ -22,6 +22,7 @@ mod machine;
 mod plot;
 mod process;
 mod report;
+mod roofline;
 mod rounds;
 mod targets;
 mod verify;

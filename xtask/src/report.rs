@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::criterion::{self, Estimate};
 use crate::machine::Machine;
 use crate::plot::{self, Series, fmt_seconds};
+use crate::roofline::{self, Probes, Rates};
 use crate::rounds::{self, GroupRounds, Spread, Threads};
 use crate::targets::{self, Baseline, Compare, Target};
 use crate::{fsutil, keys};
@@ -40,6 +41,8 @@ pub(crate) struct Meta {
     pub(crate) total_s: f64,
     /// The interleaved rounds that ran.
     pub(crate) rounds: rounds::Record,
+    /// The probes' readings (none: a run that did not probe).
+    pub(crate) probes: Option<Probes>,
 }
 
 /// Everything one `cargo xtask bench` run produced.
@@ -76,6 +79,15 @@ impl Run {
             Threads::All => &self.measured,
             Threads::One => &self.measured_1,
         }
+    }
+
+    /// The probe rates of a thread setting.
+    fn rates(&self, threads: Threads) -> Option<&Rates> {
+        let p = self.meta.probes.as_ref()?;
+        Some(match threads {
+            Threads::All => &p.all,
+            Threads::One => &p.one,
+        })
     }
 }
 
@@ -168,6 +180,27 @@ fn fmt_bytes(b: f64) -> String {
     }
 }
 
+/// `201 M`, `4.19 M`, `16.8 k`.
+fn fmt_count(n: f64) -> String {
+    let (v, unit) = if n >= 1e9 {
+        (n / 1e9, " G")
+    } else if n >= 1e6 {
+        (n / 1e6, " M")
+    } else if n >= 1e3 {
+        (n / 1e3, " k")
+    } else {
+        (n, "")
+    };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$}{unit}")
+}
+
 fn met_cell(m: Option<bool>) -> String {
     match m {
         Some(true) => "yes".into(),
@@ -194,6 +227,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     header(&mut md, run);
     targets_table(&mut md, run, Threads::All);
     targets_table(&mut md, run, Threads::One);
+    roofline_model(&mut md, run);
     area_tables(&mut md, run);
     memory_table(&mut md, run);
     plot_section(&mut md, plots);
@@ -280,6 +314,30 @@ fn header(md: &mut String, run: &Run) {
     }
 }
 
+/// The time a target's "% of limit" refers to: its interleaved median if rounds ran, else its
+/// pass median.
+fn measured_time(run: &Run, key: &str, threads: Threads) -> Option<f64> {
+    rounds::median_time(&run.interleaved, key, threads)
+        .or_else(|| find(run.pass(threads), key).map(|e| e.median_s))
+}
+
+/// The limit and "% of limit" cells of a target row.
+fn limit_cells(run: &Run, key: &str, threads: Threads) -> [String; 2] {
+    let Some(work) = roofline::work_of(key) else {
+        return ["—".into(), String::new()];
+    };
+    let Some(rates) = run.rates(threads) else {
+        return ["not probed".into(), String::new()];
+    };
+    let Some((limit, bound)) = roofline::limit(&work, rates) else {
+        return ["no probe for this CPU".into(), String::new()];
+    };
+    let pct = measured_time(run, key, threads)
+        .map(|t| format!("{:.0}%", limit / t * 100.0))
+        .unwrap_or_default();
+    [format!("{} ({})", fmt_seconds(limit), bound.name()), pct]
+}
+
 /// The target table of one thread setting.
 fn targets_table(md: &mut String, run: &Run, threads: Threads) {
     let all = threads == Threads::All;
@@ -303,7 +361,7 @@ fn targets_table(md: &mut String, run: &Run, threads: Threads) {
     if n > 0 {
         head.push(&inter_col);
     }
-    head.extend(["Target", "Met"]);
+    head.extend(["Target", "Met", "Limit (bound)>", "% of limit>"]);
     if all && n > 0 {
         head.push("Thread speed-up, interleaved>");
     }
@@ -323,6 +381,7 @@ fn targets_table(md: &mut String, run: &Run, threads: Threads) {
             verdict(run, key, target, threads)
         };
         row.extend([target.describe(compare_of(key, measured)), met]);
+        row.extend(limit_cells(run, key, threads));
         if all && n > 0 {
             let speedup = rounds::thread_speedup(&run.interleaved, key);
             row.push(speedup.map(|s| fmt_ratio_spread(&s)).unwrap_or_default());
@@ -333,7 +392,9 @@ fn targets_table(md: &mut String, run: &Run, threads: Threads) {
     if all {
         let _ = writeln!(
             md,
-            "Encoder quality (1024² Gaussian, 2x8, relative error ≤ 0.095) is \
+            "Limit: the roofline lower bound of the row on this machine (see \"Roofline\" below); \
+             % of limit: that bound over the interleaved median time (the single-pass median \
+             without rounds). Encoder quality (1024² Gaussian, 2x8, relative error ≤ 0.095) is \
              measured by the encoder's own report (`cargo test --release -p oftq-aqlm \
              quality_table -- --ignored --nocapture`), not by this bench.\n"
         );
@@ -382,6 +443,82 @@ fn verdict(run: &Run, key: &str, target: Target, threads: Threads) -> String {
         targets::pick_baseline(key, measured).and_then(|b| targets::compare(e, &b, measured));
     let inter = rounds::summary(&run.interleaved, key, threads).map(|(_, s)| s.median);
     met_cell(targets::met(target, inter.or(value), e.median_s))
+}
+
+/// The "Roofline" section: the probes' readings and every row's counts.
+fn roofline_model(md: &mut String, run: &Run) {
+    let _ = writeln!(md, "## Roofline: lower bounds on this machine\n");
+    let _ = writeln!(
+        md,
+        "A row's limit is max(bytes / bandwidth, multiply-adds / FMA rate, look-ups / look-up \
+         rate), with the rates measured by probes in this run (xtask's `roofline` module; best \
+         of {} trials, probed before the passes and after the rounds, the better reading \
+         kept): the bandwidth of every thread reading its share of a buffer of the row's size \
+         (so data that stays in cache reads at the cache's speed, as in the bench), twelve \
+         independent chains of vector FMAs per thread, and hardware gathers from a 256-entry \
+         table in L1 (a kernel that looked up by other means could beat that rate and show \
+         above 100%). The counts are those of the algorithm oftq runs for the shape, at the \
+         smallest operation count known for it.\n",
+        roofline::TRIALS
+    );
+    let mut table = Table::new(&[
+        "Bench",
+        "Bytes>",
+        "Multiply-adds>",
+        "Look-ups>",
+        "Counted as",
+    ]);
+    for key in keys::RESULT_KEYS {
+        if let Some(w) = roofline::work_of(key) {
+            table.row(vec![
+                format!("`{key}`"),
+                fmt_bytes(w.bytes),
+                fmt_count(w.fmas),
+                if w.lookups > 0.0 {
+                    fmt_count(w.lookups)
+                } else {
+                    String::new()
+                },
+                w.why.into(),
+            ]);
+        }
+    }
+    table.write(md);
+    let Some(p) = &run.meta.probes else {
+        let _ = writeln!(md, "No probe readings in this run.\n");
+        return;
+    };
+    let per_s = |v: Option<f64>, unit: &str| {
+        v.map(|v| format!("{}{unit}/s", fmt_count(v)))
+            .unwrap_or("—".into())
+    };
+    let (a, o) = (&p.all, &p.one);
+    let _ = writeln!(md, "Probes ({}):\n", p.isa);
+    let all_col = format!("{} threads>", a.threads);
+    let mut table = Table::new(&["Rate", all_col.as_str(), "1 thread>"]);
+    table.row(vec![
+        "multiply-adds".into(),
+        per_s(a.fma_per_s, ""),
+        per_s(o.fma_per_s, ""),
+    ]);
+    table.row(vec![
+        "look-ups".into(),
+        per_s(a.lookups_per_s, ""),
+        per_s(o.lookups_per_s, ""),
+    ]);
+    for (size, bw) in &a.bandwidth {
+        let one = o
+            .bandwidth
+            .iter()
+            .find(|(s, _)| s == size)
+            .map(|(_, b)| Some(*b));
+        table.row(vec![
+            format!("read bandwidth, {} buffer", fmt_bytes(*size as f64)),
+            per_s(Some(*bw), "B"),
+            per_s(one.flatten(), "B"),
+        ]);
+    }
+    table.write(md);
 }
 
 /// The area (report section) of a key.
@@ -764,7 +901,7 @@ mod tests {
         let md = markdown(&run(), &[]);
         assert!(md.contains(
             "| `aqlm.forward.2x8.4096.t1` | 1.00 ms | `baseline.dense_f32.gemv.4096` | 8.00× \
-             faster | ≥ 8× faster | yes |"
+             faster | ≥ 8× faster | yes | not probed |  |"
         ));
         assert!(md.contains("| `aqlm.forward.2x8.4096.t16` | 10.0 ms |"));
         assert!(md.contains("1.00× faster"));
@@ -835,6 +972,31 @@ mod tests {
             header.matches('|').count(),
             "{candle}"
         );
+    }
+
+    #[test]
+    fn roofline_percent_of_limit() {
+        let mut r = run();
+        let rates = Rates {
+            threads: 2,
+            fma_per_s: Some(1e11),
+            lookups_per_s: Some(1e10),
+            bandwidth: vec![(1 << 30, 1e11)],
+        };
+        r.meta.probes = Some(Probes {
+            isa: "avx512f".into(),
+            all: rates.clone(),
+            one: rates,
+        });
+        let md = markdown(&r, &[]);
+        // 2x8 GEMV: 4.19 M look-ups at 10 G/s = 419 µs, over 1 ms measured.
+        let t1 = row(&md, "| `aqlm.forward.2x8.4096.t1` | 1.00 ms");
+        assert!(t1.contains("| 419 µs (look-ups) | 42% |"), "{t1}");
+        assert!(
+            md.contains("| `aqlm.forward.2x8.4096.t1` | 4.06 MiB | 2.10 M | 4.19 M |"),
+            "{md}"
+        );
+        assert!(md.contains("| multiply-adds | 100 G/s | 100 G/s |"), "{md}");
     }
 
     #[test]

@@ -330,6 +330,15 @@ pub(crate) fn thread_speedup(all: &[GroupRounds], key: &str) -> Option<Spread> {
     Spread::of(&v)
 }
 
+/// The median time (seconds) of a target over its rounds at a thread setting.
+pub(crate) fn median_time(all: &[GroupRounds], key: &str, threads: Threads) -> Option<f64> {
+    let v = all
+        .iter()
+        .filter(|g| g.group.threads == threads)
+        .find_map(|g| target_times(g, key))?;
+    Some(Spread::of(&v)?.median)
+}
+
 /// The times (seconds) of `key` in each target run of a group's rounds.
 fn target_times(rounds: &GroupRounds, key: &str) -> Option<Vec<f64>> {
     let i = rounds.group.targets.iter().position(|k| k == key)?;
@@ -666,6 +675,8 @@ mod tests {
         ];
         let s = thread_speedup(&all, key).unwrap();
         assert_eq!((s.median, s.min, s.max), (1.5, 1.0, 1.9));
+        assert_eq!(median_time(&all, key, Threads::One), Some(1.9));
+        assert_eq!(median_time(&all, key, Threads::All), Some(1.0));
         assert!(thread_speedup(&all[..1], key).is_none());
     }
 }
