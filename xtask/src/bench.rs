@@ -2,7 +2,8 @@
 //!
 //! A run: probe the machine ([`roofline`]), build the bench executables once, run every bench
 //! with all threads, the main kernels again on one thread, the interleaved rounds of every target
-//! ([`rounds`]), probe again; then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
+//! ([`rounds`]), with `--vs-python` the rounds against the Python reference ([`python`]), probe
+//! again; then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
 //! `docs/bench/{results.json, REPORT.md, *.svg}`. Every criterion home of a run is a folder below
 //! `<target dir>/xtask-bench/` ([`data_dir`]).
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use crate::criterion::Estimate;
 use crate::process::Metadata;
+use crate::python::{self, Reference, Status};
 use crate::report::{Meta, Run};
 use crate::roofline::Probes;
 use crate::rounds::{self, Group, Role, Threads};
@@ -45,6 +47,10 @@ pub(crate) struct Options {
     /// Rewrite the outputs from the last run's data (`<target dir>/xtask-bench/`) without running.
     #[arg(long)]
     pub(crate) report_only: bool,
+    /// Also run the Python reference (aqlm, PEFT on torch) in rounds alternating with oftq's
+    /// runs of the same work (as many rounds as --rounds, at least one).
+    #[arg(long)]
+    pub(crate) vs_python: bool,
 }
 
 impl Options {
@@ -53,6 +59,11 @@ impl Options {
     pub(crate) fn rounds(&self) -> usize {
         self.rounds
             .unwrap_or_else(|| rounds::default_rounds(self.quick))
+    }
+
+    /// Rounds against the Python reference: as many as the interleaved rounds, at least one.
+    pub(crate) fn python_rounds(&self) -> usize {
+        self.rounds().max(1)
     }
 }
 
@@ -188,6 +199,11 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         passes.push((Threads::One, one_dir.as_path()));
     }
     let groups = run_rounds(&data, &exes, &passes, count, opts.quick)?;
+    let python = if opts.vs_python {
+        vs_python(root, &data, &exes, opts, machine.threads)?
+    } else {
+        Status::NotRequested
+    };
     let rounds_s = rounds_start.elapsed().as_secs_f64();
     eprintln!("xtask: probing the machine again (the better reading counts)");
     let probes = probes.best(&Probes::measure(machine.threads));
@@ -205,6 +221,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         total_s: start.elapsed().as_secs_f64(),
         rounds: rounds::Record { count, groups },
         probes: Some(probes),
+        python,
     };
     let json = serde_json::to_string_pretty(&meta).context("serializing run.json")?;
     fsutil::write_atomic(&meta_path, json.as_bytes())?;
@@ -216,7 +233,8 @@ fn write_outputs(root: &Path, run: &Run) -> Result<()> {
     if run.measured.is_empty() {
         bail!("no bench results (did the filter match anything?)");
     }
-    let results: BTreeMap<String, f64> = keys::results_map(&run.measured);
+    let mut results: BTreeMap<String, f64> = keys::results_map(&run.measured);
+    results.extend(python::results(&run.python));
     let out_dir = root.join("docs/bench");
     let json = serde_json::to_string_pretty(&results).context("serializing results.json")?;
     fsutil::write_atomic(
@@ -467,6 +485,40 @@ fn run_rounds(
     Ok(groups)
 }
 
+/// The rounds against the Python reference (all threads), if its environment exists.
+fn vs_python(
+    root: &Path,
+    data: &Path,
+    exes: &[Exe],
+    opts: &Options,
+    threads: usize,
+) -> Result<Status> {
+    let oftq_ref = std::env::var_os("OFTQ_REF").map(PathBuf::from);
+    let reference = match Reference::locate(root, oftq_ref) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("xtask: vs Python not run: {why}");
+            return Ok(Status::Unavailable(why.to_string()));
+        }
+    };
+    let located = locate(exes, &pass_dir(data, Threads::All))?;
+    let paired: Vec<String> = python::PAIRS
+        .iter()
+        .filter_map(|p| p.key)
+        .filter(|k| located.iter().any(|(_, e)| e.key == *k))
+        .map(String::from)
+        .collect();
+    let oftq = invocations(exes, &located, &paired, Threads::All)?;
+    let rounds = opts.python_rounds();
+    python::run(
+        &python::dir(data),
+        &reference,
+        rounds,
+        threads,
+        |home, what| run_invocations(&oftq, opts.quick, home, Threads::All, what),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,6 +556,11 @@ mod tests {
         assert!(parse(&["--rounds", "-1"]).is_err());
         assert!(parse(&["--rounds=x"]).is_err());
         assert!(parse(&["--fast"]).is_err());
+        // --vs-python: at least one round, else as many as --rounds.
+        let o = parse(&["--quick", "--vs-python"]).unwrap();
+        assert!(o.vs_python);
+        assert_eq!(o.python_rounds(), 1);
+        assert_eq!(parse(&["--vs-python"]).unwrap().python_rounds(), 3);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::criterion::Estimate;
 
 /// The keys `docs/bench/results.json` may hold (DESIGN.md, "Benchmark results file"), in
-/// report order.
+/// report order; `--vs-python` adds `python.<name>` keys (see [`crate::python`]).
 pub(crate) const RESULT_KEYS: [&str; 16] = [
     "baseline.dense_f32.gemv.4096",
     "baseline.dense_f32.gemm.4096.t16",

@@ -1,11 +1,12 @@
 //! Developer tasks for oftq, run as `cargo xtask <command>` (`cargo xtask help` lists them).
 //!
 //! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs ([`ci`]).
-//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]`
-//!   runs every criterion bench of the workspace and writes
+//! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]
+//!   [--vs-python]` runs every criterion bench of the workspace and writes
 //!   `docs/bench/{results.json, REPORT.md, *.svg}` ([`bench`]; the pieces: [`criterion`] reads
 //!   criterion's files, [`keys`] and [`targets`] name the results and their targets, [`rounds`]
-//!   re-measures every target between runs of its baseline, [`roofline`] bounds every target row by the machine's measured limits, [`report`] and
+//!   re-measures every target between runs of its baseline, [`python`] runs the Python reference,
+//!   [`roofline`] bounds every target row by the machine's measured limits, [`report`] and
 //!   [`plot`] write the report).
 //! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
 //!   property and writes its worst-error table to `docs/verify/REPORT.md` ([`verify`]).
@@ -21,6 +22,7 @@ mod keys;
 mod machine;
 mod plot;
 mod process;
+mod python;
 mod report;
 mod roofline;
 mod rounds;

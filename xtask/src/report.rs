@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::criterion::{self, Estimate};
 use crate::machine::Machine;
 use crate::plot::{self, Series, fmt_seconds};
+use crate::python::{self, Status};
 use crate::roofline::{self, Probes, Rates};
 use crate::rounds::{self, GroupRounds, Spread, Threads};
 use crate::targets::{self, Baseline, Compare, Target};
@@ -43,6 +44,8 @@ pub(crate) struct Meta {
     pub(crate) rounds: rounds::Record,
     /// The probes' readings (none: a run that did not probe).
     pub(crate) probes: Option<Probes>,
+    /// The comparison with the Python reference.
+    pub(crate) python: Status,
 }
 
 /// Everything one `cargo xtask bench` run produced.
@@ -56,6 +59,8 @@ pub(crate) struct Run {
     pub(crate) measured_1: Vec<Estimate>,
     /// What the interleaved rounds measured, per group of targets and thread setting.
     pub(crate) interleaved: Vec<GroupRounds>,
+    /// The vs-Python rounds.
+    pub(crate) python: Vec<python::Round>,
 }
 
 impl Run {
@@ -69,6 +74,7 @@ impl Run {
                 .rounds
                 .load(&rounds::rounds_dir(data))
                 .context("reading the interleaved rounds")?,
+            python: python::load(&python::dir(data), &meta.python)?,
             meta,
         })
     }
@@ -161,6 +167,16 @@ fn fmt_ratio_spread(s: &Spread) -> String {
     format!("{:.2}× ({:.2}–{:.2}×)", s.median, s.min, s.max)
 }
 
+/// `1.20 ms (1.10–1.30 ms)`.
+fn fmt_time_spread(s: &Spread) -> String {
+    format!(
+        "{} ({}–{})",
+        fmt_seconds(s.median),
+        fmt_seconds(s.min),
+        fmt_seconds(s.max)
+    )
+}
+
 /// `1 round`, `3 rounds`.
 fn rounds_text(n: usize) -> String {
     if n == 1 {
@@ -227,6 +243,7 @@ pub(crate) fn markdown(run: &Run, plots: &[(String, String)]) -> String {
     header(&mut md, run);
     targets_table(&mut md, run, Threads::All);
     targets_table(&mut md, run, Threads::One);
+    vs_python(&mut md, run);
     roofline_model(&mut md, run);
     area_tables(&mut md, run);
     memory_table(&mut md, run);
@@ -250,6 +267,9 @@ fn command(meta: &Meta) -> String {
     }
     if meta.rounds.count != rounds::default_rounds(meta.quick) {
         cmd += &format!(" --rounds {}", meta.rounds.count);
+    }
+    if meta.python != Status::NotRequested {
+        cmd += " --vs-python";
     }
     cmd
 }
@@ -443,6 +463,92 @@ fn verdict(run: &Run, key: &str, target: Target, threads: Threads) -> String {
         targets::pick_baseline(key, measured).and_then(|b| targets::compare(e, &b, measured));
     let inter = rounds::summary(&run.interleaved, key, threads).map(|(_, s)| s.median);
     met_cell(targets::met(target, inter.or(value), e.median_s))
+}
+
+/// The "vs Python" section.
+fn vs_python(md: &mut String, run: &Run) {
+    let _ = writeln!(md, "## Against the Python reference (`--vs-python`)\n");
+    let status = &run.meta.python;
+    match status {
+        Status::NotRequested => {
+            let _ = writeln!(
+                md,
+                "Not run: add `--vs-python` (needs the reference environment that \
+                 `../shared/anchors/setup.sh` builds).\n"
+            );
+            return;
+        }
+        Status::Unavailable(why) => {
+            let _ = writeln!(md, "Not run: {why}.\n");
+            return;
+        }
+        Status::Failed { rounds, error } => {
+            let _ = writeln!(
+                md,
+                "The Python reference failed after {} (shown below, if any): {error}\n",
+                rounds_text(*rounds)
+            );
+        }
+        Status::Ran { rounds, threads } => {
+            let torch = run.python.first().map(|r| r.torch.as_str()).unwrap_or("");
+            let _ = writeln!(
+                md,
+                "aqlm 1.1.7 and PEFT 0.21.2 on {torch} (`ref_bench.py --threads {threads}`, \
+                 `ref_train_step.py {threads}`), alternating with oftq's benches of the same \
+                 work in {} (oftq first in even rounds, Python first in odd ones); each column \
+                 is the median over the rounds (min – max), and the ratio of round r is \
+                 Python's time over oftq's in that round.\n",
+                rounds_text(*rounds)
+            );
+        }
+    }
+    if run.python.is_empty() {
+        return;
+    }
+    let mut table = Table::new(&[
+        "Work",
+        "oftq bench",
+        "oftq>",
+        "Python>",
+        "Python / oftq>",
+        "Target",
+        "Met",
+    ]);
+    for s in python::summaries(&run.python) {
+        let ratio = s.ratio.as_ref();
+        let met = match (s.pair.target, ratio) {
+            (Some(t), Some(r)) => met_cell(Some(r.median >= t)),
+            (Some(_), None) => "n/a (oftq bench not run)".into(),
+            (None, _) => String::new(),
+        };
+        table.row(vec![
+            format!("{} (`python.{}`)", s.pair.work, s.pair.name),
+            s.pair.key.map(|k| format!("`{k}`")).unwrap_or("—".into()),
+            s.oftq.as_ref().map(fmt_time_spread).unwrap_or_default(),
+            s.python.as_ref().map(fmt_time_spread).unwrap_or_default(),
+            ratio.map(fmt_ratio_spread).unwrap_or_default(),
+            s.pair.target.map(|t| format!("≥ {t}×")).unwrap_or_default(),
+            met,
+        ]);
+    }
+    table.write(md);
+    let counts: Vec<String> = run
+        .python
+        .iter()
+        .filter_map(|r| r.nondeterministic.map(|n| n.to_string()))
+        .collect();
+    let _ = writeln!(
+        md,
+        "PEFT's rotation step builds R from its parameters inside the forward; oftq's bench \
+         builds it once outside (`ortho.build_r…` measures that part). aqlm's 2x8 GEMV gave \
+         answers differing from its first call in {} of 20 identical calls (per round); oftq's \
+         results are bit-identical across runs and thread counts.\n",
+        if counts.is_empty() {
+            "?".into()
+        } else {
+            counts.join(", ")
+        }
+    );
 }
 
 /// The "Roofline" section: the probes' readings and every row's counts.
@@ -723,6 +829,7 @@ const REPRODUCE: &str = "## Reproduce
 ```sh
 cargo xtask bench --quick   # development: every results key, no rounds (a few minutes on 2 cores)
 cargo xtask bench           # full run (3 interleaved rounds; ~25 min on 2 cores)
+cargo xtask bench --vs-python   # also against the Python reference, in rounds
 cargo xtask bench --filter 'aqlm' --no-threads   # a subset
 cargo xtask bench --report-only # rewrite the report from the last run's data
 ```
@@ -915,8 +1022,9 @@ mod tests {
             "{candle}"
         );
         assert!(md.contains("`candle.fwd_bwd.2x8.4096.t64.b32`."), "{md}");
-        // No rounds: no thread speed-up.
+        // No rounds: no thread speed-up; no --vs-python: one line says so.
         assert!(!md.contains("Thread speed-up"));
+        assert!(md.contains("Not run: add `--vs-python`"));
         assert!(md.contains("cargo xtask bench --quick`"));
     }
 
@@ -997,6 +1105,44 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| multiply-adds | 100 G/s | 100 G/s |"), "{md}");
+    }
+
+    #[test]
+    fn vs_python_table_and_status_lines() {
+        let mut r = run();
+        r.meta.python = Status::Unavailable("no Python reference environment at /x".into());
+        let md = markdown(&r, &[]);
+        assert!(
+            md.contains("Not run: no Python reference environment at /x.\n"),
+            "{md}"
+        );
+        r.meta.python = Status::Ran {
+            rounds: 2,
+            threads: 2,
+        };
+        let round = |py: f64, oftq: f64| python::Round {
+            oftq: vec![est("aqlm.forward.2x8.4096.t1", oftq)],
+            python: [("aqlm_2x8_gemv_4096".to_string(), py)].into(),
+            torch: "torch 2.15.0, 2 threads".into(),
+            nondeterministic: Some(19),
+        };
+        r.python = vec![round(12e-3, 1e-3), round(8e-3, 1e-3)];
+        let md = markdown(&r, &[]);
+        assert!(md.contains("cargo xtask bench --quick --vs-python`"));
+        let gemv = row(&md, "| AQLM 2x8 4096², 1 token");
+        assert!(
+            gemv.ends_with(
+                "| `aqlm.forward.2x8.4096.t1` | 1.00 ms (1.00 ms–1.00 ms) | 10.0 ms (8.00 ms–12.0 ms) \
+                 | 10.00× (8.00–12.00×) | ≥ 10× | yes |"
+            ),
+            "{gemv}"
+        );
+        assert!(md.contains("in 19, 19 of 20 identical calls"));
+        let step = row(&md, "| training step");
+        assert!(
+            step.ends_with("| ≥ 6× | n/a (oftq bench not run) |"),
+            "{step}"
+        );
     }
 
     #[test]
