@@ -48,18 +48,49 @@ fn attach(
     layer
 }
 
+/// The adapters to attach to an AQLM case: a block size picked among the valid ones by
+/// `block_selector`, sharing, one or two parameterizations (indices into `all_params`, the
+/// second used when `two`), and a token count.
+#[derive(Debug, Clone)]
+struct AdapterChoice {
+    block_selector: usize,
+    shared: bool,
+    param: usize,
+    second_param: usize,
+    two: bool,
+    tokens: usize,
+}
+
+prop_compose! {
+    /// [`AdapterChoice`]s with a token count from `tokens`.
+    fn adapter_choice(tokens: std::ops::RangeInclusive<usize>)(
+        block_selector in any::<usize>(),
+        shared in any::<bool>(),
+        param in any_param(),
+        second_param in any_param(),
+        two in any::<bool>(),
+        tokens in tokens,
+    ) -> AdapterChoice {
+        AdapterChoice { block_selector, shared, param, second_param, two, tokens }
+    }
+}
+
 #[test]
 fn aqlm_zero_params_bit_for_bit() {
     let name = "L1. AQLM: Q=0 ⇒ layer output = base output bit for bit (every param, 1–2 adapters)";
     let s = (
         aqlm_case(prop_oneof![Just(1usize), Just(2), Just(4), Just(8)], 1..=4),
-        any::<usize>(),
-        any::<bool>(),
-        any_param(),
-        any_param(),
-        1usize..=40,
+        adapter_choice(1..=40),
     );
-    check(name, s, |(case, bsel, shared, i1, i2, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            shared,
+            param: i1,
+            second_param: i2,
+            tokens,
+            ..
+        } = pick;
         let base = case.layer();
         let d = case.in_features();
         let divs = divisors(d);
@@ -98,12 +129,16 @@ fn aqlm_input_centric_equals_weight_centric() {
     let name = "L5. AQLM: forward = x·(W_dec·R_bdᵀ)ᵀ + bias (reference R), f32";
     let s = (
         aqlm_case(prop_oneof![Just(1usize), Just(2), Just(4), Just(8)], 1..=4),
-        any::<usize>(),
-        any::<bool>(),
-        any_param(),
-        1usize..=5,
+        adapter_choice(1..=5),
     );
-    check(name, s, |(case, bsel, shared, idx, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            shared,
+            param: idx,
+            tokens,
+            ..
+        } = pick;
         let base = case.layer();
         let d = case.in_features();
         let divs = divisors(d);
@@ -151,14 +186,17 @@ fn aqlm_backward_vs_reference() {
     let name = "L7. AQLM backward: grad_x and adapter grads (1–2 adapters) vs reference VJPs, f32";
     let s = (
         aqlm_case(prop_oneof![Just(1usize), Just(2), Just(4), Just(8)], 1..=3),
-        any::<usize>(),
-        any::<bool>(),
-        any_param(),
-        any_param(),
-        any::<bool>(),
-        1usize..=4,
+        adapter_choice(1..=4),
     );
-    check(name, s, |(case, bsel, shared, i1, i2, two, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            shared,
+            param: i1,
+            second_param: i2,
+            two,
+            tokens,
+        } = pick;
         let base = case.layer();
         let d = case.in_features();
         let divs = divisors(d);
@@ -231,12 +269,16 @@ fn aqlm_backward_vs_finite_differences() {
     let name = "L7. AQLM backward vs central FD of the f32 layer (f64-accumulated loss)";
     let s = (
         aqlm_case(prop_oneof![Just(1usize), Just(2), Just(4)], 1..=2),
-        any::<usize>(),
-        any::<bool>(),
-        any_param(),
-        1usize..=2,
+        adapter_choice(1..=2),
     );
-    check(name, s, |(case, bsel, shared, idx, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            shared,
+            param: idx,
+            tokens,
+            ..
+        } = pick;
         let base = case.layer();
         let d = case.in_features();
         let divs = divisors(d);
@@ -318,11 +360,15 @@ fn aqlm_sharing_equals_equal_blocks() {
     let name = "L8. AQLM: block_share layer ≡ unshared with equal blocks; shared grad = Σ";
     let s = (
         aqlm_case(prop_oneof![Just(2usize), Just(4), Just(8)], 1..=3),
-        any::<usize>(),
-        any_param(),
-        1usize..=4,
+        adapter_choice(1..=4),
     );
-    check(name, s, |(case, bsel, idx, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            param: idx,
+            tokens,
+            ..
+        } = pick;
         let base = case.layer();
         let d = case.in_features();
         let divs = divisors(d);
@@ -361,12 +407,16 @@ fn aqlm_exact_merge() {
     let name = "L11. AQLM exact merge (shared b divides in_group_size): merged forward = unmerged";
     let s = (
         aqlm_case(prop_oneof![Just(2usize), Just(4), Just(8)], 1..=3),
-        any::<usize>(),
-        any_param(),
-        any::<bool>(),
-        1usize..=4,
+        adapter_choice(1..=4),
     );
-    check(name, s, |(case, bsel, idx, two, tokens)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            param: idx,
+            two,
+            tokens,
+            ..
+        } = pick;
         let base = case.layer();
         let (d, ig) = (case.in_features(), case.in_group);
         let divs = divisors(ig);
@@ -425,11 +475,15 @@ fn aqlm_inexact_merge_refused() {
         "L11. AQLM merge refused (unshared, or b not dividing in_group_size), layer unchanged";
     let s = (
         aqlm_case(prop_oneof![Just(1usize), Just(2), Just(4)], 2..=4),
-        any::<usize>(),
-        any::<bool>(),
-        any_param(),
+        adapter_choice(1..=1),
     );
-    check(name, s, |(case, bsel, shared, idx)| {
+    check(name, s, |(case, pick)| {
+        let AdapterChoice {
+            block_selector: bsel,
+            shared,
+            param: idx,
+            ..
+        } = pick;
         let base = case.layer();
         let (d, ig) = (case.in_features(), case.in_group);
         let divs: Vec<usize> = divisors(d)

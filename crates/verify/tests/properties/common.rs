@@ -2,10 +2,9 @@
 //! faer and nalgebra, and the strategies that build skew matrices with a prescribed spectrum.
 
 use std::collections::BTreeMap;
-use std::fmt::{Debug, Write as _};
+use std::fmt::Debug;
+use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use faer::{Mat, MatRef};
 use nalgebra::DMatrix;
@@ -34,23 +33,6 @@ struct Entry {
 }
 
 static REGISTRY: Mutex<BTreeMap<&'static str, Entry>> = Mutex::new(BTreeMap::new());
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a property as running until dropped (also on panic), so the report can wait for it.
-struct Running;
-
-impl Running {
-    fn start() -> Self {
-        RUNNING.fetch_add(1, Ordering::SeqCst);
-        Running
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Records one observation `error` against `bound` for `property` (keeps the case with the largest
 /// `error/bound`; a zero bound with zero error counts as ratio 0).
@@ -115,6 +97,10 @@ fn cases(heavy: bool) -> u32 {
     }
 }
 
+/// Runs `test` on `cases(heavy)` values of `strategy`, replaying first the failures persisted for
+/// the caller's source file (proptest's default `proptest-regressions/` files next to the test
+/// crate's `main.rs`, where a new failure's seed is also saved); then reports the property.
+#[track_caller]
 fn run_with<S>(
     heavy: bool,
     name: &'static str,
@@ -124,15 +110,16 @@ fn run_with<S>(
     S: Strategy,
     S::Value: Debug,
 {
-    let _running = Running::start();
-    // Config::default() reads PROPTEST_RNG_SEED etc. from the environment.
+    // Config::default() reads PROPTEST_RNG_SEED etc. from the environment and persists failures.
     let config = Config {
         cases: cases(heavy),
-        failure_persistence: None,
+        source_file: Some(std::panic::Location::caller().file()),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    match runner.run(&strategy, test) {
+    let result = runner.run(&strategy, test);
+    report(name);
+    match result {
         Ok(()) => {}
         Err(TestError::Fail(reason, value)) => {
             panic!("{name} failed: {reason}\nminimal failing input: {value:#?}")
@@ -142,6 +129,7 @@ fn run_with<S>(
 }
 
 /// Runs a property with the default case count.
+#[track_caller]
 pub(crate) fn check<S>(
     name: &'static str,
     strategy: S,
@@ -154,6 +142,7 @@ pub(crate) fn check<S>(
 }
 
 /// Runs a heavy property (large blocks) with the reduced case count.
+#[track_caller]
 pub(crate) fn check_heavy<S>(
     name: &'static str,
     strategy: S,
@@ -165,47 +154,36 @@ pub(crate) fn check_heavy<S>(
     run_with(true, name, strategy, test);
 }
 
-/// Waits until no property is running (stable for 300 ms; libtest starts tests in name order, so
-/// `zz_report` starts last), then prints the table and writes it to `OFTQ_VERIFY_REPORT` if set.
-pub(crate) fn report() {
-    let start = Instant::now();
-    let mut idle_since: Option<Instant> = None;
-    while start.elapsed() < Duration::from_secs(1800) {
-        if RUNNING.load(Ordering::SeqCst) == 0 {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_millis(300) {
-                break;
-            }
-        } else {
-            idle_since = None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+const TABLE_HEADER: &str =
+    "| property | cases | worst error | bound | worst error/bound |\n|---|---:|---:|---:|---:|\n";
+
+fn table_row(name: &str, e: &Entry) -> String {
+    format!(
+        "| {name} | {} | {:.3e} | {:.3e} | {:.3} |\n",
+        e.cases, e.worst, e.bound, e.ratio
+    )
+}
+
+/// Reports a finished property: prints its worst error against its bound and, when
+/// `OFTQ_VERIFY_REPORT` names a file, rewrites that file (atomically) with the table of every
+/// property finished so far, sorted by name. The file is complete when the test binary exits,
+/// whatever order the tests ran in and whichever of them a filter selected.
+fn report(name: &'static str) {
     let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| property | cases | worst error | bound | worst error/bound |\n|---|---:|---:|---:|---:|"
-    );
-    for (name, e) in reg.iter() {
-        let _ = writeln!(
-            out,
-            "| {name} | {} | {:.3e} | {:.3e} | {:.3} |",
+    if let Some(e) = reg.get(name) {
+        println!(
+            "{name}: {} cases, worst error {:.3e}, bound {:.3e}, ratio {:.3}",
             e.cases, e.worst, e.bound, e.ratio
         );
     }
-    println!("\n{out}");
     if let Ok(path) = std::env::var("OFTQ_VERIFY_REPORT") {
-        let path = std::path::PathBuf::from(path);
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(out.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().unwrap_or_else(|e| panic!("writing OFTQ_VERIFY_REPORT {}: {e}", path.display()));
+        let mut out = String::from(TABLE_HEADER);
+        for (n, e) in reg.iter() {
+            out.push_str(&table_row(n, e));
+        }
+        // Written under the registry's lock, so the last writer holds every row.
+        oftq_aqlm::checkpoint::write_atomic(std::path::Path::new(&path), out.as_bytes())
+            .unwrap_or_else(|e| panic!("writing OFTQ_VERIFY_REPORT: {e}"));
     }
 }
 
@@ -362,4 +340,41 @@ pub(crate) fn packed_rows(
         let n = b * (b - 1) / 2;
         DMatrix::from_fn(rows, n, |i, k| cs[i].packed()[k])
     })
+}
+
+/// A block rotation to test: block size `b`, `r` positions, sharing, a parameterization (index
+/// into [`all_params`]), packed rows (`1` with sharing, else `r`) whose blocks have `‖Q‖₂ ≤ theta`,
+/// an input `x [tokens, b·r]` with entries in `[−x_scale, x_scale]` and an output gradient `dy` of
+/// the same shape with entries in `[−1, 1]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RotationCase {
+    pub(crate) b: usize,
+    pub(crate) r: usize,
+    pub(crate) shared: bool,
+    pub(crate) param: usize,
+    pub(crate) packed: DMatrix<f64>,
+    pub(crate) x: DMatrix<f64>,
+    pub(crate) dy: DMatrix<f64>,
+}
+
+prop_compose! {
+    /// [`RotationCase`]s with `b`, `r`, token counts and sharing from the given strategies.
+    pub(crate) fn rotation_case(
+        b: RangeInclusive<usize>,
+        r: RangeInclusive<usize>,
+        shared: BoxedStrategy<bool>,
+        tokens: RangeInclusive<usize>,
+        theta: f64,
+        x_scale: f64,
+    )(b in b, r in r, shared in shared, param in any_param(), tokens in tokens)(
+        packed in packed_rows(b, if shared { 1 } else { r }, 0.0..=theta),
+        x in matrix(tokens, b * r, x_scale),
+        dy in matrix(tokens, b * r, 1.0),
+        b in Just(b),
+        r in Just(r),
+        shared in Just(shared),
+        param in Just(param),
+    ) -> RotationCase {
+        RotationCase { b, r, shared, param, packed, x, dy }
+    }
 }

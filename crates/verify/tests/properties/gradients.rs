@@ -140,26 +140,17 @@ fn neumann_vjp_vs_fd_and_reference() {
 #[test]
 fn block_rotation_backward_vs_fd_and_reference() {
     let name = "7 BlockRotation::backward vs FD and reference (every param, sharing)";
-    let s = (
-        2usize..=5,
-        1usize..=3,
-        any::<bool>(),
-        any_param(),
-        1usize..=3,
-    )
-        .prop_flat_map(|(b, r, shared, idx, tokens)| {
-            let rows = if shared { 1 } else { r };
-            (
-                Just(b),
-                Just(r),
-                Just(shared),
-                Just(idx),
-                packed_rows(b, rows, 0.0..=1.0f64),
-                matrix(tokens, b * r, 1.0),
-                matrix(tokens, b * r, 1.0),
-            )
-        });
-    check(name, s, |(b, r, shared, idx, packed, x, dy)| {
+    let s = rotation_case(2..=5, 1..=3, any::<bool>().boxed(), 1..=3, 1.0, 1.0);
+    check(name, s, |case| {
+        let RotationCase {
+            b,
+            r,
+            shared,
+            param: idx,
+            packed,
+            x,
+            dy,
+        } = case;
         let (p, rp): (Parameterization, Param) = all_params()[idx];
         let spec = RotationSpec::new(b * r, b, shared, p).unwrap();
         let rot = BlockRotation::build(&spec, to_faer::<f64>(&packed).as_ref()).unwrap();

@@ -5,8 +5,10 @@
 //!
 //! Case counts: 32 per property by default (4 for the few heavy ones with `b` up to 256);
 //! `PROPTEST_CASES=N` sets `N` (heavy ones `max(1, N/8)`). Each property records its worst observed
-//! error against its bound; the last test, `zz_report`, waits for the others and prints the table
-//! (and writes it to the file named by `OFTQ_VERIFY_REPORT`, if set).
+//! error against its bound and, when it finishes, prints its row of the table and rewrites the file
+//! named by `OFTQ_VERIFY_REPORT` (if set) with the rows of every property finished so far: no test
+//! depends on the order libtest runs them in. Failing seeds are persisted in
+//! `tests/proptest-regressions/<file>.txt` and replayed first.
 
 // Test code: helpers outside `#[test]` functions may unwrap and panic (a failure is the point).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,9 +24,3 @@ mod layer;
 mod neumann;
 mod packing;
 mod rotation;
-
-/// Prints the worst-error table once every other property has finished (see `common::report`).
-#[test]
-fn zz_report() {
-    common::report();
-}

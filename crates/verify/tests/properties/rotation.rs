@@ -9,28 +9,10 @@ use proptest::prelude::*;
 
 use crate::common::*;
 
-/// (block size, positions, shared, param index, packed rows, x) with θ ≤ `theta` per block.
-fn setup(
-    theta: f64,
-) -> impl Strategy<Value = (usize, usize, bool, usize, DMatrix<f64>, DMatrix<f64>)> {
-    (
-        2usize..=8,
-        1usize..=4,
-        any::<bool>(),
-        any_param(),
-        1usize..=5,
-    )
-        .prop_flat_map(move |(b, r, shared, idx, tokens)| {
-            let rows = if shared { 1 } else { r };
-            (
-                Just(b),
-                Just(r),
-                Just(shared),
-                Just(idx),
-                packed_rows(b, rows, 0.0..=theta),
-                matrix(tokens, b * r, 2.0),
-            )
-        })
+/// A rotation with `b ≤ 8`, up to 4 positions, shared or not, `θ ≤ theta` per block, and an
+/// input of up to 5 tokens.
+fn setup(theta: f64) -> impl Strategy<Value = RotationCase> {
+    rotation_case(2..=8, 1..=4, any::<bool>().boxed(), 1..=5, theta, 2.0)
 }
 
 fn build(
@@ -102,8 +84,17 @@ fn zero_params_identity_bit_for_bit() {
 #[test]
 fn forward_equals_dense_reference() {
     let name = "5. forward = x·R_bd (dense reference), forward_transposed = x·R_bdᵀ, f64";
-    check(name, setup(1.5), |(b, r, shared, idx, packed, x)| {
-        let (p, rp) = all_params()[idx];
+    check(name, setup(1.5), |case| {
+        let RotationCase {
+            b,
+            r,
+            shared,
+            param,
+            packed,
+            x,
+            ..
+        } = case;
+        let (p, rp) = all_params()[param];
         let rot = build(b, r, shared, p, &packed);
         let reff = RefRotation::build(&packed, b, r, rp).unwrap();
         let dense = reff.dense();
@@ -138,8 +129,17 @@ fn forward_equals_dense_reference() {
 #[test]
 fn norm_preservation() {
     let name = "4. ‖x·R_bd‖ = ‖x‖ (exact), σ_min‖x‖ ≤ ‖x·R_bd‖ ≤ σ_max‖x‖ (Neumann)";
-    check(name, setup(0.95), |(b, r, shared, idx, packed, x)| {
-        let (p, rp) = all_params()[idx];
+    check(name, setup(0.95), |case| {
+        let RotationCase {
+            b,
+            r,
+            shared,
+            param,
+            packed,
+            x,
+            ..
+        } = case;
+        let (p, rp) = all_params()[param];
         let rot = build(b, r, shared, p, &packed);
         let y = to_na(rot.forward(to_faer::<f64>(&x).as_ref()).unwrap().as_ref());
         let reff = RefRotation::build(&packed, b, r, rp).unwrap();
@@ -173,18 +173,17 @@ fn norm_preservation() {
 #[test]
 fn sharing_equals_equal_blocks() {
     let name = "8. block_share ≡ unshared with equal blocks; shared grad = Σ block grads";
-    let s =
-        (2usize..=8, 2usize..=4, any_param(), 1usize..=4).prop_flat_map(|(b, r, idx, tokens)| {
-            (
-                Just(b),
-                Just(r),
-                Just(idx),
-                packed_rows(b, 1, 0.0..=1.5f64),
-                matrix(tokens, b * r, 1.0),
-                matrix(tokens, b * r, 1.0),
-            )
-        });
-    check(name, s, |(b, r, idx, packed, x, dy)| {
+    let s = rotation_case(2..=8, 2..=4, Just(true).boxed(), 1..=4, 1.5, 1.0);
+    check(name, s, |case| {
+        let RotationCase {
+            b,
+            r,
+            param: idx,
+            packed,
+            x,
+            dy,
+            ..
+        } = case;
         let (p, _) = all_params()[idx];
         let shared = build(b, r, true, p, &packed);
         let repeated = DMatrix::from_fn(r, packed.ncols(), |_, k| packed[(0, k)]);
@@ -214,18 +213,19 @@ fn sharing_equals_equal_blocks() {
 #[test]
 fn sequential_equals_product() {
     let name = "12. sequential rotations = x·(R_a·R_b); exact product orthogonal";
-    let s = (2usize..=8, 1usize..=3, any_param(), any_param()).prop_flat_map(|(b, r, ia, ib)| {
-        (
-            Just(b),
-            Just(r),
-            Just(ia),
-            Just(ib),
-            packed_rows(b, r, 0.0..=1.5f64),
-            packed_rows(b, r, 0.0..=1.5f64),
-            matrix(3, b * r, 1.0),
-        )
+    let s = rotation_case(2..=8, 1..=3, Just(false).boxed(), 3..=3, 1.5, 1.0).prop_flat_map(|a| {
+        let second = packed_rows(a.b, a.r, 0.0..=1.5f64);
+        (Just(a), second, any_param())
     });
-    check(name, s, |(b, r, ia, ib, pa, pb, x)| {
+    check(name, s, |(a, pb, ib)| {
+        let RotationCase {
+            b,
+            r,
+            param: ia,
+            packed: pa,
+            x,
+            ..
+        } = a;
         let ((p1, rp1), (p2, rp2)) = (all_params()[ia], all_params()[ib]);
         let (ra, rb) = (build(b, r, false, p1, &pa), build(b, r, false, p2, &pb));
         let y = rb

@@ -426,7 +426,7 @@ mod shrinking {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
         #[test]
         fn byte_edits_of_seed_files_give_typed_errors(
             case in 0usize..64,
