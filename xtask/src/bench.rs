@@ -1,11 +1,11 @@
 //! `cargo xtask bench`: run every criterion bench of the workspace, then write the report.
 //!
-//! A run: probe the machine ([`roofline`]), build the bench executables once, run every bench
-//! with all threads, the main kernels again on one thread, the interleaved rounds of every target
-//! ([`rounds`]), with `--vs-python` the rounds against the Python reference ([`python`]), probe
-//! again; then write `<target dir>/xtask-bench/run.json` (what `--report-only` re-reads) and
-//! `docs/bench/{results.json, REPORT.md, *.svg}`. Every criterion home of a run is a folder below
-//! `<target dir>/xtask-bench/` ([`data_dir`]).
+//! A run: probe the machine ([`crate::roofline`]), build the bench executables once, run every
+//! bench with all threads, the main kernels again on one thread, the interleaved rounds of every
+//! target ([`crate::rounds`]), with `--vs-python` the rounds against the Python reference
+//! ([`crate::python`]), probe again; then write `<target dir>/xtask-bench/run.json` (what
+//! `--report-only` re-reads) and `docs/bench/{results.json, REPORT.md, *.svg}`. Every criterion
+//! home of a run is a folder below `<target dir>/xtask-bench/` ([`data_dir`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

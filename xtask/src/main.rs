@@ -3,7 +3,7 @@
 //! - `cargo xtask ci [--keep-going]` runs what `.ci/run` runs ([`ci`]).
 //! - `cargo xtask bench [--quick] [--filter REGEX] [--no-threads] [--rounds N] [--report-only]
 //!   [--vs-python]` runs every criterion bench of the workspace and writes
-//!   `docs/bench/{results.json, REPORT.md, *.svg}` ([`bench`]; the pieces: [`criterion`] reads
+//!   `docs/bench/{results.json, REPORT.md, *.svg}` ([`mod@bench`]; the pieces: [`criterion`] reads
 //!   criterion's files, [`keys`] and [`targets`] name the results and their targets, [`rounds`]
 //!   re-measures every target between runs of its baseline, [`python`] runs the Python reference,
 //!   [`roofline`] bounds every target row by the machine's measured limits, [`report`] and

@@ -391,15 +391,7 @@ fn targets_table(md: &mut String, run: &Run, threads: Threads) {
             continue;
         };
         let mut row = target_row(run, key, threads);
-        if n > 0 && row.len() == 4 {
-            // A row without a measurement keeps every column.
-            row.push(String::new());
-        }
-        let met = if row[1] == "not run" {
-            "n/a (bench not run)".into()
-        } else {
-            verdict(run, key, target, threads)
-        };
+        let met = verdict(run, key, target, threads);
         row.extend([target.describe(compare_of(key, measured)), met]);
         row.extend(limit_cells(run, key, threads));
         if all && n > 0 {
@@ -430,13 +422,18 @@ fn compare_of(key: &str, measured: &[Estimate]) -> Compare {
 /// interleaved spread when rounds ran.
 fn target_row(run: &Run, key: &str, threads: Threads) -> Vec<String> {
     let measured = run.pass(threads);
+    let with_rounds = run.meta.rounds.count > 0;
     let Some(e) = find(measured, key) else {
-        return vec![
+        let mut row = vec![
             format!("`{key}`"),
             "not run".into(),
             String::new(),
             String::new(),
         ];
+        if with_rounds {
+            row.push(String::new());
+        }
+        return row;
     };
     let base = targets::pick_baseline(key, measured);
     let value = base.as_ref().and_then(|b| targets::compare(e, b, measured));
@@ -446,7 +443,7 @@ fn target_row(run: &Run, key: &str, threads: Threads) -> Vec<String> {
         (None, _) => ("absolute time".into(), fmt_seconds(e.median_s)),
     };
     let mut row = vec![format!("`{key}`"), fmt_seconds(e.median_s), with, single];
-    if run.meta.rounds.count > 0 {
+    if with_rounds {
         let inter = rounds::summary(&run.interleaved, key, threads);
         row.push(inter.map(|(c, s)| fmt_spread(c, &s)).unwrap_or_default());
     }
