@@ -62,6 +62,30 @@ impl Default for Parameterization {
 }
 
 impl Parameterization {
+    /// PEFT's exact Cayley transform, `R = (I − Q)(I + Q)⁻¹` (`use_cayley_neumann = False`).
+    ///
+    /// ```
+    /// use oftq_ortho::{CayleyConvention, Parameterization};
+    /// assert_eq!(Parameterization::exact(), Parameterization::Exact(CayleyConvention::Peft));
+    /// ```
+    pub fn exact() -> Self {
+        Self::Exact(CayleyConvention::Peft)
+    }
+
+    /// PEFT's Cayley–Neumann series with `terms` terms (`num_cayley_neumann_terms`; PEFT's default
+    /// is 5, [`Parameterization::default`]).
+    ///
+    /// ```
+    /// use oftq_ortho::Parameterization;
+    /// assert_eq!(Parameterization::neumann(5), Parameterization::default());
+    /// ```
+    pub fn neumann(terms: usize) -> Self {
+        Self::Neumann {
+            terms,
+            flavor: NeumannFlavor::Peft,
+        }
+    }
+
     /// PEFT's parameterization for `use_cayley_neumann` and `num_cayley_neumann_terms`.
     pub fn peft(use_cayley_neumann: bool, num_cayley_neumann_terms: usize) -> Self {
         if use_cayley_neumann {

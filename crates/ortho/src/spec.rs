@@ -8,14 +8,21 @@ use crate::parameterization::Parameterization;
 /// `in_features = r·b` input features.
 ///
 /// With `block_share`, one stored block is used for all `r` positions (`R₁ = … = R_r`).
+/// Build one with [`RotationSpec::builder`] (named options, PEFT's defaults) or
+/// [`RotationSpec::new`] (every field, positionally).
 ///
 /// ```
 /// use oftq_ortho::{Parameterization, RotationSpec};
-/// let spec = RotationSpec::new(4096, 32, false, Parameterization::default()).unwrap();
+/// let spec = RotationSpec::builder(4096, 32).build()?; // PEFT's default: Neumann, 5 terms
 /// assert_eq!((spec.n_blocks(), spec.stored_blocks(), spec.n_elements()), (128, 128, 496));
 /// assert_eq!(spec.param_shape(), (128, 496));
-/// let shared = RotationSpec::new(4096, 32, true, Parameterization::default()).unwrap();
+/// let shared = RotationSpec::builder(4096, 32)
+///     .shared()
+///     .parameterization(Parameterization::exact())
+///     .build()?;
 /// assert_eq!(shared.param_shape(), (1, 496));
+/// assert_eq!(shared, RotationSpec::new(4096, 32, true, Parameterization::exact())?);
+/// # Ok::<(), oftq_ortho::OrthoError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RotationSpec {
@@ -26,7 +33,20 @@ pub struct RotationSpec {
 }
 
 impl RotationSpec {
-    /// A rotation of `in_features` features in blocks of `block_size`.
+    /// A builder for a rotation of `in_features` features in blocks of `block_size`: one block per
+    /// position (no sharing) and [`Parameterization::default`] (PEFT's Cayley–Neumann, 5 terms)
+    /// unless set otherwise; [`RotationSpecBuilder::build`] validates.
+    pub fn builder(in_features: usize, block_size: usize) -> RotationSpecBuilder {
+        RotationSpecBuilder {
+            in_features,
+            block_size,
+            block_share: false,
+            parameterization: Parameterization::default(),
+        }
+    }
+
+    /// A rotation of `in_features` features in blocks of `block_size` (see also
+    /// [`builder`](Self::builder), which names the options).
     ///
     /// # Errors
     /// [`OrthoError::InvalidGeometry`] if `block_size` is zero or does not divide `in_features`
@@ -98,5 +118,51 @@ impl RotationSpec {
             parameterization,
             ..self
         }
+    }
+}
+
+/// Named options for a [`RotationSpec`], from [`RotationSpec::builder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct RotationSpecBuilder {
+    in_features: usize,
+    block_size: usize,
+    block_share: bool,
+    parameterization: Parameterization,
+}
+
+impl RotationSpecBuilder {
+    /// Whether one stored block serves every position (PEFT's `block_share`; default `false`).
+    pub fn block_share(self, block_share: bool) -> Self {
+        Self {
+            block_share,
+            ..self
+        }
+    }
+
+    /// One stored block for every position: `block_share(true)`.
+    pub fn shared(self) -> Self {
+        self.block_share(true)
+    }
+
+    /// The map from skew blocks to rotation blocks (default: PEFT's Cayley–Neumann, 5 terms).
+    pub fn parameterization(self, parameterization: Parameterization) -> Self {
+        Self {
+            parameterization,
+            ..self
+        }
+    }
+
+    /// The spec.
+    ///
+    /// # Errors
+    /// As [`RotationSpec::new`].
+    pub fn build(self) -> Result<RotationSpec> {
+        RotationSpec::new(
+            self.in_features,
+            self.block_size,
+            self.block_share,
+            self.parameterization,
+        )
     }
 }

@@ -141,8 +141,12 @@ fn check_key(
         )));
     }
     let w = weight.to_mat();
-    let spec_for =
-        |p| RotationSpec::new(r * b, b, false, p).map_err(ortho(format!("key {}", e.key)));
+    let spec_for = |p| {
+        RotationSpec::builder(r * b, b)
+            .parameterization(p)
+            .build()
+            .map_err(ortho(format!("key {}", e.key)))
+    };
     let mut modules: BTreeMap<String, (Parameterization, BTreeMap<String, &Tensor>)> =
         BTreeMap::new();
     for (item, t, name) in list {
