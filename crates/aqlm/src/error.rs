@@ -102,9 +102,56 @@ pub enum AqlmError {
         msg: String,
     },
 
-    /// No AQLM layer with this prefix exists in the checkpoint.
+    /// No AQLM layer with this prefix exists in the checkpoint. The message lists the layers the
+    /// checkpoint has (the first [`UNKNOWN_LAYER_LISTED`] of them).
     #[error(
-        "no AQLM layer named {0:?} in the checkpoint (a layer is AQLM when <name>.codes exists)"
+        "no AQLM layer named {name:?} in the checkpoint (AQLM layers: {}; a layer is AQLM when <name>.codes exists)",
+        list_layers(available)
     )]
-    UnknownLayer(String),
+    UnknownLayer {
+        /// The name asked for.
+        name: String,
+        /// Every AQLM layer of the checkpoint, sorted.
+        available: Vec<String>,
+    },
+}
+
+/// How many layer names an [`AqlmError::UnknownLayer`] message lists (the field holds them all).
+pub const UNKNOWN_LAYER_LISTED: usize = 16;
+
+/// `["a", "b", …]`, at most [`UNKNOWN_LAYER_LISTED`] names, then how many more.
+fn list_layers(names: &[String]) -> String {
+    let shown: Vec<&String> = names.iter().take(UNKNOWN_LAYER_LISTED).collect();
+    let more = names.len().saturating_sub(UNKNOWN_LAYER_LISTED);
+    if more == 0 {
+        format!("{shown:?}")
+    } else {
+        format!("{shown:?} and {more} more")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_layer_lists_the_layers() {
+        let few = AqlmError::UnknownLayer {
+            name: "nope".into(),
+            available: vec!["a".into(), "b".into()],
+        };
+        assert!(
+            few.to_string().contains(r#"(AQLM layers: ["a", "b"]; "#),
+            "{few}"
+        );
+        let many = AqlmError::UnknownLayer {
+            name: "nope".into(),
+            available: (0..20).map(|i| format!("l{i:02}")).collect(),
+        };
+        let text = many.to_string();
+        assert!(
+            text.contains(r#""l15"] and 4 more"#) && !text.contains("l16"),
+            "{text}"
+        );
+    }
 }

@@ -21,7 +21,7 @@ use crate::storage::Storage;
 /// ```
 /// use oftq_aqlm::{AqlmLayer, AqlmScheme};
 /// // 1 codebook of 2 bits, groups of 2 inputs: W is 1×4.
-/// let scheme = AqlmScheme::new(1, 2, 2, 1).unwrap();
+/// let scheme = AqlmScheme::builder(1, 2).in_group_size(2).build().unwrap();
 /// let codebooks = vec![0.0, 0.0, 1.0, 2.0, 3.0, 4.0, -1.0, -2.0]; // [1, 4, 1, 2]
 /// let layer = AqlmLayer::new(4, 1, scheme, vec![1, 3], codebooks, vec![2.0], None).unwrap();
 /// let w = layer.decode();

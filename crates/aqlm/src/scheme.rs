@@ -8,11 +8,19 @@ use crate::error::AqlmError;
 /// encoded by `num_codebooks` codes of `nbits` bits, one per codebook, and decoded as the sum of
 /// the selected codebook entries times the scale of its output group (see `aqlm.md` §1.1).
 ///
+/// Build one from its name (`"2x8"`, with aqlm's default groups `ig = 8`, `og = 1`), with
+/// [`AqlmScheme::builder`] (named group sizes) or with [`AqlmScheme::new`] (every field,
+/// positionally).
+///
 /// ```
 /// use oftq_aqlm::AqlmScheme;
-/// let s: AqlmScheme = "2x8".parse().unwrap();
+/// let s: AqlmScheme = "2x8".parse()?;
 /// assert_eq!((s.num_codebooks, s.nbits, s.in_group_size, s.out_group_size), (2, 8, 8, 1));
 /// assert_eq!(s.codebook_size(), 256);
+/// let g = AqlmScheme::builder(2, 4).in_group_size(4).out_group_size(2).build()?;
+/// assert_eq!(g, AqlmScheme::new(2, 4, 4, 2)?);
+/// assert_eq!(g.to_string(), "2x4 (in_group 4, out_group 2)");
+/// # Ok::<(), oftq_aqlm::AqlmError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AqlmScheme {
@@ -30,7 +38,22 @@ impl AqlmScheme {
     /// Largest supported code width in bits.
     pub const MAX_NBITS: u32 = 16;
 
-    /// A scheme with `num_codebooks × nbits` and the given group sizes, validated.
+    /// A builder for the scheme `num_codebooks × nbits` (`MxB`) with aqlm's default groups
+    /// (`in_group_size = 8`, `out_group_size = 1`) unless set; [`AqlmSchemeBuilder::build`]
+    /// validates.
+    pub fn builder(num_codebooks: usize, nbits: u32) -> AqlmSchemeBuilder {
+        AqlmSchemeBuilder {
+            scheme: Self {
+                num_codebooks,
+                nbits,
+                in_group_size: 8,
+                out_group_size: 1,
+            },
+        }
+    }
+
+    /// A scheme with `num_codebooks × nbits` and the given group sizes, validated (see also
+    /// [`builder`](Self::builder), which names the group sizes).
     ///
     /// # Errors
     /// [`AqlmError::InvalidScheme`] if any count is zero or `nbits > 16`.
@@ -82,6 +105,36 @@ impl AqlmScheme {
     /// Number of scalars in one codebook entry, `og · ig`.
     pub fn group_len(&self) -> usize {
         self.in_group_size * self.out_group_size
+    }
+}
+
+/// Named group sizes for an [`AqlmScheme`], from [`AqlmScheme::builder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct AqlmSchemeBuilder {
+    scheme: AqlmScheme,
+}
+
+impl AqlmSchemeBuilder {
+    /// Input features per group, `ig` (columns of a tile; default 8).
+    pub fn in_group_size(mut self, in_group_size: usize) -> Self {
+        self.scheme.in_group_size = in_group_size;
+        self
+    }
+
+    /// Output features per group, `og` (rows of a tile; default 1).
+    pub fn out_group_size(mut self, out_group_size: usize) -> Self {
+        self.scheme.out_group_size = out_group_size;
+        self
+    }
+
+    /// The scheme.
+    ///
+    /// # Errors
+    /// As [`AqlmScheme::new`].
+    pub fn build(self) -> Result<AqlmScheme, AqlmError> {
+        self.scheme.validate()?;
+        Ok(self.scheme)
     }
 }
 

@@ -107,7 +107,11 @@ fn valid_file_loads_and_round_trips() {
     assert_eq!(&l.codes()[..4], &[0, 1, 32, 31]); // −32 stored → 32 for 6 bits
     assert_eq!(c.tensors().len(), 1);
     assert_eq!(c.config().linear_weights_not_to_quantize, ["norm.weight"]);
-    assert!(matches!(c.layer("nope"), Err(AqlmError::UnknownLayer(_))));
+    let err = c.layer("nope").unwrap_err();
+    assert!(
+        matches!(&err, AqlmError::UnknownLayer { name, available } if name == "nope" && !available.is_empty())
+    );
+    assert!(err.to_string().contains("AQLM layers: ["), "{err}");
     let out = tempfile::tempdir().unwrap();
     c.save(out.path()).unwrap();
     let back = AqlmCheckpoint::load(out.path()).unwrap();

@@ -193,8 +193,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
         } => {
             let base: oftq_aqlm::AqlmScheme = scheme.parse()?;
-            let scheme =
-                oftq_aqlm::AqlmScheme::new(base.num_codebooks, base.nbits, in_group, out_group)?;
+            let scheme = oftq_aqlm::AqlmScheme::builder(base.num_codebooks, base.nbits)
+                .in_group_size(in_group)
+                .out_group_size(out_group)
+                .build()?;
             let args = commands::quantize::QuantizeArgs {
                 input,
                 output,

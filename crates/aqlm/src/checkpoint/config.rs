@@ -76,7 +76,11 @@ impl QuantizationConfig {
         let b = num("nbits_per_codebook", 16)?;
         let b =
             u32::try_from(b).map_err(|_| err(format!("nbits_per_codebook = {b} is too large")))?;
-        let scheme = AqlmScheme::new(m, b, ig, og).map_err(|e| err(e.to_string()))?;
+        let scheme = AqlmScheme::builder(m, b)
+            .in_group_size(ig)
+            .out_group_size(og)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let list = match block.get("linear_weights_not_to_quantize") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a

@@ -32,7 +32,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 ///
 /// ```
 /// use oftq_aqlm::{AqlmCheckpoint, AqlmLayer, AqlmScheme, QuantizationConfig};
-/// let scheme = AqlmScheme::new(1, 2, 2, 1).unwrap();
+/// let scheme = AqlmScheme::builder(1, 2).in_group_size(2).build().unwrap();
 /// let layer = AqlmLayer::new(4, 1, scheme, vec![1, 3], vec![0.5; 8], vec![2.0], None).unwrap();
 /// let mut ckpt = AqlmCheckpoint::new(QuantizationConfig::new(scheme));
 /// ckpt.insert_layer("model.proj", layer).unwrap();
@@ -81,11 +81,14 @@ impl AqlmCheckpoint {
     /// The AQLM layer with prefix `name`.
     ///
     /// # Errors
-    /// [`AqlmError::UnknownLayer`] if there is none.
+    /// [`AqlmError::UnknownLayer`] (listing the layers there are) if there is none.
     pub fn layer(&self, name: &str) -> Result<&AqlmLayer, AqlmError> {
         self.layers
             .get(name)
-            .ok_or_else(|| AqlmError::UnknownLayer(name.to_string()))
+            .ok_or_else(|| AqlmError::UnknownLayer {
+                name: name.to_string(),
+                available: self.layers.keys().cloned().collect(),
+            })
     }
 
     /// Consumes the checkpoint, giving its AQLM layers by prefix.

@@ -26,7 +26,7 @@
 //! use oftq_aqlm::encode::{quantize, QuantizeOptions};
 //!
 //! let w = Mat::<f32>::from_fn(8, 16, |i, j| ((i * 16 + j) as f32 * 0.37).sin());
-//! let scheme = AqlmScheme::new(2, 4, 4, 1)?;
+//! let scheme = AqlmScheme::builder(2, 4).in_group_size(4).build()?;
 //! let enc = quantize(w.as_ref(), scheme, &QuantizeOptions::default())?;
 //! assert_eq!(enc.codes.len(), 8 * 4 * 2);
 //! assert!(enc.relative_error < 0.2);

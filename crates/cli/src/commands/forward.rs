@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use oftq_aqlm::{AqlmCheckpoint, AqlmError};
+use oftq_aqlm::AqlmError;
 use oftq_layer::LayerError;
 
 use crate::tensor_io::{SafetensorsFile, Tensor, write_f32};
@@ -132,15 +132,13 @@ fn load_layer(
 ) -> Result<oftq_layer::AqlmOftLinear> {
     match oftq_layer::load_aqlm_oft(model, module, adapters) {
         Ok(layer) => Ok(layer),
-        Err(LayerError::Aqlm(AqlmError::UnknownLayer(_))) => {
-            let known = AqlmCheckpoint::load(model)
-                .map(|c| c.layers().keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default();
-            bail!(
-                "{}: no AQLM layer named {module:?} (AQLM layers: {known:?})",
-                model.join(oftq_aqlm::checkpoint::WEIGHTS_FILE).display()
-            )
-        }
+        Err(LayerError::Aqlm(e @ AqlmError::UnknownLayer { .. })) => Err(anyhow::Error::new(e)
+            .context(
+                model
+                    .join(oftq_aqlm::checkpoint::WEIGHTS_FILE)
+                    .display()
+                    .to_string(),
+            )),
         Err(
             e @ (LayerError::Io { .. }
             | LayerError::Malformed { .. }
