@@ -44,7 +44,8 @@ pub use dense::DenseLinear;
 pub use dispatch::{Module, OftModel, dispatch, dispatch_aqlm, dispatch_dense};
 pub use error::{LayerError, Result};
 pub use load::{
-    LoadOptions, add_peft_adapter, add_peft_adapter_with, load_aqlm_oft, load_aqlm_oft_with,
+    LoadOptions, add_peft_adapter, add_peft_adapter_with, load_aqlm_oft, load_aqlm_oft_model,
+    load_aqlm_oft_with,
 };
 pub use oft_linear::{AqlmOftLinear, DenseOftLinear, OftCache, OftGrad, OftLinear};
 pub use peft_io::{PeftAdapter, adapter_dir, load_adapter, save_adapter};
