@@ -9,7 +9,7 @@ use oftq_ortho::{
     project_coft,
 };
 
-use crate::config::OftConfig;
+use crate::config::{BlockAdjustment, OftConfig};
 use crate::error::{LayerError, Result, shape};
 
 /// One OFT adapter on a layer with `in_features` inputs: the packed skew parameters
@@ -28,6 +28,7 @@ pub struct OftAdapter {
     divergence: DivergencePolicy,
     weight: Mat<f32>,
     rotation: BlockRotation<f32>,
+    adjusted: Option<BlockAdjustment>,
 }
 
 impl OftAdapter {
@@ -37,7 +38,7 @@ impl OftAdapter {
     /// # Errors
     /// Invalid config ([`OftConfig::validate`]).
     pub fn new(config: &OftConfig, in_features: usize, seed: u64) -> Result<Self> {
-        let spec = spec_from_config(config, in_features)?;
+        let (spec, adjusted) = spec_from_config(config, in_features)?;
         let (rows, cols) = spec.param_shape();
         let weight = if config.init_weights {
             Mat::zeros(rows, cols)
@@ -48,7 +49,7 @@ impl OftAdapter {
             data.truncate(rows * cols);
             Mat::from_fn(rows, cols, |i, k| data[i * cols + k])
         };
-        Self::from_parts(config, spec, weight)
+        Self::from_parts(config, (spec, adjusted), weight)
     }
 
     /// An adapter with given parameters, checked against the config and the layer: the block size
@@ -58,7 +59,7 @@ impl OftAdapter {
     /// # Errors
     /// [`LayerError::Shape`] naming both geometries on any mismatch; invalid config; non-finite values.
     pub fn with_weight(config: &OftConfig, in_features: usize, weight: Mat<f32>) -> Result<Self> {
-        let spec = spec_from_config(config, in_features)?;
+        let (spec, adjusted) = spec_from_config(config, in_features)?;
         let (rows, cols) = spec.param_shape();
         if weight.nrows() != rows || weight.ncols() != cols {
             let inferred = block_size_from_n_elements(weight.ncols())
@@ -74,10 +75,14 @@ impl OftAdapter {
                 format!("[{}, {}] ({inferred})", weight.nrows(), weight.ncols()),
             ));
         }
-        Self::from_parts(config, spec, weight)
+        Self::from_parts(config, (spec, adjusted), weight)
     }
 
-    fn from_parts(config: &OftConfig, spec: RotationSpec, weight: Mat<f32>) -> Result<Self> {
+    fn from_parts(
+        config: &OftConfig,
+        (spec, adjusted): (RotationSpec, Option<BlockAdjustment>),
+        weight: Mat<f32>,
+    ) -> Result<Self> {
         let coft = config
             .coft
             .then(|| CoftRadius::peft(config.eps, spec.stored_blocks()));
@@ -89,6 +94,7 @@ impl OftAdapter {
             divergence: config.oftq.divergence,
             weight: Mat::zeros(0, 0),
             rotation,
+            adjusted,
         };
         a.set_weight(weight)?;
         Ok(a)
@@ -128,6 +134,12 @@ impl OftAdapter {
     /// The geometry and parameterization.
     pub fn spec(&self) -> &RotationSpec {
         &self.spec
+    }
+
+    /// The change PEFT's rule made to the configured `oft_block_size` (or `r`) because it did not
+    /// divide the layer's `in_features` (PEFT only logs a warning; so does oftq, through `log`).
+    pub fn block_adjustment(&self) -> Option<BlockAdjustment> {
+        self.adjusted
     }
 
     /// The COFT ball, if any.
@@ -178,14 +190,21 @@ pub fn dropout_mask(spec: &RotationSpec, p: f64, rng: &mut StdRng) -> Option<Vec
     Some(mask)
 }
 
-fn spec_from_config(config: &OftConfig, in_features: usize) -> Result<RotationSpec> {
-    let (_, b) = config.resolve(in_features)?;
-    Ok(RotationSpec::new(
-        in_features,
-        b,
-        config.block_share,
-        config.parameterization(),
-    )?)
+/// The spec PEFT's rules give for `config` on `in_features` inputs, with the block-size
+/// adjustment made (also logged, as PEFT warns).
+fn spec_from_config(
+    config: &OftConfig,
+    in_features: usize,
+) -> Result<(RotationSpec, Option<BlockAdjustment>)> {
+    let g = config.geometry(in_features)?;
+    if let Some(a) = g.adjusted {
+        log::warn!("{a}");
+    }
+    let spec = RotationSpec::builder(in_features, g.block_size)
+        .block_share(config.block_share)
+        .parameterization(config.parameterization())
+        .build()?;
+    Ok((spec, g.adjusted))
 }
 
 #[cfg(test)]
@@ -214,6 +233,14 @@ mod tests {
         assert!(std > 0.03 && std < 0.3);
         let err = OftAdapter::with_weight(&c, 16, Mat::zeros(4, 10)).unwrap_err();
         assert!(err.to_string().contains("block size 5"), "{err}");
+        assert!(a.block_adjustment().is_none());
+        let odd = OftAdapter::new(&c, 18, 0).unwrap();
+        assert_eq!(odd.spec().block_size(), 3);
+        let adj = odd.block_adjustment().unwrap();
+        assert_eq!(
+            (adj.field, adj.requested, adj.used),
+            ("oft_block_size", 4, 3)
+        );
     }
 
     #[test]

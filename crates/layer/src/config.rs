@@ -168,6 +168,39 @@ impl Default for OftConfig {
     }
 }
 
+/// How an adapter's blocks fit a layer: [`OftConfig::geometry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockGeometry {
+    /// Blocks per layer, `in_features / block_size`.
+    pub r: usize,
+    /// Block size `b`.
+    pub block_size: usize,
+    /// The change PEFT's rule made to the configured value, if it did not divide `in_features`.
+    pub adjusted: Option<BlockAdjustment>,
+}
+
+/// A configured `oft_block_size` (or `r`) replaced by the nearest divisor of `in_features`, as
+/// PEFT's `update_layer` does (it only warns). `Display` is PEFT's warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockAdjustment {
+    /// `"oft_block_size"` or `"r"`: the field that was set.
+    pub field: &'static str,
+    /// The configured value.
+    pub requested: usize,
+    /// The value used.
+    pub used: usize,
+}
+
+impl std::fmt::Display for BlockAdjustment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Invalid `{0}` ({1})! Adjusted `{0}` to ({2}).",
+            self.field, self.requested, self.used
+        )
+    }
+}
+
 /// PEFT's `adjust`: the divisor of `n` nearest to `p` (ties go down); `n` itself if `p ≥ n`.
 ///
 /// ```
@@ -238,32 +271,66 @@ impl OftConfig {
 
     /// Resolves `(r, b)` for a layer with `in_features` inputs as PEFT's `update_layer` does:
     /// a block size (or `r`) that does not divide `in_features` is replaced by the nearest divisor
-    /// (ties down) with a warning through the `log` facade.
+    /// (ties down) with a warning through the `log` facade. [`geometry`](Self::geometry) also
+    /// returns the adjustment, for callers without a logger.
     ///
     /// # Errors
     /// Those of [`validate`](Self::validate); `in_features == 0`.
     pub fn resolve(&self, in_features: usize) -> Result<(usize, usize)> {
+        let g = self.geometry(in_features)?;
+        if let Some(a) = g.adjusted {
+            log::warn!("{a}");
+        }
+        Ok((g.r, g.block_size))
+    }
+
+    /// [`resolve`](Self::resolve) without logging: the blocks per layer, the block size, and
+    /// the adjustment PEFT's rule made, if any.
+    ///
+    /// ```
+    /// use oftq_layer::OftConfig;
+    /// use oftq_layer::config::BlockAdjustment;
+    /// let g = OftConfig { oft_block_size: 32, ..OftConfig::default() }.geometry(100)?;
+    /// assert_eq!((g.r, g.block_size), (4, 25));
+    /// let a = g.adjusted.unwrap();
+    /// assert_eq!(a, BlockAdjustment { field: "oft_block_size", requested: 32, used: 25 });
+    /// assert_eq!(a.to_string(), "Invalid `oft_block_size` (32)! Adjusted `oft_block_size` to (25).");
+    /// assert!(OftConfig::default().geometry(64)?.adjusted.is_none());
+    /// # Ok::<(), oftq_layer::LayerError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`validate`](Self::validate); `in_features == 0`.
+    pub fn geometry(&self, in_features: usize) -> Result<BlockGeometry> {
         self.validate()?;
         if in_features == 0 {
             return Err(LayerError::Config("in_features must be >= 1".into()));
         }
-        if self.r == 0 {
-            let mut b = self.oft_block_size;
-            if !in_features.is_multiple_of(b) || b > in_features {
-                let old = b;
-                b = nearest_divisor(in_features, b);
-                log::warn!("Invalid `oft_block_size` ({old})! Adjusted `oft_block_size` to ({b}).");
-            }
-            Ok((in_features / b, b))
+        let (field, requested) = if self.r == 0 {
+            ("oft_block_size", self.oft_block_size)
         } else {
-            let mut r = self.r;
-            if !in_features.is_multiple_of(r) || r > in_features {
-                let old = r;
-                r = nearest_divisor(in_features, r);
-                log::warn!("Invalid `r` ({old})! Adjusted `r` to ({r}).");
-            }
-            Ok((r, in_features / r))
-        }
+            ("r", self.r)
+        };
+        let used = if !in_features.is_multiple_of(requested) || requested > in_features {
+            nearest_divisor(in_features, requested)
+        } else {
+            requested
+        };
+        let adjusted = (used != requested).then_some(BlockAdjustment {
+            field,
+            requested,
+            used,
+        });
+        let (r, block_size) = if self.r == 0 {
+            (in_features / used, used)
+        } else {
+            (used, in_features / used)
+        };
+        Ok(BlockGeometry {
+            r,
+            block_size,
+            adjusted,
+        })
     }
 
     /// The rotation parameterization these options select (PEFT's unless [`OftqOptions`] say otherwise).

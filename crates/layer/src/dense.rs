@@ -17,7 +17,32 @@ pub struct DenseLinear {
 }
 
 impl DenseLinear {
-    /// A layer from its weight (`[out, in]`, or `[in, out]` with `fan_in_fan_out`) and optional bias.
+    /// A layer with `nn.Linear`'s layout: `weight [out, in]`, optional bias `[out]`.
+    ///
+    /// ```
+    /// use oftq_layer::{BaseLinear, DenseLinear};
+    /// let layer = DenseLinear::linear(faer::Mat::<f32>::ones(3, 5), Some(vec![0.5; 3]))?;
+    /// assert_eq!((layer.in_features(), layer.out_features()), (5, 3));
+    /// # Ok::<(), oftq_layer::LayerError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn linear(weight: Mat<f32>, bias: Option<Vec<f32>>) -> Result<Self> {
+        Self::new(weight, bias, false)
+    }
+
+    /// A layer with GPT-2 `Conv1D`'s layout (PEFT's `fan_in_fan_out = True`): `weight [in, out]`,
+    /// optional bias `[out]`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn conv1d(weight: Mat<f32>, bias: Option<Vec<f32>>) -> Result<Self> {
+        Self::new(weight, bias, true)
+    }
+
+    /// A layer from its weight (`[out, in]`, or `[in, out]` with `fan_in_fan_out`) and optional
+    /// bias (see also [`linear`](Self::linear) and [`conv1d`](Self::conv1d), which name the layout).
     ///
     /// # Errors
     /// [`LayerError::Shape`] for a bias of the wrong length, [`LayerError::NonFinite`] for NaN/∞.

@@ -64,6 +64,9 @@ pub enum LayerError {
     /// From the AQLM crate.
     #[error(transparent)]
     Aqlm(#[from] oftq_aqlm::AqlmError),
+    /// From the AQLM encoder (quantizing a dense weight).
+    #[error(transparent)]
+    Encode(#[from] oftq_aqlm::encode::EncodeError),
 }
 
 /// Shorthand for `Result<T, LayerError>`.

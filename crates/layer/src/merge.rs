@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn dense_merge_unmerge_round_trip() {
         let w = Mat::<f32>::from_fn(6, 8, |i, j| ((i * 8 + j) as f32 * 0.37).sin());
-        let base = DenseLinear::new(w.clone(), Some(vec![0.1; 6]), false).unwrap();
+        let base = DenseLinear::linear(w.clone(), Some(vec![0.1; 6])).unwrap();
         let mut layer = DenseOftLinear::with_adapter(base, "a", &config(4, false, false)).unwrap();
         layer.add_adapter("b", &config(2, false, true)).unwrap();
         let x = Mat::<f32>::from_fn(3, 8, |t, f| (t as f32 - f as f32) / 8.0);
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn dense_unmerge_after_two_merges_restores_the_weight() {
         let w = Mat::<f32>::from_fn(6, 8, |i, j| ((i * 8 + j) as f32 * 0.37).sin());
-        let base = DenseLinear::new(w.clone(), None, false).unwrap();
+        let base = DenseLinear::linear(w.clone(), None).unwrap();
         let mut layer = DenseOftLinear::with_adapter(base, "a", &config(8, false, true)).unwrap();
         layer.add_adapter("b", &config(8, false, true)).unwrap();
         layer.merge(Some(&["b"]), true).unwrap();
@@ -283,7 +283,10 @@ mod tests {
     }
 
     fn aqlm(in_f: usize, out_f: usize) -> AqlmLayer {
-        let scheme = oftq_aqlm::AqlmScheme::new(2, 4, 8, 2).unwrap();
+        let scheme = oftq_aqlm::AqlmScheme::builder(2, 4)
+            .out_group_size(2)
+            .build()
+            .unwrap();
         let codes: Vec<u16> = (0..(out_f / 2) * (in_f / 8) * 2)
             .map(|i| (i * 7 % 16) as u16)
             .collect();

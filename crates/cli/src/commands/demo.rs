@@ -202,7 +202,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     let dense: Vec<Module> = teacher
         .iter()
-        .map(|w| Ok(Module::Dense(DenseLinear::new(w.clone(), None, false)?)))
+        .map(|w| Ok(Module::Dense(DenseLinear::linear(w.clone(), None)?)))
         .collect::<Result<_>>()?;
     let target_model = with_adapters(&dense, &planted_config, Some(&planted))?;
     let aqlm_modules: Vec<Module> = quantized.iter().cloned().map(Module::Aqlm).collect();

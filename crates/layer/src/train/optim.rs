@@ -89,7 +89,11 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<ParamKey, Mat<f32>>, max_norm: Option
 /// First and second moments of every parameter, `(m, v)`, in `f64`.
 pub type Moments = BTreeMap<ParamKey, (Mat<f64>, Mat<f64>)>;
 
-/// AdamW (decoupled weight decay, Loshchilov & Hutter) with bias correction, as `torch.optim.AdamW`.
+/// AdamW (decoupled weight decay, Loshchilov & Hutter) with bias correction, as `torch.optim.AdamW`:
+/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `p ← p − lr·(wd·p + m̂/(√v̂ + ε))` with
+/// `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`. [`AdamW::new`] sets PyTorch's defaults: `β = (0.9, 0.999)`,
+/// `ε = 1e-8`, weight decay `0.01` (applied to the adapters' skew parameters, i.e. pulling `Q`
+/// towards 0 and `R` towards `I`).
 #[derive(Debug, Clone)]
 pub struct AdamW {
     /// Base learning rate.

@@ -50,7 +50,8 @@ pub struct Trainer {
     pub optimizer: AdamW,
     /// The learning-rate schedule.
     pub schedule: LrSchedule,
-    /// Clip the global gradient norm to this value.
+    /// Clip the global gradient norm to this value ([`clip_grad_norm`]); `Some(1.0)` from
+    /// [`Trainer::new`], `None` disables clipping.
     pub clip: Option<f64>,
     rng: StdRng,
 }
@@ -60,7 +61,10 @@ fn finite(m: MatRef<'_, f32>) -> bool {
 }
 
 impl Trainer {
-    /// A trainer; `seed` drives module dropout.
+    /// A trainer; `seed` drives module dropout. Gradients are clipped to a global L2 norm of
+    /// `1.0` (the [`clip`](Self::clip) field; the usual value of Hugging Face's `Trainer`,
+    /// `max_grad_norm = 1.0`). The optimizer's own defaults are [`AdamW::new`]'s (weight decay
+    /// `0.01`, as `torch.optim.AdamW`).
     pub fn new(model: Sequential, optimizer: AdamW, schedule: LrSchedule, seed: u64) -> Self {
         Self {
             model,
