@@ -1,14 +1,4 @@
-//! The `oftq` command line: orthogonal fine-tuning (OFT) on AQLM-quantized linear layers.
-//!
-//! - `oftq forward`: one AQLM layer of an HF checkpoint folder with PEFT OFT adapters on top,
-//!   forward (and backward when `grad_y` is given) on tensors from a safetensors file.
-//! - `oftq inspect PATH`: describes an AQLM checkpoint folder, a PEFT adapter folder or a
-//!   safetensors file.
-//! - `oftq demo`: the main job — quantize a small model to ~2 bits, attach OFT, train, save.
-//! - `oftq quantize`: dense weights (safetensors) → HF AQLM checkpoint folder.
-//! - `oftq train`: fit OFT adapters on AQLM layers from input/target tensors.
-//!
-//! Every failure prints one line `error: …` naming the file and the problem, and exits non-zero.
+#![doc = include_str!("../README.md")]
 
 mod commands;
 mod plot;
