@@ -36,3 +36,6 @@ pub use spec::{RotationSpec, RotationSpecBuilder};
 /// The linear-algebra crate of every matrix in this API (`faer::Mat`, `MatRef`, …), re-exported so
 /// that a user pins one version: the one this crate was built with.
 pub use faer;
+/// The numeric-traits crate of [`Real`]'s bounds (`num_traits::Float`), re-exported for the same
+/// reason (generic code over `T: Real` calls its methods).
+pub use num_traits;
