@@ -1,0 +1,72 @@
+//! The frozen base product `y = x·Wᵀ + bias` as a candle custom op whose backward is the input
+//! gradient `dx = dy·W` from the base layer's own kernels (for AQLM: oftq-aqlm's, never decoding
+//! `W`). The base has no trainable parameters, so nothing else flows back.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use oftq_layer::BaseLinear;
+
+use crate::tensor_io::{contiguous_slice, rows_of, storage_of, view};
+
+/// `y = base(x)` for `x [..., in]` (contiguous `f32`) → `y [..., out]`.
+pub(crate) struct BaseForward<B>(pub(crate) Arc<B>);
+
+/// `dx = dy·W` for `dy [..., out]` → `dx [..., in]`: the backward of [`BaseForward`] (recorded
+/// without a backward of its own).
+struct BaseInputGrad<B>(Arc<B>);
+
+/// Applies `f` (a product of the base layer) to a contiguous `f32` tensor `[..., n_in]`, giving
+/// `[..., n_out]`.
+fn apply_rows(
+    storage: &CpuStorage,
+    layout: &Layout,
+    n_in: usize,
+    n_out: usize,
+    what: &str,
+    f: impl FnOnce(faer::MatRef<'_, f32>) -> oftq_layer::Result<faer::Mat<f32>>,
+) -> Result<(CpuStorage, Shape)> {
+    let rows = rows_of(layout.shape(), n_in, what)?;
+    let x = contiguous_slice::<f32>(storage, layout, what)?;
+    // A column-major copy first: the kernels' GEMM tiles pack their left operand once per output
+    // block, which is cheaper from column-major storage (measured on 2x8 4096², 64 tokens:
+    // 1.0–1.5 ms less per product, for a 0.3 ms copy).
+    let x = view(x, rows, n_in).to_owned();
+    let y = f(x.as_ref()).map_err(candle_core::Error::wrap)?;
+    let mut dims = layout.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n_out;
+    }
+    Ok((storage_of(y.as_ref()), Shape::from(dims)))
+}
+
+impl<B: BaseLinear + 'static> CustomOp1 for BaseForward<B> {
+    fn name(&self) -> &'static str {
+        "oftq-base-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let b = &self.0;
+        let (i, o) = (b.in_features(), b.out_features());
+        apply_rows(storage, layout, i, o, "base layer input", |x| b.forward(x))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dy = grad_res.contiguous()?;
+        Ok(Some(dy.apply_op1_no_bwd(&BaseInputGrad(self.0.clone()))?))
+    }
+}
+
+impl<B: BaseLinear + 'static> CustomOp1 for BaseInputGrad<B> {
+    fn name(&self) -> &'static str {
+        "oftq-base-linear-input-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let b = &self.0;
+        let (i, o) = (b.in_features(), b.out_features());
+        apply_rows(storage, layout, o, i, "base layer output gradient", |dy| {
+            b.backward_input(dy)
+        })
+    }
+}

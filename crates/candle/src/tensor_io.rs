@@ -1,0 +1,137 @@
+//! Moving activations between candle's row-major storage and faer matrix views.
+//!
+//! candle stores a contiguous tensor `[..., n]` row-major; oftq's kernels take `faer` views of
+//! `[tokens, n]` with any strides. A contiguous slice is viewed in place (no copy); results, which
+//! oftq returns column-major, are copied once into a row-major `Vec` that becomes the new tensor's
+//! storage.
+
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
+use faer::{Mat, MatMut, MatRef};
+use oftq_ortho::Real;
+
+/// The contiguous elements of a CPU storage under `layout`, or an error naming `what`.
+pub(crate) fn contiguous_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(storage)?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&all[start..end]),
+        None => candle_core::bail!(
+            "oftq-candle: {what} must be contiguous (call .contiguous() first), got strides {:?}",
+            layout.stride()
+        ),
+    }
+}
+
+/// `[..., n]` seen as `(tokens, n)`: the product of the leading dimensions and the last one.
+///
+/// # Errors
+/// A rank-0 shape, or a last dimension other than `n`.
+pub(crate) fn rows_of(shape: &Shape, n: usize, what: &str) -> Result<usize> {
+    match shape.dims().split_last() {
+        Some((&last, lead)) if last == n => Ok(lead.iter().product()),
+        _ => candle_core::bail!(
+            "oftq-candle: {what} must have shape [..., {n}], got {:?}",
+            shape.dims()
+        ),
+    }
+}
+
+/// A row-major `[rows, cols]` view of a contiguous slice.
+pub(crate) fn view<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(data, rows, cols)
+}
+
+/// `m` copied into a row-major `Vec` (faer picks a cache-friendly order for the transpose).
+pub(crate) fn row_major<T: WithDType + Real>(m: MatRef<'_, T>) -> Vec<T> {
+    let (rows, cols) = (m.nrows(), m.ncols());
+    let mut out = vec![<T as WithDType>::from_f64(0.0); rows * cols];
+    MatMut::from_row_major_slice_mut(&mut out, rows, cols).copy_from(m);
+    out
+}
+
+/// `m` as a CPU storage, row-major.
+pub(crate) fn storage_of<T: WithDType + Real>(m: MatRef<'_, T>) -> CpuStorage {
+    T::to_cpu_storage_owned(row_major(m))
+}
+
+/// `m` as a (non-tracked) tensor of shape `shape` on the CPU.
+pub(crate) fn tensor_of<T: WithDType + Real>(m: MatRef<'_, T>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(row_major(m), shape, &Device::Cpu)
+}
+
+/// Runs `f` on the contiguous row-major elements of a CPU tensor of element type `T`
+/// (made contiguous first when it is not).
+pub(crate) fn with_slice<T: WithDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(contiguous_slice(cpu, layout, what)?),
+        _ => candle_core::bail!("oftq-candle: {what} must be on the CPU device"),
+    }
+}
+
+/// A `[rows, cols]` CPU tensor of `f32` (or any `T`) copied into a faer matrix.
+pub(crate) fn to_mat<T: WithDType + Real>(t: &Tensor, what: &str) -> Result<Mat<T>> {
+    let (rows, cols) = t.dims2()?;
+    with_slice(t, what, |v: &[T]| Ok(view(v, rows, cols).to_owned()))
+}
+
+/// The compute dtype of the modules: `f32` passes, `f16`/`bf16` are converted to `f32` (returned
+/// with the original dtype, to convert the output back), anything else is an error.
+pub(crate) fn to_compute_dtype(x: &Tensor) -> Result<(Tensor, DType)> {
+    match x.dtype() {
+        DType::F32 => Ok((x.clone(), DType::F32)),
+        d @ (DType::F16 | DType::BF16) => Ok((x.to_dtype(DType::F32)?, d)),
+        d => candle_core::bail!(
+            "oftq-candle: layer input must be f32, f16 or bf16 (computed in f32), got {d:?}"
+        ),
+    }
+}
+
+/// `x` on the CPU, or an error: oftq's kernels are CPU kernels.
+pub(crate) fn ensure_cpu(x: &Tensor, what: &str) -> Result<()> {
+    if x.device().is_cpu() {
+        Ok(())
+    } else {
+        candle_core::bail!(
+            "oftq-candle: {what} must be on the CPU device, got {:?}",
+            x.device().location()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_major_round_trip() {
+        let m = Mat::<f32>::from_fn(3, 5, |i, j| (i * 5 + j) as f32);
+        let v = row_major(m.as_ref());
+        assert_eq!(v, (0..15).map(|k| k as f32).collect::<Vec<_>>());
+        assert_eq!(view(&v, 3, 5), m.as_ref());
+        let t = tensor_of(m.as_ref(), &Shape::from((3, 5))).unwrap();
+        assert_eq!(to_mat::<f32>(&t.t().unwrap(), "t").unwrap(), m.transpose());
+    }
+
+    #[test]
+    fn shapes_and_dtypes() {
+        assert_eq!(rows_of(&Shape::from((2, 3, 4)), 4, "x").unwrap(), 6);
+        let e = rows_of(&Shape::from((2, 3)), 4, "x").unwrap_err();
+        assert!(e.to_string().contains("[..., 4]"), "{e}");
+        assert!(rows_of(&Shape::from(()), 4, "x").is_err());
+        let x = Tensor::zeros((2, 2), DType::F64, &Device::Cpu).unwrap();
+        let e = to_compute_dtype(&x).unwrap_err();
+        assert!(e.to_string().contains("F64"), "{e}");
+        let h = Tensor::zeros((2, 2), DType::BF16, &Device::Cpu).unwrap();
+        let (c, d) = to_compute_dtype(&h).unwrap();
+        assert_eq!((c.dtype(), d), (DType::F32, DType::BF16));
+    }
+}
