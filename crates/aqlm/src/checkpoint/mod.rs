@@ -73,6 +73,13 @@ impl AqlmCheckpoint {
         &self.config_json
     }
 
+    /// Sets the rest of `config.json` (the model's own fields, e.g. a Llama config) that
+    /// [`save`](Self::save) writes; its `quantization_config` block is replaced by this
+    /// checkpoint's on save.
+    pub fn set_config_json(&mut self, json: Value) {
+        self.config_json = json;
+    }
+
     /// Every AQLM layer, by prefix.
     pub fn layers(&self) -> &BTreeMap<String, AqlmLayer> {
         &self.layers
