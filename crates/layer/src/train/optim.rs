@@ -166,6 +166,19 @@ impl AdamW {
         (new_params, new_state)
     }
 
+    /// The first and second moments per parameter and the number of steps taken, e.g. to write a
+    /// checkpoint a run can resume from with [`restore`](Self::restore).
+    pub fn moments(&self) -> (&Moments, u64) {
+        (&self.state, self.t)
+    }
+
+    /// Restores moments and the step count saved from [`moments`](Self::moments), so the next
+    /// step continues the interrupted run exactly.
+    pub fn restore(&mut self, moments: Moments, steps: u64) {
+        self.state = moments;
+        self.t = steps;
+    }
+
     /// Keeps the moments of a step whose parameters were applied.
     pub fn commit(&mut self, state: Moments) {
         self.state.extend(state);
