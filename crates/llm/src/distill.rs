@@ -1,0 +1,677 @@
+//! Knowledge distillation of OFT adapters: the AQLM student learns the source model's next-token
+//! distribution.
+//!
+//! **Loss.** Per token, `KL(p_T ‖ p_S)` at temperature 1, averaged over tokens. The teacher's
+//! distribution is cached once per training sequence as its `k` most likely tokens plus one
+//! "tail" bin holding the rest of the mass (see [`TeacherTargets`]); the KL is then exact on that
+//! `(k+1)`-bin coarsening, `Σ_{i∈K} p_i log(p_i/q_i) + p_tail log(p_tail/q_tail)`, a lower bound of
+//! the full KL that equals it when the tail is negligible (k = 64 keeps over 99% of the mass on
+//! generated text). Its gradient in the student's logits `z` is `q_j − p_j` on the kept tokens and
+//! `q_j·(1 − p_tail/q_tail)` on the others ([`KlToTeacher`]).
+//!
+//! **Optimiser.** oftq-layer's AdamW (PEFT's defaults: β = (0.9, 0.999), ε = 1e-8, weight decay
+//! 0.01) with linear warm-up and cosine decay, the global gradient norm clipped to 1.0, COFT
+//! projected after every step; checkpoints every `checkpoint_every` steps (adapter, moments, step)
+//! let an interrupted run resume exactly.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use oftq_candle::candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+use oftq_candle::candle_nn::VarMap;
+use oftq_candle::layer::OftConfig;
+use oftq_candle::layer::config::TargetModules;
+use oftq_candle::layer::faer::Mat;
+use oftq_candle::layer::train::{AdamW, LrSchedule, Moments, ParamKey, clip_grad_norm};
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::error::{LlmError, Result};
+use crate::model::Llama;
+use crate::weights::PROJECTIONS;
+
+/// The teacher's next-token distributions of a set of sequences, kept as the top `k` tokens of
+/// each position (ids and probabilities) and the remaining mass.
+#[derive(Debug, Clone)]
+pub struct TeacherTargets {
+    /// Tokens kept per position.
+    pub k: usize,
+    /// `[positions, k]` token ids.
+    pub ids: Vec<u32>,
+    /// `[positions, k]` probabilities.
+    pub probs: Vec<f32>,
+    /// `[positions]` probability of all other tokens.
+    pub tail: Vec<f32>,
+}
+
+impl TeacherTargets {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.tail.is_empty()
+    }
+
+    /// Mean probability mass kept in the top `k` (the rest is the tail bin).
+    pub fn kept_mass(&self) -> f64 {
+        1.0 - self.tail.iter().map(|&t| f64::from(t)).sum::<f64>() / self.len().max(1) as f64
+    }
+
+    /// The targets of rows `start..start+n`.
+    fn slice(&self, start: usize, n: usize) -> Self {
+        Self {
+            k: self.k,
+            ids: self.ids[start * self.k..(start + n) * self.k].to_vec(),
+            probs: self.probs[start * self.k..(start + n) * self.k].to_vec(),
+            tail: self.tail[start..start + n].to_vec(),
+        }
+    }
+
+    /// Top-`k` targets of `logits [rows, vocab]` (probabilities from a softmax in `f64`).
+    pub fn from_logits(logits: &Tensor, k: usize) -> Result<Self> {
+        let (rows, vocab) = logits.dims2()?;
+        let k = k.clamp(1, vocab);
+        let v = logits.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let per_row: Vec<(Vec<u32>, Vec<f32>, f32)> = v
+            .par_chunks(vocab)
+            .map(|z| {
+                let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = z.iter().map(|&x| f64::from(x - m).exp()).sum();
+                let mut idx: Vec<u32> = (0..vocab as u32).collect();
+                idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                    z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b))
+                });
+                idx.truncate(k);
+                idx.sort_unstable_by(|&a, &b| {
+                    z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b))
+                });
+                let p: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| (f64::from(z[i as usize] - m).exp() / sum) as f32)
+                    .collect();
+                let kept: f64 = p.iter().map(|&x| f64::from(x)).sum();
+                (idx, p, (1.0 - kept).max(0.0) as f32)
+            })
+            .collect();
+        let mut t = Self {
+            k,
+            ids: Vec::with_capacity(rows * k),
+            probs: Vec::with_capacity(rows * k),
+            tail: Vec::with_capacity(rows),
+        };
+        for (i, p, tail) in per_row {
+            t.ids.extend(i);
+            t.probs.extend(p);
+            t.tail.push(tail);
+        }
+        Ok(t)
+    }
+
+    fn append(&mut self, other: Self) {
+        self.ids.extend(other.ids);
+        self.probs.extend(other.probs);
+        self.tail.extend(other.tail);
+    }
+}
+
+/// The distillation loss as a custom op over the student's logits `[rows, vocab]`: the mean over
+/// rows of the coarsened `KL(p_T ‖ p_S)` (see the module docs), with its gradient.
+pub struct KlToTeacher {
+    targets: Arc<TeacherTargets>,
+}
+
+/// Per row: `(loss, log-sum-exp of all logits, log q_tail)`.
+fn row_kl(z: &[f32], ids: &[u32], p: &[f32], p_tail: f32) -> (f64, f64, f64) {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let all: f64 = z.iter().map(|&x| f64::from(x - m).exp()).sum();
+    let kept: f64 = ids
+        .iter()
+        .map(|&i| f64::from(z[i as usize] - m).exp())
+        .sum();
+    let lse = f64::from(m) + all.ln();
+    let tail = (all - kept).max(all * 1e-30);
+    let log_q_tail = f64::from(m) + tail.ln() - lse;
+    let mut loss = 0.0;
+    for (&i, &pi) in ids.iter().zip(p) {
+        if pi > 0.0 {
+            let log_q = f64::from(z[i as usize]) - lse;
+            loss += f64::from(pi) * (f64::from(pi).ln() - log_q);
+        }
+    }
+    if p_tail > 0.0 {
+        loss += f64::from(p_tail) * (f64::from(p_tail).ln() - log_q_tail);
+    }
+    (loss, lse, log_q_tail)
+}
+
+impl KlToTeacher {
+    /// The loss of `logits [rows, vocab]` against `targets` (one row per position).
+    ///
+    /// # Errors
+    /// Rows that do not match the targets.
+    pub fn loss(logits: &Tensor, targets: Arc<TeacherTargets>) -> Result<Tensor> {
+        let (rows, _) = logits.dims2()?;
+        if rows != targets.len() {
+            return Err(LlmError::Invalid(format!(
+                "{rows} logit rows for {} teacher positions",
+                targets.len()
+            )));
+        }
+        Ok(logits.contiguous()?.apply_op1(Self { targets })?)
+    }
+}
+
+impl CustomOp1 for KlToTeacher {
+    fn name(&self) -> &'static str {
+        "oftq-kl-to-teacher"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+    ) -> oftq_candle::candle_core::Result<(CpuStorage, Shape)> {
+        let z = match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => oftq_candle::candle_core::bail!("kl: logits must be contiguous f32"),
+        };
+        let (rows, vocab) = l.shape().dims2()?;
+        let t = &self.targets;
+        let total: f64 = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let k = t.k;
+                row_kl(
+                    &z[r * vocab..(r + 1) * vocab],
+                    &t.ids[r * k..(r + 1) * k],
+                    &t.probs[r * k..(r + 1) * k],
+                    t.tail[r],
+                )
+                .0
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / rows.max(1) as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> oftq_candle::candle_core::Result<Option<Tensor>> {
+        let (rows, vocab) = logits.dims2()?;
+        let scale = f64::from(grad.to_scalar::<f32>()?) / rows.max(1) as f64;
+        let z = logits.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let t = &self.targets;
+        let k = t.k;
+        let mut dz = vec![0f32; rows * vocab];
+        dz.par_chunks_mut(vocab).enumerate().for_each(|(r, d)| {
+            let zr = &z[r * vocab..(r + 1) * vocab];
+            let (ids, p) = (&t.ids[r * k..(r + 1) * k], &t.probs[r * k..(r + 1) * k]);
+            let (_, lse, log_q_tail) = row_kl(zr, ids, p, t.tail[r]);
+            let ratio = if t.tail[r] > 0.0 {
+                (f64::from(t.tail[r]).ln() - log_q_tail).exp()
+            } else {
+                0.0
+            };
+            for (dv, &zv) in d.iter_mut().zip(zr) {
+                let q = (f64::from(zv) - lse).exp();
+                *dv = (scale * q * (1.0 - ratio)) as f32;
+            }
+            for (&i, &pi) in ids.iter().zip(p) {
+                let q = (f64::from(zr[i as usize]) - lse).exp();
+                d[i as usize] = (scale * (q - f64::from(pi))) as f32;
+            }
+        });
+        Ok(Some(Tensor::from_vec(dz, (rows, vocab), &Device::Cpu)?))
+    }
+}
+
+/// Options of [`finetune`].
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// The adapter's PEFT config (its `target_modules` is set to the seven projections).
+    pub adapter: OftConfig,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps (linear), then cosine decay to 10% of the peak.
+    pub warmup: usize,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Teacher tokens kept per position.
+    pub top_k: usize,
+    /// Steps between checkpoints (0: none).
+    pub checkpoint_every: usize,
+}
+
+impl Default for FinetuneOptions {
+    /// Block 32, Cayley–Neumann 5 terms (PEFT's defaults), 2 sequences per step, peak rate 1e-3
+    /// with 10 warm-up steps, clip 1.0, top-64 teacher, a checkpoint every 25 steps.
+    fn default() -> Self {
+        Self {
+            adapter: OftConfig {
+                oft_block_size: 32,
+                use_cayley_neumann: true,
+                num_cayley_neumann_terms: 5,
+                ..OftConfig::default()
+            },
+            steps: 200,
+            batch: 2,
+            lr: 1e-3,
+            warmup: 10,
+            clip: 1.0,
+            top_k: 64,
+            checkpoint_every: 25,
+        }
+    }
+}
+
+/// What [`finetune`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum FinetuneEvent {
+    /// Teacher targets: `done` of `total` sequences.
+    Teacher {
+        /// Sequences done.
+        done: usize,
+        /// Sequences in all.
+        total: usize,
+    },
+    /// An optimiser step finished.
+    Step {
+        /// Step index (from 0).
+        step: usize,
+        /// Steps in all.
+        total: usize,
+        /// Distillation loss of the step's batch (before the update).
+        loss: f64,
+        /// Learning rate used.
+        lr: f64,
+        /// Gradient norm before clipping.
+        grad_norm: f64,
+        /// Seconds of the step.
+        seconds: f64,
+    },
+    /// Resumed from a checkpoint at this step.
+    Resumed {
+        /// The first step to run.
+        step: usize,
+    },
+}
+
+/// What [`finetune`] did.
+#[derive(Debug, Clone, Default)]
+pub struct FinetuneReport {
+    /// Loss per step.
+    pub losses: Vec<f64>,
+    /// Seconds per step.
+    pub step_seconds: Vec<f64>,
+    /// Seconds computing the teacher targets.
+    pub teacher_s: f64,
+    /// Mean teacher mass in the kept top-k.
+    pub kept_mass: f64,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Seconds in all.
+    pub seconds: f64,
+}
+
+const ADAPTER: &str = "default";
+const CHECKPOINT: &str = ".oftq-checkpoint";
+
+/// The teacher targets of `data` (sequences of equal length), `batch` sequences at a time.
+///
+/// # Errors
+/// Model errors.
+pub fn teacher_targets(
+    teacher: &Llama,
+    data: &[Vec<u32>],
+    k: usize,
+    batch: usize,
+    mut on: impl FnMut(usize, usize),
+) -> Result<TeacherTargets> {
+    let mut all: Option<TeacherTargets> = None;
+    let mut done = 0;
+    for chunk in data.chunks(batch.max(1)) {
+        let len = chunk[0].len();
+        let tokens = Tensor::from_vec(chunk.concat(), (chunk.len(), len), &Device::Cpu)?;
+        let logits = teacher.forward(&tokens, None, false)?;
+        let t = TeacherTargets::from_logits(&logits.reshape((chunk.len() * len, ()))?, k)?;
+        match &mut all {
+            Some(a) => a.append(t),
+            None => all = Some(t),
+        }
+        done += chunk.len();
+        on(done, data.len());
+    }
+    all.ok_or_else(|| LlmError::Invalid("no training sequences".into()))
+}
+
+/// The trainable `Var`s of `model`'s adapter, by (module, adapter).
+fn params(model: &Llama) -> Vec<(ParamKey, Var)> {
+    model
+        .quantized()
+        .filter_map(|m| {
+            m.adapter(ADAPTER)
+                .map(|a| (ParamKey::new(m.module(), ADAPTER), a.var().clone()))
+        })
+        .collect()
+}
+
+fn tensor_mat(v: &Tensor) -> Result<Mat<f32>> {
+    let (r, c) = v.dims2()?;
+    let x = v.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Mat::from_fn(r, c, |i, j| x[i * c + j]))
+}
+
+fn set_var(v: &Var, m: &Mat<f32>) -> Result<()> {
+    let data: Vec<f32> = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
+        .collect();
+    v.set(&Tensor::from_vec(
+        data,
+        (m.nrows(), m.ncols()),
+        &Device::Cpu,
+    )?)?;
+    Ok(())
+}
+
+/// The adapter config written with the adapter: the options plus PEFT's bookkeeping fields.
+pub fn adapter_config(opts: &FinetuneOptions, base: &Path) -> OftConfig {
+    OftConfig {
+        target_modules: Some(TargetModules::List(
+            PROJECTIONS
+                .iter()
+                .map(|p| p.rsplit('.').next().unwrap_or(p).to_string())
+                .collect(),
+        )),
+        task_type: Some("CAUSAL_LM".into()),
+        base_model_name_or_path: Some(base.display().to_string()),
+        ..opts.adapter.clone()
+    }
+}
+
+/// Trains OFT adapter `"default"` on every AQLM projection of `student` to match `teacher`'s
+/// next-token distributions on `data` (sequences of equal length), then writes the PEFT adapter
+/// folder `out` (what `PeftModel.from_pretrained` loads onto the AQLM folder). Checkpoints go to
+/// `<out>/.oftq-checkpoint/`; running again with the same data and options resumes from the last
+/// one. The teacher is only used to compute the targets before training. `on` sees the progress;
+/// returning `ControlFlow::Break` stops with [`LlmError::Interrupted`] (after the step's
+/// checkpoint, if one was due).
+///
+/// # Errors
+/// A student without AQLM projections or with an adapter already; no data; model, I/O errors.
+pub fn finetune(
+    student: &mut Llama,
+    teacher: &Llama,
+    data: &[Vec<u32>],
+    out: &Path,
+    opts: &FinetuneOptions,
+    mut on: impl FnMut(FinetuneEvent) -> ControlFlow<()>,
+) -> Result<FinetuneReport> {
+    let start = Instant::now();
+    if data.is_empty() || data.iter().any(|s| s.len() != data[0].len() || s.len() < 2) {
+        return Err(LlmError::Invalid(
+            "training data must be sequences of equal length ≥ 2".into(),
+        ));
+    }
+    if student.config().vocab_size != teacher.config().vocab_size {
+        return Err(LlmError::Invalid(format!(
+            "the teacher's vocabulary ({}) differs from the student's ({})",
+            teacher.config().vocab_size,
+            student.config().vocab_size
+        )));
+    }
+    let varmap = VarMap::new();
+    let config = adapter_config(opts, student.source());
+    if student.add_adapter(ADAPTER, &config, &varmap)? == 0 {
+        return Err(LlmError::Invalid(
+            "the student has no AQLM projection to adapt".into(),
+        ));
+    }
+    let params = params(student);
+    let mut report = FinetuneReport {
+        parameters: params.iter().map(|(_, v)| v.elem_count()).sum(),
+        ..FinetuneReport::default()
+    };
+    let t0 = Instant::now();
+    let mut stopped = false;
+    let targets = Arc::new(teacher_targets(
+        teacher,
+        data,
+        opts.top_k,
+        opts.batch.max(4),
+        |d, t| {
+            stopped |= on(FinetuneEvent::Teacher { done: d, total: t }).is_break();
+        },
+    )?);
+    if stopped {
+        return Err(LlmError::Interrupted);
+    }
+    report.teacher_s = t0.elapsed().as_secs_f64();
+    report.kept_mass = targets.kept_mass();
+
+    let mut adamw = AdamW::new(opts.lr);
+    let schedule = LrSchedule::Cosine {
+        warmup: opts.warmup,
+        min_ratio: 0.1,
+    };
+    let ckpt = Checkpoint::new(out, opts, data)?;
+    let first = match ckpt.load(&params, &mut adamw)? {
+        Some(step) => {
+            if on(FinetuneEvent::Resumed { step }).is_break() {
+                return Err(LlmError::Interrupted);
+            }
+            step
+        }
+        None => 0,
+    };
+    for m in student.quantized() {
+        m.project_coft()?;
+    }
+    let len = data[0].len();
+    let b = opts.batch.clamp(1, data.len());
+    for step in first..opts.steps {
+        let t_step = Instant::now();
+        let s0 = (step * b) % data.len();
+        let idx: Vec<usize> = (0..b).map(|i| (s0 + i) % data.len()).collect();
+        let tokens: Vec<u32> = idx.iter().flat_map(|&i| data[i].iter().copied()).collect();
+        let tokens = Tensor::from_vec(tokens, (b, len), &Device::Cpu)?;
+        let mut tgt = targets.slice(idx[0] * len, len);
+        for &i in &idx[1..] {
+            tgt.append(targets.slice(i * len, len));
+        }
+        let logits = student
+            .forward(&tokens, None, true)?
+            .reshape((b * len, ()))?;
+        let loss = KlToTeacher::loss(&logits, Arc::new(tgt))?;
+        let loss_v = f64::from(loss.to_scalar::<f32>()?);
+        let grads = loss.backward()?;
+        drop(logits);
+        let mut g = BTreeMap::new();
+        let mut p = BTreeMap::new();
+        for (key, var) in &params {
+            let gr = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| LlmError::Invalid(format!("no gradient for {key}")))?;
+            g.insert(key.clone(), tensor_mat(gr)?);
+            p.insert(key.clone(), tensor_mat(var.as_tensor())?);
+        }
+        drop(grads);
+        let grad_norm = clip_grad_norm(&mut g, Some(opts.clip));
+        let lr = schedule.at(opts.lr, step, opts.steps);
+        let (np, state) = adamw.propose(&p, &g, lr);
+        adamw.commit(state);
+        for (key, var) in &params {
+            if let Some(m) = np.get(key) {
+                set_var(var, m)?;
+            }
+        }
+        for m in student.quantized() {
+            m.project_coft()?;
+        }
+        let seconds = t_step.elapsed().as_secs_f64();
+        report.losses.push(loss_v);
+        report.step_seconds.push(seconds);
+        if opts.checkpoint_every > 0
+            && (step + 1) % opts.checkpoint_every == 0
+            && step + 1 < opts.steps
+        {
+            ckpt.save(step + 1, &params, &adamw)?;
+        }
+        let flow = on(FinetuneEvent::Step {
+            step,
+            total: opts.steps,
+            loss: loss_v,
+            lr,
+            grad_norm,
+            seconds,
+        });
+        if flow.is_break() {
+            return Err(LlmError::Interrupted);
+        }
+    }
+    oftq_candle::save_adapter(
+        out,
+        ADAPTER,
+        &config,
+        student.quantized().filter_map(|m| m.adapter(ADAPTER)),
+    )?;
+    ckpt.remove()?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The checkpoint folder of a run: `params-<step>.safetensors`, `moments-<step>.safetensors`, and
+/// `state.json` (options, data fingerprint, step) written last and atomically, so it only ever
+/// names a complete pair; older pairs are removed after it is written.
+struct Checkpoint {
+    dir: PathBuf,
+    fingerprint: serde_json::Value,
+}
+
+impl Checkpoint {
+    fn new(out: &Path, opts: &FinetuneOptions, data: &[Vec<u32>]) -> Result<Self> {
+        let h = data
+            .iter()
+            .flatten()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &t| {
+                (h ^ u64::from(t)).wrapping_mul(0x100_0000_01b3)
+            });
+        Ok(Self {
+            dir: out.join(CHECKPOINT),
+            fingerprint: json!({
+                "options": format!("{opts:?}"),
+                "data": format!("{}x{} fnv {h:016x}", data.len(), data[0].len()),
+            }),
+        })
+    }
+
+    fn load(&self, params: &[(ParamKey, Var)], adamw: &mut AdamW) -> Result<Option<usize>> {
+        let state_path = self.dir.join("state.json");
+        let Ok(text) = std::fs::read_to_string(&state_path) else {
+            return Ok(None);
+        };
+        let state: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LlmError::malformed(&state_path, e.to_string()))?;
+        if state.get("fingerprint") != Some(&self.fingerprint) {
+            return Err(LlmError::Invalid(format!(
+                "{} holds a checkpoint of a run with other options or data; rerun with the same ones to resume, or remove it",
+                self.dir.display()
+            )));
+        }
+        let step = state
+            .get("step")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| LlmError::malformed(&state_path, "no step"))?
+            as usize;
+        let load = |f: &str| -> Result<std::collections::HashMap<String, Tensor>> {
+            let p = self.dir.join(f);
+            oftq_candle::candle_core::safetensors::load(&p, &Device::Cpu)
+                .map_err(|e| LlmError::malformed(&p, e.to_string()))
+        };
+        let (pt, mt) = (
+            load(&format!("params-{step}.safetensors"))?,
+            load(&format!("moments-{step}.safetensors"))?,
+        );
+        let mut moments: Moments = BTreeMap::new();
+        for (key, var) in params {
+            let name = key.to_string();
+            let missing =
+                || LlmError::malformed(&self.dir, format!("checkpoint {step}: no tensor {name}"));
+            var.set(pt.get(&name).ok_or_else(missing)?)?;
+            let m64 = |s: &str| -> Result<Mat<f64>> {
+                let t = mt.get(&format!("{name}.{s}")).ok_or_else(missing)?;
+                let (r, c) = t.dims2()?;
+                let v = t.flatten_all()?.to_vec1::<f64>()?;
+                Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+            };
+            moments.insert(key.clone(), (m64("m")?, m64("v")?));
+        }
+        adamw.restore(moments, step as u64);
+        Ok(Some(step))
+    }
+
+    fn save(&self, step: usize, params: &[(ParamKey, Var)], adamw: &AdamW) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(LlmError::io(&self.dir))?;
+        let mut pt = std::collections::HashMap::new();
+        let mut mt = std::collections::HashMap::new();
+        let (moments, _) = adamw.moments();
+        for (key, var) in params {
+            let name = key.to_string();
+            pt.insert(name.clone(), var.as_tensor().copy()?);
+            if let Some((m, v)) = moments.get(key) {
+                for (s, x) in [("m", m), ("v", v)] {
+                    let data: Vec<f64> = (0..x.nrows())
+                        .flat_map(|i| (0..x.ncols()).map(move |j| x[(i, j)]))
+                        .collect();
+                    mt.insert(
+                        format!("{name}.{s}"),
+                        Tensor::from_vec(data, (x.nrows(), x.ncols()), &Device::Cpu)?,
+                    );
+                }
+            }
+        }
+        for (f, map) in [("params", &pt), ("moments", &mt)] {
+            let dst = self.dir.join(format!("{f}-{step}.safetensors"));
+            let tmp = self.dir.join(format!("{f}-{step}.safetensors.tmp"));
+            oftq_candle::candle_core::safetensors::save(map, &tmp)?;
+            std::fs::rename(&tmp, &dst).map_err(LlmError::io(&dst))?;
+        }
+        let state = json!({"fingerprint": self.fingerprint, "step": step});
+        crate::tokenizer::write(&self.dir.join("state.json"), state.to_string().as_bytes())?;
+        // Older pairs are no longer named by state.json.
+        let current = [
+            format!("params-{step}.safetensors"),
+            format!("moments-{step}.safetensors"),
+        ];
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".safetensors") && !current.contains(&name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self) -> Result<()> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(LlmError::io(&self.dir))?;
+        }
+        Ok(())
+    }
+}
