@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::VarMap;
-use faer::Mat;
-use oftq_ortho::{RotationSpec, project_coft};
+use oftq_layer::faer::Mat;
+use oftq_layer::ortho::{RotationSpec, project_coft};
 
 use crate::rotation_op::{RotationBuilder, RotationOp};
 use crate::tensor_io::{row_major, to_mat};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use oftq_layer::BaseLinear;
+use oftq_layer::faer::{Mat, MatRef};
 
 use crate::tensor_io::{contiguous_slice, rows_of, storage_of, view};
 
@@ -24,7 +25,7 @@ fn apply_rows(
     n_in: usize,
     n_out: usize,
     what: &str,
-    f: impl FnOnce(faer::MatRef<'_, f32>) -> oftq_layer::Result<faer::Mat<f32>>,
+    f: impl FnOnce(MatRef<'_, f32>) -> oftq_layer::Result<Mat<f32>>,
 ) -> Result<(CpuStorage, Shape)> {
     let rows = rows_of(layout.shape(), n_in, what)?;
     let x = contiguous_slice::<f32>(storage, layout, what)?;

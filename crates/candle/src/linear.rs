@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarMap;
-use oftq_aqlm::AqlmLayer;
 use oftq_layer::adapter::dropout_mask;
+use oftq_layer::aqlm::AqlmLayer;
 use oftq_layer::oft_linear::name_seed;
+use oftq_layer::rand::SeedableRng;
+use oftq_layer::rand::rngs::StdRng;
 use oftq_layer::{BaseLinear, DenseLinear, OftConfig};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 use crate::adapter::OftAdapter;
 use crate::base_op::BaseForward;

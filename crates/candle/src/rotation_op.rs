@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
-use oftq_ortho::{BlockRotation, CoftRadius, DivergencePolicy, Real, RotationSpec, project_coft};
+use oftq_layer::ortho::{
+    BlockRotation, CoftRadius, DivergencePolicy, Real, RotationSpec, project_coft,
+};
 
 use crate::tensor_io::{contiguous_slice, rows_of, storage_of, tensor_of, view, with_slice};
 

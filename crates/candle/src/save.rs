@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Result;
-use faer::{Mat, MatRef};
 use oftq_layer::OftConfig;
+use oftq_layer::faer::{Mat, MatRef};
 
 use crate::adapter::OftAdapter;
 

@@ -6,8 +6,8 @@
 //! storage.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
-use faer::{Mat, MatMut, MatRef};
-use oftq_ortho::Real;
+use oftq_layer::faer::{Mat, MatMut, MatRef};
+use oftq_layer::ortho::Real;
 
 /// The contiguous elements of a CPU storage under `layout`, or an error naming `what`.
 pub(crate) fn contiguous_slice<'a, T: WithDType>(

@@ -69,7 +69,8 @@ fn tensor_mat(t: &Tensor) -> Res<Mat<f32>> {
 
 fn check_case(dir: &Path) -> Res<()> {
     let case_path = dir.join("case.json");
-    let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&case_path)?)?;
+    let case: oftq_candle::layer::serde_json::Value =
+        oftq_candle::layer::serde_json::from_str(&std::fs::read_to_string(&case_path)?)?;
     let field = |k: &str| {
         case.get(k)
             .ok_or_else(|| format!("{}: no field {k:?}", case_path.display()))

@@ -8,10 +8,10 @@ use common::{aqlm, mat, rel_max, tensor};
 use oftq_candle::candle_core::{DType, Device, Module, Tensor, Var};
 use oftq_candle::candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use oftq_candle::layer::faer::Mat;
+use oftq_candle::layer::rand::SeedableRng;
+use oftq_candle::layer::rand::rngs::StdRng;
 use oftq_candle::layer::{DenseLinear, OftConfig, OftLinear};
 use oftq_candle::{AqlmLinear, AqlmOftLinear, DenseOftLinear, save_adapter, var_name};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 fn config(b: usize) -> OftConfig {
     OftConfig {

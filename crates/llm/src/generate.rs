@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use oftq_candle::candle_core::{Device, Tensor};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use oftq_candle::layer::rand::rngs::StdRng;
+use oftq_candle::layer::rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
 use crate::error::{LlmError, Result};

@@ -91,7 +91,9 @@ pub fn config(blocks: usize) -> LlamaConfig {
 }
 
 /// Random weights for `config` by Hugging Face name (a seeded stream; projections scaled by
-/// `1/√in`, norms around 1, embeddings of unit scale).
+/// `1/√in`, norms around 1, embeddings in `±0.25`, an untied head in `±0.5`). With tied embeddings
+/// a random model mostly predicts the token it was given; an untied head spreads its predictions
+/// (what distillation tests need).
 pub fn weights(config: &LlamaConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut uniform = |n: usize, scale: f32, offset: f32| -> Vec<f32> {
@@ -196,6 +198,8 @@ pub fn write_gguf(
             u32v(config.num_key_value_heads),
         ),
         ("llama.rope.dimension_count".into(), u32v(config.head_dim)),
+        ("llama.attention.key_length".into(), u32v(config.head_dim)),
+        ("llama.attention.value_length".into(), u32v(config.head_dim)),
         (
             "llama.rope.freq_base".into(),
             Value::F32(config.rope_theta as f32),
