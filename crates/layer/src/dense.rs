@@ -137,6 +137,7 @@ fn rowwise_matmul(dst: MatMut<'_, f32>, acc: Accum, lhs: MatRef<'_, f32>, rhs: M
         .zip(lhs.par_row_chunks(ROW_CHUNK))
         .for_each(|(d, l)| {
             matmul(d, acc, l, rhs, 1.0, Par::Seq);
+            oftq_aqlm::kernels::clear_upper_simd_state();
         });
 }
 

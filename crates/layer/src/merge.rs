@@ -33,6 +33,7 @@ fn times_blocks_transposed(w: MatRef<'_, f32>, blocks: &[Mat<f32>], b: usize) ->
             1.0,
             Par::Seq,
         );
+        oftq_aqlm::kernels::clear_upper_simd_state();
     }
     out
 }

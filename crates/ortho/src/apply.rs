@@ -127,6 +127,7 @@ pub(crate) fn apply_blocks_backward<T: Real>(
             let drj = init_zeroed(drj);
             let c = MatMut::from_column_major_slice_with_stride_mut(drj, b, b, ldr);
             matmul(c, Accum::Replace, xj.transpose(), dyj, T::one(), Par::Seq);
+            crate::kernels::isa::clear_upper_simd_state();
         }
     });
     // SAFETY: the chunks cover all `positions·b = x.ncols()` columns of `dx` and `dr` (asserted

@@ -27,6 +27,7 @@ fn gram_minus_identity<T: Real>(r: MatRef<'_, T>) -> Mat<T> {
     let b = r.ncols();
     let mut e = Mat::<T>::from_fn(b, b, |i, j| if i == j { -T::one() } else { T::zero() });
     matmul(e.as_mut(), Accum::Add, r.transpose(), r, T::one(), Par::Seq);
+    crate::kernels::isa::clear_upper_simd_state();
     e
 }
 
@@ -54,6 +55,7 @@ pub fn skew_norm_bound<T: Real>(q: MatRef<'_, T>) -> T {
     let one = col_sum_max(q);
     let mut q2 = Mat::<T>::zeros(b, b);
     matmul(q2.as_mut(), Accum::Replace, q, q, T::one(), Par::Seq);
+    crate::kernels::isa::clear_upper_simd_state();
     let sq = col_sum_max(q2.as_ref()).sqrt();
     let best = fro.min(one).min(sq);
     best * (T::one() + T::c(4.0 * (b as f64 + 1.0)) * T::epsilon())

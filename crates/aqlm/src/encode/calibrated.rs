@@ -392,6 +392,7 @@ pub(crate) fn mul_h(x: &[f64], h: &[f64], ni: usize) -> Vec<f64> {
             let dst = MatMut::from_row_major_slice_mut(o, rows, ni);
             let lhs = MatRef::from_row_major_slice(xb, rows, ni);
             matmul(dst, Accum::Replace, lhs, hm, 1.0, Par::Seq);
+            crate::kernels::clear_upper_simd_state();
         });
     out
 }

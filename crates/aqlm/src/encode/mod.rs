@@ -286,6 +286,7 @@ pub fn xtx_from_inputs<T: Copy + Into<f64>>(
         1.0 / n as f64,
         faer::Par::Seq,
     );
+    crate::kernels::clear_upper_simd_state();
     Ok(h)
 }
 

@@ -16,6 +16,8 @@ mod layout;
 mod lut;
 mod reference;
 pub(crate) mod simd;
+
+pub use simd::clear_upper_simd_state;
 mod tiled_gemm;
 
 use faer::{Mat, MatRef};

@@ -7,6 +7,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::layout::from_feature_major;
+use super::simd::clear_upper_simd_state;
 use crate::layer::AqlmLayer;
 
 /// Target number of `f32` in one decoded block (1 MiB).
@@ -52,6 +53,7 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             let w = MatRef::from_row_major_slice(w, rows, n_in);
             let dst = MatMut::from_column_major_slice_mut(chunk, t, rows);
             matmul(dst, Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
+            clear_upper_simd_state();
         });
     from_feature_major(&out, t, layer.out_features)
 }
@@ -73,6 +75,7 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
             let w = MatRef::from_row_major_slice(w, n_out, cols);
             let dst = MatMut::from_column_major_slice_mut(chunk, t, cols);
             matmul(dst, Accum::Replace, dy, w, 1.0, Par::Seq);
+            clear_upper_simd_state();
         });
     from_feature_major(&out, t, layer.in_features)
 }
