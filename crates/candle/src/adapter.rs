@@ -7,6 +7,7 @@ use candle_nn::VarMap;
 use oftq_layer::faer::Mat;
 use oftq_layer::ortho::{RotationSpec, project_coft};
 
+use crate::fused_op::RotatedBase;
 use crate::rotation_op::{RotationBuilder, RotationOp};
 use crate::tensor_io::{row_major, to_mat};
 
@@ -42,6 +43,7 @@ pub struct OftAdapter {
     /// are the initial values, not kept in sync; see [`OftAdapter::to_layer`]).
     template: oftq_layer::OftAdapter,
     builder: Arc<RotationBuilder<f32>>,
+    frozen: bool,
 }
 
 impl OftAdapter {
@@ -74,6 +76,7 @@ impl OftAdapter {
             var,
             template: adapter.clone(),
             builder: Arc::new(builder),
+            frozen: false,
         })
     }
 
@@ -138,11 +141,41 @@ impl OftAdapter {
         Ok(a)
     }
 
+    /// The parameters as the ops take them: the `Var` itself, or a detached view of it when the
+    /// adapter is frozen (no graph is recorded then).
+    fn params(&self) -> Tensor {
+        if self.frozen {
+            self.var.as_tensor().detach()
+        } else {
+            self.var.as_tensor().clone()
+        }
+    }
+
     /// `x·R̃_bd` for a contiguous `f32` `x [..., d]`, recorded for backward.
     pub(crate) fn rotate(&self, x: &Tensor, keep: Option<Vec<bool>>) -> Result<Tensor> {
-        x.apply_op2(
-            self.var.as_tensor(),
-            RotationOp::new(self.builder.clone(), keep),
-        )
+        x.apply_op2(&self.params(), RotationOp::new(self.builder.clone(), keep))
+    }
+
+    /// `base(x·R̃_bd)` in one op (see [`crate::fused_op`]).
+    pub(crate) fn rotate_into<B: oftq_layer::BaseLinear + 'static>(
+        &self,
+        x: &Tensor,
+        keep: Option<Vec<bool>>,
+        base: Arc<B>,
+    ) -> Result<Tensor> {
+        let rotation = RotationOp::new(self.builder.clone(), keep);
+        x.apply_op2(&self.params(), RotatedBase { base, rotation })
+    }
+
+    /// Freezes (`false`) or unfreezes the parameters: a frozen adapter's forward passes use a
+    /// detached copy of its `Var`, so no graph is recorded and nothing is kept for a backward pass
+    /// (inference). Adapters start trainable.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        self.frozen = !trainable;
+    }
+
+    /// Whether the forward passes record gradients for the parameters.
+    pub fn is_trainable(&self) -> bool {
+        !self.frozen
     }
 }

@@ -2,6 +2,7 @@
 
 mod adapter;
 mod base_op;
+mod fused_op;
 mod linear;
 mod rotation_op;
 mod save;

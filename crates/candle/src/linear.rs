@@ -293,22 +293,41 @@ impl<B: BaseLinear + 'static> OftLinear<B> {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         ensure_cpu(x, "layer input")?;
         let (x, dtype) = to_compute_dtype(x)?;
-        let mut h = x.contiguous()?;
-        if self.enabled {
-            for name in &self.active {
-                let Some(a) = self.adapter(name) else {
-                    continue;
-                };
-                let keep = if train {
+        let applied: Vec<&OftAdapter> = if self.enabled {
+            self.active.iter().filter_map(|n| self.adapter(n)).collect()
+        } else {
+            Vec::new()
+        };
+        let mask = |a: &OftAdapter| {
+            train
+                .then(|| {
                     let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
                     dropout_mask(a.spec(), a.module_dropout(), &mut rng)
-                } else {
-                    None
-                };
-                h = a.rotate(&h, keep)?;
+                })
+                .flatten()
+        };
+        let x = x.contiguous()?;
+        let y = match applied.as_slice() {
+            // One adapter (the common case): rotation and base as one op, which keeps the
+            // rotated input out of the graph.
+            [a] => a.rotate_into(&x, mask(a), self.base.base.clone())?,
+            _ => {
+                let mut h = x;
+                for a in applied {
+                    h = a.rotate(&h, mask(a))?;
+                }
+                self.base.forward_f32(&h)?
             }
+        };
+        restore_dtype(y, dtype)
+    }
+
+    /// Freezes (`false`) or unfreezes every adapter (see [`OftAdapter::set_trainable`]): frozen,
+    /// forward passes record no graph, for inference.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        for a in &mut self.adapters {
+            a.set_trainable(trainable);
         }
-        restore_dtype(self.base.forward_f32(&h)?, dtype)
     }
 
     /// The oftq-layer module with the adapters' current parameters (same base, adapters, active

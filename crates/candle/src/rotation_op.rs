@@ -92,7 +92,23 @@ impl<T: Real> RotationOp<T> {
         }
     }
 
-    fn rotation_for(&self, params: &Tensor) -> Result<Arc<BlockRotation<T>>>
+    /// The rotation of the parameters `p` (laid out by `l`), built (or taken from the builder's
+    /// cache) and kept for the backward pass.
+    pub(crate) fn rotation_of(&self, p: &[T], l: &Layout) -> Result<Arc<BlockRotation<T>>> {
+        let (pr, pc) = self.builder.spec().param_shape();
+        if l.dims() != [pr, pc] {
+            candle_core::bail!(
+                "oftq-candle: rotation parameters must have shape [{pr}, {pc}], got {:?}",
+                l.dims()
+            );
+        }
+        let rot = self.builder.rotation(p)?;
+        let _ = self.built.set(rot.clone());
+        Ok(rot)
+    }
+
+    /// The rotation the forward pass used (rebuilt from `params` if it is not kept).
+    pub(crate) fn rotation_for(&self, params: &Tensor) -> Result<Arc<BlockRotation<T>>>
     where
         T: WithDType,
     {
@@ -121,18 +137,10 @@ impl<T: Real + WithDType> CustomOp2 for RotationOp<T> {
         let rows = rows_of(l1.shape(), d, "rotation input")?;
         let x = contiguous_slice::<T>(s1, l1, "rotation input")?;
         let p = contiguous_slice::<T>(s2, l2, "rotation parameters")?;
-        let (pr, pc) = self.builder.spec().param_shape();
-        if l2.dims() != [pr, pc] {
-            candle_core::bail!(
-                "oftq-candle: rotation parameters must have shape [{pr}, {pc}], got {:?}",
-                l2.dims()
-            );
-        }
-        let rot = self.builder.rotation(p)?;
+        let rot = self.rotation_of(p, l2)?;
         let y = rot
             .forward_masked(view(x, rows, d), self.keep.as_deref())
             .map_err(candle_core::Error::wrap)?;
-        let _ = self.built.set(rot);
         Ok((storage_of(y.as_ref()), l1.shape().clone()))
     }
 
