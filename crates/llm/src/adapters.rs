@@ -12,7 +12,8 @@ impl Llama {
     /// Loads the PEFT OFT adapter folder `dir` (what [`crate::distill::finetune`] or PEFT's
     /// `save_pretrained` writes) as adapter `name` onto every AQLM projection it has parameters
     /// for (keys `base_model.model.<module path>.oft_R.weight`), read once for the whole model.
-    /// Returns the number of projections adapted.
+    /// The adapters are frozen (see [`oftq_candle::OftLinear::set_trainable`]): forward passes
+    /// record no graph, as inference wants. Returns the number of projections adapted.
     ///
     /// # Errors
     /// An unreadable folder; an adapter with a tensor for a module this model does not have, for a
@@ -43,6 +44,7 @@ impl Llama {
                             })?;
                             m.insert_adapter(name, &a, &varmap)?;
                             used += 1;
+                            m.set_trainable(false);
                         }
                         modules.push(module);
                     }

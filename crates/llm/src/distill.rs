@@ -6,8 +6,8 @@
 //! "tail" bin holding the rest of the mass (see [`TeacherTargets`]); the KL is then exact on that
 //! `(k+1)`-bin coarsening, `Σ_{i∈K} p_i log(p_i/q_i) + p_tail log(p_tail/q_tail)`, a lower bound of
 //! the full KL that equals it when the tail is negligible (k = 64 keeps over 99% of the mass on
-//! generated text). Its gradient in the student's logits `z` is `q_j − p_j` on the kept tokens and
-//! `q_j·(1 − p_tail/q_tail)` on the others ([`KlToTeacher`]).
+//! generated text). It is computed fused with the output head ([`crate::kl_head`]), so the
+//! `[tokens, vocab]` logits are never held.
 //!
 //! **Optimiser.** oftq-layer's AdamW (PEFT's defaults: β = (0.9, 0.999), ε = 1e-8, weight decay
 //! 0.01) with linear warm-up and cosine decay, the global gradient norm clipped to 1.0, COFT
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use oftq_candle::candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+use oftq_candle::candle_core::{Device, Tensor, Var};
 use oftq_candle::candle_nn::VarMap;
 use oftq_candle::layer::OftConfig;
 use oftq_candle::layer::config::TargetModules;
@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::error::{LlmError, Result};
+use crate::kl_head::kl_head_loss;
 use crate::model::Llama;
 use crate::weights::PROJECTIONS;
 
@@ -120,122 +121,6 @@ impl TeacherTargets {
     }
 }
 
-/// The distillation loss as a custom op over the student's logits `[rows, vocab]`: the mean over
-/// rows of the coarsened `KL(p_T ‖ p_S)` (see the module docs), with its gradient.
-pub struct KlToTeacher {
-    targets: Arc<TeacherTargets>,
-}
-
-/// Per row: `(loss, log-sum-exp of all logits, log q_tail)`.
-fn row_kl(z: &[f32], ids: &[u32], p: &[f32], p_tail: f32) -> (f64, f64, f64) {
-    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let all: f64 = z.iter().map(|&x| f64::from(x - m).exp()).sum();
-    let kept: f64 = ids
-        .iter()
-        .map(|&i| f64::from(z[i as usize] - m).exp())
-        .sum();
-    let lse = f64::from(m) + all.ln();
-    let tail = (all - kept).max(all * 1e-30);
-    let log_q_tail = f64::from(m) + tail.ln() - lse;
-    let mut loss = 0.0;
-    for (&i, &pi) in ids.iter().zip(p) {
-        if pi > 0.0 {
-            let log_q = f64::from(z[i as usize]) - lse;
-            loss += f64::from(pi) * (f64::from(pi).ln() - log_q);
-        }
-    }
-    if p_tail > 0.0 {
-        loss += f64::from(p_tail) * (f64::from(p_tail).ln() - log_q_tail);
-    }
-    (loss, lse, log_q_tail)
-}
-
-impl KlToTeacher {
-    /// The loss of `logits [rows, vocab]` against `targets` (one row per position).
-    ///
-    /// # Errors
-    /// Rows that do not match the targets.
-    pub fn loss(logits: &Tensor, targets: Arc<TeacherTargets>) -> Result<Tensor> {
-        let (rows, _) = logits.dims2()?;
-        if rows != targets.len() {
-            return Err(LlmError::Invalid(format!(
-                "{rows} logit rows for {} teacher positions",
-                targets.len()
-            )));
-        }
-        Ok(logits.contiguous()?.apply_op1(Self { targets })?)
-    }
-}
-
-impl CustomOp1 for KlToTeacher {
-    fn name(&self) -> &'static str {
-        "oftq-kl-to-teacher"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &CpuStorage,
-        l: &Layout,
-    ) -> oftq_candle::candle_core::Result<(CpuStorage, Shape)> {
-        let z = match (s, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => oftq_candle::candle_core::bail!("kl: logits must be contiguous f32"),
-        };
-        let (rows, vocab) = l.shape().dims2()?;
-        let t = &self.targets;
-        let total: f64 = (0..rows)
-            .into_par_iter()
-            .map(|r| {
-                let k = t.k;
-                row_kl(
-                    &z[r * vocab..(r + 1) * vocab],
-                    &t.ids[r * k..(r + 1) * k],
-                    &t.probs[r * k..(r + 1) * k],
-                    t.tail[r],
-                )
-                .0
-            })
-            .sum();
-        Ok((
-            CpuStorage::F32(vec![(total / rows.max(1) as f64) as f32]),
-            Shape::from(()),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> oftq_candle::candle_core::Result<Option<Tensor>> {
-        let (rows, vocab) = logits.dims2()?;
-        let scale = f64::from(grad.to_scalar::<f32>()?) / rows.max(1) as f64;
-        let z = logits.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let t = &self.targets;
-        let k = t.k;
-        let mut dz = vec![0f32; rows * vocab];
-        dz.par_chunks_mut(vocab).enumerate().for_each(|(r, d)| {
-            let zr = &z[r * vocab..(r + 1) * vocab];
-            let (ids, p) = (&t.ids[r * k..(r + 1) * k], &t.probs[r * k..(r + 1) * k]);
-            let (_, lse, log_q_tail) = row_kl(zr, ids, p, t.tail[r]);
-            let ratio = if t.tail[r] > 0.0 {
-                (f64::from(t.tail[r]).ln() - log_q_tail).exp()
-            } else {
-                0.0
-            };
-            for (dv, &zv) in d.iter_mut().zip(zr) {
-                let q = (f64::from(zv) - lse).exp();
-                *dv = (scale * q * (1.0 - ratio)) as f32;
-            }
-            for (&i, &pi) in ids.iter().zip(p) {
-                let q = (f64::from(zr[i as usize]) - lse).exp();
-                d[i as usize] = (scale * (q - f64::from(pi))) as f32;
-            }
-        });
-        Ok(Some(Tensor::from_vec(dz, (rows, vocab), &Device::Cpu)?))
-    }
-}
-
 /// Options of [`finetune`].
 #[derive(Debug, Clone)]
 pub struct FinetuneOptions {
@@ -282,13 +167,6 @@ impl Default for FinetuneOptions {
 /// What [`finetune`] reports as it goes.
 #[derive(Debug, Clone, Copy)]
 pub enum FinetuneEvent {
-    /// Teacher targets: `done` of `total` sequences.
-    Teacher {
-        /// Sequences done.
-        done: usize,
-        /// Sequences in all.
-        total: usize,
-    },
     /// An optimiser step finished.
     Step {
         /// Step index (from 0).
@@ -318,8 +196,6 @@ pub struct FinetuneReport {
     pub losses: Vec<f64>,
     /// Seconds per step.
     pub step_seconds: Vec<f64>,
-    /// Seconds computing the teacher targets.
-    pub teacher_s: f64,
     /// Mean teacher mass in the kept top-k.
     pub kept_mass: f64,
     /// Trainable parameters.
@@ -403,20 +279,22 @@ pub fn adapter_config(opts: &FinetuneOptions, base: &Path) -> OftConfig {
     }
 }
 
-/// Trains OFT adapter `"default"` on every AQLM projection of `student` to match `teacher`'s
-/// next-token distributions on `data` (sequences of equal length), then writes the PEFT adapter
-/// folder `out` (what `PeftModel.from_pretrained` loads onto the AQLM folder). Checkpoints go to
-/// `<out>/.oftq-checkpoint/`; running again with the same data and options resumes from the last
-/// one. The teacher is only used to compute the targets before training. `on` sees the progress;
-/// returning `ControlFlow::Break` stops with [`LlmError::Interrupted`] (after the step's
-/// checkpoint, if one was due).
+/// Trains OFT adapter `"default"` on every AQLM projection of `student` to match the teacher's
+/// next-token distributions `targets` (from [`teacher_targets`], one per position of `data`,
+/// sequences of equal length), then writes the PEFT adapter folder `out` (what
+/// `PeftModel.from_pretrained` loads onto the AQLM folder). The teacher itself is not needed here:
+/// compute the targets, drop it, then train (its weights would double the peak memory).
+/// Checkpoints go to `<out>/.oftq-checkpoint/`; running again with the same data and options
+/// resumes from the last one. `on` sees the progress; returning `ControlFlow::Break` stops with
+/// [`LlmError::Interrupted`] (after the step's checkpoint, if one was due).
 ///
 /// # Errors
-/// A student without AQLM projections or with an adapter already; no data; model, I/O errors.
+/// A student without AQLM projections or with an adapter already; no data; targets that do not
+/// fit the data or the student's vocabulary; model, I/O errors.
 pub fn finetune(
     student: &mut Llama,
-    teacher: &Llama,
     data: &[Vec<u32>],
+    targets: TeacherTargets,
     out: &Path,
     opts: &FinetuneOptions,
     mut on: impl FnMut(FinetuneEvent) -> ControlFlow<()>,
@@ -427,10 +305,20 @@ pub fn finetune(
             "training data must be sequences of equal length ≥ 2".into(),
         ));
     }
-    if student.config().vocab_size != teacher.config().vocab_size {
+    let positions: usize = data.iter().map(Vec::len).sum();
+    if targets.len() != positions {
         return Err(LlmError::Invalid(format!(
-            "the teacher's vocabulary ({}) differs from the student's ({})",
-            teacher.config().vocab_size,
+            "{} teacher targets for {positions} training positions",
+            targets.len()
+        )));
+    }
+    if let Some(&id) = targets
+        .ids
+        .iter()
+        .find(|&&i| i as usize >= student.config().vocab_size)
+    {
+        return Err(LlmError::Invalid(format!(
+            "a teacher target is token {id}, outside the student's vocabulary of {} (another model's teacher?)",
             student.config().vocab_size
         )));
     }
@@ -444,24 +332,10 @@ pub fn finetune(
     let params = params(student);
     let mut report = FinetuneReport {
         parameters: params.iter().map(|(_, v)| v.elem_count()).sum(),
+        kept_mass: targets.kept_mass(),
         ..FinetuneReport::default()
     };
-    let t0 = Instant::now();
-    let mut stopped = false;
-    let targets = Arc::new(teacher_targets(
-        teacher,
-        data,
-        opts.top_k,
-        opts.batch.max(4),
-        |d, t| {
-            stopped |= on(FinetuneEvent::Teacher { done: d, total: t }).is_break();
-        },
-    )?);
-    if stopped {
-        return Err(LlmError::Interrupted);
-    }
-    report.teacher_s = t0.elapsed().as_secs_f64();
-    report.kept_mass = targets.kept_mass();
+    let targets = Arc::new(targets);
 
     let mut adamw = AdamW::new(opts.lr);
     let schedule = LrSchedule::Cosine {
@@ -493,13 +367,11 @@ pub fn finetune(
         for &i in &idx[1..] {
             tgt.append(targets.slice(i * len, len));
         }
-        let logits = student
-            .forward(&tokens, None, true)?
-            .reshape((b * len, ()))?;
-        let loss = KlToTeacher::loss(&logits, Arc::new(tgt))?;
+        let hidden = student.final_hidden(&tokens, true)?;
+        let loss = kl_head_loss(&hidden, student.head_weight(), Arc::new(tgt))?;
         let loss_v = f64::from(loss.to_scalar::<f32>()?);
         let grads = loss.backward()?;
-        drop(logits);
+        drop((loss, hidden));
         let mut g = BTreeMap::new();
         let mut p = BTreeMap::new();
         for (key, var) in &params {

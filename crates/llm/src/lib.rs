@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod kl_head;
 pub mod model;
 pub mod quantize;
 pub mod save;

@@ -373,6 +373,7 @@ impl Hessian {
             1.0,
             Par::rayon(0),
         );
+        crate::kl_head::clear_after_parallel_gemm();
         self.n += n;
         Ok(())
     }

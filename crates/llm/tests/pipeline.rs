@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune};
+use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune, teacher_targets};
 use oftq_llm::eval::perplexity;
 use oftq_llm::generate::{Sampling, generate};
 use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
@@ -166,23 +166,36 @@ fn quantize_resume_reload_finetune_eval_generate() {
     };
     let adapter_a = dir.path().join("adapter-a");
     let mut student = Llama::load(&full_dir).unwrap();
-    let report = finetune(&mut student, &teacher, &data, &adapter_a, &opts, |_| {
-        ControlFlow::Continue(())
-    })
+    let targets = teacher_targets(&teacher, &data, opts.top_k, 4, |_, _| {}).unwrap();
+    let report = finetune(
+        &mut student,
+        &data,
+        targets.clone(),
+        &adapter_a,
+        &opts,
+        |_| ControlFlow::Continue(()),
+    )
     .unwrap();
     assert_eq!(report.losses.len(), 8);
     assert!(report.losses[7] < report.losses[0], "{:?}", report.losses);
     assert!(report.kept_mass > 0.0 && report.kept_mass <= 1.0);
     let adapter_b = dir.path().join("adapter-b");
     let mut s2 = Llama::load(&full_dir).unwrap();
-    let stopped = finetune(&mut s2, &teacher, &data, &adapter_b, &opts, |e| match e {
-        FinetuneEvent::Step { step: 4, .. } => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    });
+    let stopped = finetune(
+        &mut s2,
+        &data,
+        targets.clone(),
+        &adapter_b,
+        &opts,
+        |e| match e {
+            FinetuneEvent::Step { step: 4, .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+    );
     assert!(matches!(stopped, Err(LlmError::Interrupted)));
     let mut s3 = Llama::load(&full_dir).unwrap();
     let mut from = None;
-    finetune(&mut s3, &teacher, &data, &adapter_b, &opts, |e| {
+    finetune(&mut s3, &data, targets.clone(), &adapter_b, &opts, |e| {
         if let FinetuneEvent::Resumed { step } = e {
             from = Some(step);
         }
@@ -329,10 +342,11 @@ fn bad_inputs_are_clear_errors() {
         ..FinetuneOptions::default()
     };
     let adapter = dir.path().join("adapter");
+    let targets = teacher_targets(&teacher, &data, opts.top_k, 4, |_, _| {}).unwrap();
     finetune(
         &mut Llama::load(&q_small).unwrap(),
-        &teacher,
         &data,
+        targets,
         &adapter,
         &opts,
         |_| ControlFlow::Continue(()),

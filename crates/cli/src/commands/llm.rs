@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune};
+use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune, teacher_targets};
 use oftq_llm::generate::{Sampling, generate};
 use oftq_llm::oftq_candle::layer::OftConfig;
 use oftq_llm::oftq_candle::layer::aqlm::AqlmScheme;
@@ -268,13 +268,8 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
             length,
             seed,
         } => {
-            let mut student = load(&model, None)?;
-            if student.quantized().next().is_none() {
-                bail!(
-                    "{}: not an AQLM model (run `oftq llm quantize` first)",
-                    model.display()
-                );
-            }
+            // The teacher first (data, targets), dropped before the student is loaded: the two
+            // never share the memory.
             let teacher_model = load(&teacher, None)?;
             let data_src = match &text {
                 Some(path) => Calibration::Tokens {
@@ -313,16 +308,26 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
                 ..FinetuneOptions::default()
             };
             let teach = bar(data.len() as u64, "teacher", quiet);
+            let targets = teacher_targets(&teacher_model, &data, opts.top_k, 8, |d, _| {
+                teach.set_position(d as u64)
+            })?;
+            teach.finish_and_clear();
+            drop(teacher_model);
+            let mut student = load(&model, None)?;
+            if student.quantized().next().is_none() {
+                bail!(
+                    "{}: not an AQLM model (run `oftq llm quantize` first)",
+                    model.display()
+                );
+            }
             let train = bar(steps as u64, "finetune", quiet);
-            let report = finetune(&mut student, &teacher_model, &data, &out, &opts, |e| {
+            let report = finetune(&mut student, &data, targets, &out, &opts, |e| {
                 match e {
-                    FinetuneEvent::Teacher { done, .. } => teach.set_position(done as u64),
                     FinetuneEvent::Resumed { step } => {
                         train.set_position(step as u64);
                         train.println(format!("resumed at step {step}"));
                     }
                     FinetuneEvent::Step { step, loss, lr, .. } => {
-                        teach.finish_and_clear();
                         train.set_position(step as u64 + 1);
                         train.set_message(format!("loss {loss:.4} lr {lr:.1e}"));
                     }

@@ -6,6 +6,7 @@
 //! to `[batch, heads, time, head_dim]`. All compute is `f32` on the CPU. Every op records a
 //! backward, so with OFT `Var`s in the projections the logits are differentiable in them.
 
+mod attention;
 pub mod ops;
 mod projection;
 
@@ -21,7 +22,8 @@ use crate::error::{LlmError, Result};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{ModelWeights, PROJECTIONS, projection_path};
 
-pub use ops::{Causal, RopeTables, rms_norm, rope, softmax};
+pub use attention::causal_attention;
+pub use ops::{Causal, RopeTables, rms_norm, rope, softmax, swiglu};
 pub use projection::Projection;
 
 /// One decoder block: pre-norm attention and pre-norm SwiGLU MLP, each added to the residual.
@@ -318,7 +320,7 @@ impl Llama {
         let b = &self.blocks[l];
         let g = b.gate.forward_t(x, train)?;
         let u = b.up.forward_t(x, train)?;
-        Ok((g.silu()? * u)?)
+        Ok(swiglu(&g, &u)?)
     }
 
     /// Causal grouped-query self-attention of block `l` on its normed input `x [batch·time,
@@ -341,6 +343,22 @@ impl Llama {
         let split = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((bsz, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
+        if cache.is_none() && step.start == 0 {
+            // No cache: the fused op (no [heads, time, time] tensors kept for backward).
+            let (q, k, v) = (
+                blk.q.forward_t(x, step.train)?,
+                blk.k.forward_t(x, step.train)?,
+                blk.v.forward_t(x, step.train)?,
+            );
+            return Ok(causal_attention(
+                &q,
+                &k,
+                &v,
+                (bsz, t),
+                (heads, kv_heads, d),
+                &self.rope,
+            )?);
+        }
         let scale = 1.0 / (d as f64).sqrt();
         let q = split(blk.q.forward_t(x, step.train)?, heads)?;
         let q = (rope(&q, &self.rope, step.start)? * scale)?;
@@ -375,14 +393,39 @@ impl Llama {
             .reshape((bsz * t, heads * d))?)
     }
 
-    /// Logits `[batch·time, vocab]` of the final hidden states `h [batch·time, hidden]`.
+    /// Logits `[batch·time, vocab]` of the residual stream `h [batch·time, hidden]` after the last
+    /// block: the final norm, then the head.
     ///
     /// # Errors
     /// Shape errors.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
         let x = rms_norm(h, &self.norm, self.config.rms_norm_eps)?;
-        let w = self.head.as_ref().unwrap_or(&self.embed);
-        Ok(x.matmul(&w.t()?)?)
+        Ok(x.matmul(&self.head_weight().t()?)?)
+    }
+
+    /// The output head `[vocab, hidden]` (the embedding when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The normed final hidden states `[batch·time, hidden]` of `tokens [batch, time]` (what the
+    /// head multiplies), no cache; `train` turns module dropout on.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn final_hidden(&self, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let (batch, time) = tokens.dims2()?;
+        let step = Step {
+            batch,
+            time,
+            start: 0,
+            train,
+        };
+        let mut h = self.embed(tokens)?;
+        for l in 0..self.blocks.len() {
+            h = self.block_forward(l, &h, step, None)?;
+        }
+        Ok(rms_norm(&h, &self.norm, self.config.rms_norm_eps)?)
     }
 
     /// Logits `[batch, time, vocab]` of `tokens [batch, time]` (`u32`), continuing `cache` when

@@ -145,6 +145,22 @@ impl RopeTables {
         Self { cos, sin, half }
     }
 
+    /// Rotates one head vector `x` (width `d`) at position `pos` into `y`: by the angle with
+    /// `sign = 1`, by the opposite angle (the transpose) with `sign = -1`.
+    pub(crate) fn rotate(&self, x: &[f32], y: &mut [f32], pos: usize, sign: f32) {
+        let half = self.half;
+        let (c, s) = (
+            &self.cos[pos * half..(pos + 1) * half],
+            &self.sin[pos * half..(pos + 1) * half],
+        );
+        for i in 0..half {
+            let (a, b) = (x[i], x[i + half]);
+            let si = sign * s[i];
+            y[i] = a * c[i] - b * si;
+            y[i + half] = b * c[i] + a * si;
+        }
+    }
+
     /// Positions covered.
     pub fn len(&self) -> usize {
         self.cos.len() / self.half.max(1)
@@ -167,25 +183,14 @@ struct Rope {
 
 impl Rope {
     fn apply(&self, x: &[f32], t: usize, d: usize) -> Vec<f32> {
-        let half = d / 2;
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(t * d)
             .zip(x.par_chunks(t * d))
             .for_each(|(yh, xh)| {
                 for p in 0..t {
-                    let base = (self.start + p) * half;
-                    let (c, s) = (
-                        &self.tables.cos[base..base + half],
-                        &self.tables.sin[base..base + half],
-                    );
                     let (xr, yr) = (&xh[p * d..(p + 1) * d], &mut yh[p * d..(p + 1) * d]);
-                    for i in 0..half {
-                        let (a, b) = (xr[i], xr[i + half]);
-                        let si = sign * s[i];
-                        yr[i] = a * c[i] - b * si;
-                        yr[i + half] = b * c[i] + a * si;
-                    }
+                    self.tables.rotate(xr, yr, self.start + p, sign);
                 }
             });
         y
@@ -312,6 +317,77 @@ pub fn softmax(x: &Tensor, causal: Option<Causal>) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax { causal })
 }
 
+/// SwiGLU, `silu(g) ⊙ u` with `silu(g) = g·σ(g)`, as one op: the graph keeps `g` and `u` (the
+/// projections' outputs) and not `silu(g)`. Backward: `du = dy ⊙ silu(g)`,
+/// `dg = dy ⊙ u ⊙ σ(g)·(1 + g·(1 − σ(g)))`.
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "oftq-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(s1, l1, "swiglu gate")?, slice(s2, l2, "swiglu up")?);
+        if l1.dims() != l2.dims() {
+            bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(16_384)
+            .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
+            .for_each(|(yc, (gc, uc))| {
+                for ((y, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
+                    *y = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let vec = |x: &Tensor| x.contiguous()?.flatten_all()?.to_vec1::<f32>();
+        let (gv, uv, dy) = (vec(g)?, vec(u)?, vec(grad)?);
+        let (mut dg, mut du) = (vec![0f32; gv.len()], vec![0f32; gv.len()]);
+        dg.par_chunks_mut(16_384)
+            .zip(du.par_chunks_mut(16_384))
+            .enumerate()
+            .for_each(|(c, (dgc, duc))| {
+                let o = c * 16_384;
+                for (i, (dg, du)) in dgc.iter_mut().zip(duc.iter_mut()).enumerate() {
+                    let (x, up, d) = (gv[o + i], uv[o + i], dy[o + i]);
+                    let s = sigmoid(x);
+                    *du = d * x * s;
+                    *dg = d * up * s * (1.0 + x * (1.0 - s));
+                }
+            });
+        let t = |x: Vec<f32>| Tensor::from_vec(x, g.shape(), g.device());
+        Ok((Some(t(dg)?), Some(t(du)?)))
+    }
+}
+
+/// `silu(g) ⊙ u` (Llama's MLP activation) for `f32` tensors of one shape, differentiable in both.
+///
+/// # Errors
+/// Different shapes, non-`f32` inputs.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
+}
+
 #[cfg(test)]
 mod tests {
     use oftq_candle::candle_core::{Device, Var};
@@ -406,6 +482,25 @@ mod tests {
         assert!((yv[2] - (xv[2] * c + xv[0] * s)).abs() < 1e-6);
         check_grad(|x| rope(x, &tables, 1).unwrap(), &[1, 2, 3, 4]);
         assert!(rope(&x, &tables, 6).is_err());
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up_and_gradient() {
+        let g = t(seq(12, 0.9), &[3, 4]);
+        let u = t(seq(12, 1.7), &[3, 4]);
+        let y = swiglu(&g, &u).unwrap();
+        let reference = (g.silu().unwrap() * &u).unwrap();
+        let d = (y - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6);
+        check_grad(|x| swiglu(x, &u).unwrap(), &[3, 4]);
+        check_grad(|x| swiglu(&g, x).unwrap(), &[3, 4]);
     }
 
     #[test]
