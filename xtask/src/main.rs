@@ -8,6 +8,9 @@
 //!   re-measures every target between runs of its baseline, [`python`] runs the Python reference,
 //!   [`roofline`] bounds every target row by the machine's measured limits, [`report`] and
 //!   [`plot`] write the report).
+//! - `cargo xtask llm [--schemes 2x8,4x8] [--steps N] [--no-python] [--fresh]` runs the real-LLM
+//!   pipeline (SmolLM2-135M: fetch, quantize data-free and calibrated, OFT distillation, eval,
+//!   generation) beside the Python reference and writes `docs/llm.md` ([`llm`]).
 //! - `cargo xtask verify [--cases N]` runs the property suite of oftq-verify at `N` cases per
 //!   property and writes its worst-error table to `docs/verify/REPORT.md` ([`verify`]).
 //! - `cargo xtask docs` builds rustdoc and the narrative docs of `docs/` into one static site,
@@ -19,6 +22,7 @@ mod criterion;
 mod docs;
 mod fsutil;
 mod keys;
+mod llm;
 mod machine;
 mod plot;
 mod process;
@@ -56,6 +60,9 @@ enum Command {
     },
     /// Run the criterion benches; write docs/bench/{results.json, REPORT.md, *.svg}.
     Bench(bench::Options),
+    /// The real-LLM results: SmolLM2-135M quantized (2 and 4 bits, data-free and calibrated),
+    /// recovered with OFT, evaluated, beside the Python reference; writes docs/llm.md.
+    Llm(llm::Options),
     /// rustdoc (+KaTeX) and docs/*.md into target/doc-site/.
     Docs,
     /// The property suite at N cases per property, its worst-error table into
@@ -81,6 +88,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Ci { keep_going } => ci::run(&root, keep_going),
         Command::Bench(opts) => bench::run(&root, &opts),
+        Command::Llm(opts) => llm::run(&root, &opts),
         Command::Docs => docs::run(&root),
         Command::Verify { cases } => verify::run(&root, cases),
     }

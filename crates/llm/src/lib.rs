@@ -1,6 +1,6 @@
-//! A Llama-family decoder on candle with AQLM and OFT projections.
+#![doc = include_str!("../README.md")]
 
-pub mod adapters;
+mod adapters;
 pub mod config;
 pub mod distill;
 pub mod error;
@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod kl_head;
+pub mod memory;
 pub mod model;
 pub mod quantize;
 pub mod save;

@@ -12,7 +12,7 @@ use oftq_llm::generate::{Sampling, generate};
 use oftq_llm::oftq_candle::layer::OftConfig;
 use oftq_llm::oftq_candle::layer::aqlm::AqlmScheme;
 use oftq_llm::quantize::{Calibration, Event, QuantizeOptions, calibration_tokens, quantize_model};
-use oftq_llm::{Llama, eval};
+use oftq_llm::{Llama, eval, memory};
 
 use crate::progress::bar;
 
@@ -58,6 +58,9 @@ pub(crate) enum LlmCommand {
         /// Seed (calibration sampling, encoder).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print one JSON object (errors, seconds, peak memory) instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Trains OFT adapters on all seven projections of every block of an AQLM model by knowledge
     /// distillation from the source model, and writes a PEFT adapter folder. Resumable.
@@ -104,6 +107,9 @@ pub(crate) enum LlmCommand {
         /// Seed of the sampled training text.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Print one JSON object (losses, seconds per step, peak memory, …) instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Perplexity over non-overlapping windows of a text (the first token of each window is not
     /// scored).
@@ -191,7 +197,9 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
             length,
             rounds,
             seed,
+            json,
         } => {
+            let quiet = quiet || json;
             let scheme: AqlmScheme = scheme.parse()?;
             let source = load(&model, None)?;
             let mut opts = QuantizeOptions::new(scheme);
@@ -267,7 +275,10 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
             sequences,
             length,
             seed,
+            json,
         } => {
+            let quiet = quiet || json;
+            let t0 = Instant::now();
             // The teacher first (data, targets), dropped before the student is loaded: the two
             // never share the memory.
             let teacher_model = load(&teacher, None)?;
@@ -313,6 +324,10 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
             })?;
             teach.finish_and_clear();
             drop(teacher_model);
+            let teacher_phase_s = t0.elapsed().as_secs_f64();
+            // The training phase's own peak (the teacher phase's is kept for the whole-process one).
+            let teacher_peak = memory::peak_rss_bytes();
+            let phase_reset = memory::reset_peak();
             let mut student = load(&model, None)?;
             if student.quantized().next().is_none() {
                 bail!(
@@ -335,7 +350,25 @@ pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
                 ControlFlow::Continue(())
             })?;
             train.finish_and_clear();
-            if !quiet {
+            let train_peak = memory::peak_rss_bytes();
+            if json {
+                let mut sorted = report.step_seconds.clone();
+                sorted.sort_by(f64::total_cmp);
+                let v = serde_json::json!({
+                    "parameters": report.parameters,
+                    "steps": report.losses.len(),
+                    "losses": report.losses,
+                    "step_s": report.step_seconds,
+                    "median_step_s": sorted.get(sorted.len() / 2),
+                    "kept_teacher_mass": report.kept_mass,
+                    "teacher_phase_s": teacher_phase_s,
+                    "training_s": report.seconds,
+                    "seconds": t0.elapsed().as_secs_f64(),
+                    "train_peak_rss_bytes": if phase_reset { train_peak } else { None },
+                    "peak_rss_bytes": train_peak.max(teacher_peak),
+                });
+                println!("{v}");
+            } else if !quiet {
                 let last = report.losses.iter().rev().take(10).sum::<f64>()
                     / report.losses.len().clamp(1, 10) as f64;
                 let per = report.step_seconds.iter().sum::<f64>()
