@@ -294,10 +294,22 @@ fn aqlm_backward_vs_finite_differences() {
         let (_, cache) = layer.forward_cached(f32_mat(&x).as_ref(), None).unwrap();
         let g = layer.backward(&cache, f32_mat(&dy).as_ref()).unwrap();
         let r_abs = ref_rotation(&packed, b, d, rp).dense().abs();
-        // Σ |x||R||W|ᵀ⊙|dy|: the scale of L and of its rounding noise.
+        // Σ |x||R||W|ᵀ⊙|dy| + Σ |bias|⊙|dy|: the scale of L and of its rounding noise (the bias
+        // term matters when it dominates the product, e.g. one input feature).
+        let bias_scale: f64 = base.bias().map_or(0.0, |bias| {
+            (0..dy.nrows())
+                .map(|t| {
+                    bias.iter()
+                        .enumerate()
+                        .map(|(o, v)| f64::from(v.abs()) * dy[(t, o)].abs())
+                        .sum::<f64>()
+                })
+                .sum()
+        });
         let l_scale = (x.abs() * &r_abs * w_abs.transpose())
             .component_mul(&dy.abs())
-            .sum();
+            .sum()
+            + bias_scale;
         // The factor 2 covers the analytic gradient's own f32 rounding on top of the two noisy
         // forwards (observed worst case reached 0.58 of the bound without it).
         let noise = 2.0 * EPS32 * (units + rot_units(b)) * l_scale;
