@@ -5,11 +5,11 @@ use std::sync::Arc;
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use oftq_layer::faer::Mat;
-use oftq_layer::ortho::{RotationSpec, project_coft};
+use oftq_layer::ortho::{BlockRotation, RotationSpec, project_coft};
 
 use crate::fused_op::RotatedBase;
 use crate::rotation_op::{RotationBuilder, RotationOp};
-use crate::tensor_io::{row_major, to_mat};
+use crate::tensor_io::{row_major, to_mat, with_slice};
 
 /// The name of adapter `adapter`'s parameters on module `module` in a [`VarMap`]: PEFT's
 /// in-memory parameter name, `base_model.model.<module>.oft_R.<adapter>.weight` (what
@@ -43,7 +43,8 @@ pub struct OftAdapter {
     /// are the initial values, not kept in sync; see [`OftAdapter::to_layer`]).
     template: oftq_layer::OftAdapter,
     builder: Arc<RotationBuilder<f32>>,
-    frozen: bool,
+    /// While frozen: the parameters' detached values and their rotation, built at freezing.
+    frozen: Option<(Tensor, Arc<BlockRotation<f32>>)>,
 }
 
 impl OftAdapter {
@@ -76,7 +77,7 @@ impl OftAdapter {
             var,
             template: adapter.clone(),
             builder: Arc::new(builder),
-            frozen: false,
+            frozen: None,
         })
     }
 
@@ -141,19 +142,25 @@ impl OftAdapter {
         Ok(a)
     }
 
-    /// The parameters as the ops take them: the `Var` itself, or a detached view of it when the
-    /// adapter is frozen (no graph is recorded then).
-    fn params(&self) -> Tensor {
-        if self.frozen {
-            self.var.as_tensor().detach()
-        } else {
-            self.var.as_tensor().clone()
+    /// The op for one forward: over the `Var` (recorded for backward), or, frozen, over the
+    /// detached values with their rotation built once.
+    fn op(&self, keep: Option<Vec<bool>>) -> (Tensor, RotationOp<f32>) {
+        match &self.frozen {
+            Some((values, rot)) => (
+                values.clone(),
+                RotationOp::prebuilt(self.builder.clone(), keep, rot.clone()),
+            ),
+            None => (
+                self.var.as_tensor().clone(),
+                RotationOp::new(self.builder.clone(), keep),
+            ),
         }
     }
 
     /// `x·R̃_bd` for a contiguous `f32` `x [..., d]`, recorded for backward.
     pub(crate) fn rotate(&self, x: &Tensor, keep: Option<Vec<bool>>) -> Result<Tensor> {
-        x.apply_op2(&self.params(), RotationOp::new(self.builder.clone(), keep))
+        let (params, op) = self.op(keep);
+        x.apply_op2(&params, op)
     }
 
     /// `base(x·R̃_bd)` in one op (see [`crate::fused_op`]).
@@ -163,19 +170,33 @@ impl OftAdapter {
         keep: Option<Vec<bool>>,
         base: Arc<B>,
     ) -> Result<Tensor> {
-        let rotation = RotationOp::new(self.builder.clone(), keep);
-        x.apply_op2(&self.params(), RotatedBase { base, rotation })
+        let (params, rotation) = self.op(keep);
+        x.apply_op2(&params, RotatedBase { base, rotation })
     }
 
-    /// Freezes (`false`) or unfreezes the parameters: a frozen adapter's forward passes use a
-    /// detached copy of its `Var`, so no graph is recorded and nothing is kept for a backward pass
-    /// (inference). Adapters start trainable.
-    pub fn set_trainable(&mut self, trainable: bool) {
-        self.frozen = !trainable;
+    /// Freezes (`false`) or unfreezes (`true`) the adapter. Frozen, forward passes use the
+    /// parameters' values at the time of freezing and their rotation, built once then: no graph
+    /// is recorded, nothing is kept for a backward pass, and no step checks whether the
+    /// parameters changed (inference). Changes to the `Var` take effect when it is unfrozen, or
+    /// frozen again. Adapters start trainable.
+    ///
+    /// # Errors
+    /// Freezing invalid parameters (non-finite; divergence under an `Error` policy).
+    pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
+        self.frozen = if trainable {
+            None
+        } else {
+            let values = self.var.as_tensor().detach().copy()?;
+            let rot = with_slice(&values, "adapter parameters", |p: &[f32]| {
+                self.builder.rotation(p)
+            })?;
+            Some((values, rot))
+        };
+        Ok(())
     }
 
     /// Whether the forward passes record gradients for the parameters.
     pub fn is_trainable(&self) -> bool {
-        !self.frozen
+        self.frozen.is_none()
     }
 }

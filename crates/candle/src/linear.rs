@@ -323,11 +323,14 @@ impl<B: BaseLinear + 'static> OftLinear<B> {
     }
 
     /// Freezes (`false`) or unfreezes every adapter (see [`OftAdapter::set_trainable`]): frozen,
-    /// forward passes record no graph, for inference.
-    pub fn set_trainable(&mut self, trainable: bool) {
-        for a in &mut self.adapters {
-            a.set_trainable(trainable);
-        }
+    /// forward passes record no graph and rebuild no rotation, for inference.
+    ///
+    /// # Errors
+    /// Freezing invalid parameters.
+    pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
+        self.adapters
+            .iter_mut()
+            .try_for_each(|a| a.set_trainable(trainable))
     }
 
     /// The oftq-layer module with the adapters' current parameters (same base, adapters, active

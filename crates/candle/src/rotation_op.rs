@@ -49,7 +49,7 @@ impl<T: Real> RotationBuilder<T> {
     pub(crate) fn rotation(&self, packed: &[T]) -> Result<Arc<BlockRotation<T>>> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((key, rot)) = last.as_ref()
-            && key.as_slice() == packed
+            && same_bits(key, packed)
         {
             return Ok(rot.clone());
         }
@@ -74,6 +74,15 @@ impl<T: Real> RotationBuilder<T> {
     }
 }
 
+/// Whether two slices hold the same bits (so `NaN`s compare equal and `-0.0 != 0.0`): the
+/// rotation cache's key test, in one pass without early exit so that it vectorizes.
+fn same_bits<T: Real>(a: &[T], b: &[T]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).fold(0u64, |d, (x, y)| {
+            d | (x.f64().to_bits() ^ y.f64().to_bits())
+        }) == 0
+}
+
 /// `y = x·R̃_bd` for `x [..., d]` and packed parameters `[stored blocks, b(b−1)/2]`, where `R̃`
 /// replaces the dropped positions of `keep` by `I`.
 pub(crate) struct RotationOp<T: Real> {
@@ -92,9 +101,24 @@ impl<T: Real> RotationOp<T> {
         }
     }
 
+    /// An op that uses `rotation` (already built from the parameters it will be given) instead
+    /// of building or looking one up.
+    pub(crate) fn prebuilt(
+        builder: Arc<RotationBuilder<T>>,
+        keep: Option<Vec<bool>>,
+        rotation: Arc<BlockRotation<T>>,
+    ) -> Self {
+        let op = Self::new(builder, keep);
+        let _ = op.built.set(rotation);
+        op
+    }
+
     /// The rotation of the parameters `p` (laid out by `l`), built (or taken from the builder's
     /// cache) and kept for the backward pass.
     pub(crate) fn rotation_of(&self, p: &[T], l: &Layout) -> Result<Arc<BlockRotation<T>>> {
+        if let Some(r) = self.built.get() {
+            return Ok(r.clone());
+        }
         let (pr, pc) = self.builder.spec().param_shape();
         if l.dims() != [pr, pc] {
             candle_core::bail!(
