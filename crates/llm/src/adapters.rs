@@ -44,7 +44,7 @@ impl Llama {
                             })?;
                             m.insert_adapter(name, &a, &varmap)?;
                             used += 1;
-                            m.set_trainable(false);
+                            m.set_trainable(false)?;
                         }
                         modules.push(module);
                     }

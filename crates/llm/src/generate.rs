@@ -48,6 +48,9 @@ impl Sampling {
     }
 }
 
+/// Batches up to which [`generate`] decodes on a single thread.
+pub const SINGLE_THREAD_MAX_BATCH: usize = 2;
+
 /// What [`generate`] produced.
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -158,11 +161,29 @@ pub fn generate(
     let flat: Vec<u32> = prompts.concat();
     let mut input = Tensor::from_vec(flat, (b, len), &Device::Cpu)?;
     let (mut prefill_s, mut decode_s) = (0.0, 0.0);
+    // One new token per sequence is too little work to split: with a small batch, the steps
+    // after the prompt run on one thread (measured on SmolLM2 2x8 + OFT, batch 1: 24 tokens/s
+    // on one thread, 19 on two, the second thread's hand-offs costing more than its help).
+    let single = if b <= SINGLE_THREAD_MAX_BATCH && rayon::current_num_threads() > 1 {
+        rayon::ThreadPoolBuilder::new().num_threads(1).build().ok()
+    } else {
+        None
+    };
     for step in 0..max_new {
         let t0 = Instant::now();
-        let logits = model.forward(&input, Some(&mut cache), false)?;
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
-        let rows = last.to_vec2::<f32>()?;
+        let hidden = match &single {
+            Some(pool) if step > 0 => {
+                pool.install(|| model.forward_hidden(&input, Some(&mut cache), false))?
+            }
+            _ => model.forward_hidden(&input, Some(&mut cache), false)?,
+        };
+        // Only each sequence's last position needs logits (the head is the largest product).
+        let t = input.dim(1)?;
+        let last = hidden
+            .reshape((b, t, ()))?
+            .narrow(1, t - 1, 1)?
+            .squeeze(1)?;
+        let rows = model.head(&last)?.to_vec2::<f32>()?;
         let next: Vec<u32> = rows
             .par_iter()
             .zip(rngs.par_iter_mut())

@@ -179,8 +179,16 @@ fn read_text(path: &Path) -> Result<String> {
         .with_context(|| format!("{}: cannot read the text", path.display()))
 }
 
-/// Runs one `oftq llm` command.
+/// Runs one `oftq llm` command on a worker of rayon's pool: the kernels' parallel loops then
+/// start from a worker, which goes on working, instead of from the main thread, which would hand
+/// every loop to the pool and sleep until it is done (two context switches per loop; thousands of
+/// loops per generated token).
 pub(crate) fn run(cmd: LlmCommand, quiet: bool) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    pool.install(|| run_here(cmd, quiet))
+}
+
+fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
     match cmd {
         LlmCommand::Fetch { dir } => {
             let path = oftq_llm::fetch::fetch(dir.as_deref())?;

@@ -7,6 +7,7 @@
 //! backward, so with OFT `Var`s in the projections the logits are differentiable in them.
 
 mod attention;
+mod dense;
 pub mod ops;
 mod projection;
 
@@ -23,6 +24,7 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::{ModelWeights, PROJECTIONS, projection_path};
 
 pub use attention::causal_attention;
+pub use dense::dense_product;
 pub use ops::{Causal, RopeTables, rms_norm, rope, softmax, swiglu};
 pub use projection::Projection;
 
@@ -400,7 +402,7 @@ impl Llama {
     /// Shape errors.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
         let x = rms_norm(h, &self.norm, self.config.rms_norm_eps)?;
-        Ok(x.matmul(&self.head_weight().t()?)?)
+        Ok(dense_product(&x, self.head_weight())?)
     }
 
     /// The output head `[vocab, hidden]` (the embedding when tied).
@@ -437,6 +439,24 @@ impl Llama {
     pub fn forward(
         &self,
         tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (batch, time) = tokens.dims2()?;
+        let h = self.forward_hidden(tokens, cache, train)?;
+        Ok(self
+            .head(&h)?
+            .reshape((batch, time, self.config.vocab_size))?)
+    }
+
+    /// The residual stream after the last block, `[batch·time, hidden]` (before the final norm
+    /// and the head), continuing and extending `cache` as [`forward`](Self::forward) does.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
         mut cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
@@ -459,9 +479,7 @@ impl Llama {
         for l in 0..self.blocks.len() {
             h = self.block_forward(l, &h, step, cache.as_deref_mut())?;
         }
-        Ok(self
-            .head(&h)?
-            .reshape((batch, time, self.config.vocab_size))?)
+        Ok(h)
     }
 
     /// Logits of one sequence of token ids, `[time, vocab]`, no cache.
