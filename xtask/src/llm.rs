@@ -64,14 +64,22 @@ fn run_timed(cmd: &mut Command) -> Result<(f64, String, String)> {
 fn last_json(s: &str) -> Result<Value> {
     s.lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok().filter(Value::is_object))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l.trim())
+                .ok()
+                .filter(Value::is_object)
+        })
         .with_context(|| format!("no JSON object in the output:\n{s}"))
 }
 
 /// The maximum resident set size in bytes that GNU time's `-f %M` wrote on the last line of
 /// `stderr`, if it did.
 fn gnu_time_peak(stderr: &str) -> Option<u64> {
-    stderr.lines().rev().find_map(|l| l.trim().strip_prefix("maxrss_kb=")?.parse::<u64>().ok()).map(|kb| kb * 1024)
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("maxrss_kb=")?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }
 
 /// Wraps `cmd` in GNU time (when present) to measure its peak memory.
@@ -109,7 +117,14 @@ impl Ctx {
     }
 
     /// `oftq llm eval --json` of `model` (with `adapter`) on the text.
-    fn eval(&mut self, key: &str, model: &Path, adapter: Option<&Path>, max_tokens: usize, logits: Option<&Path>) -> Result<Value> {
+    fn eval(
+        &mut self,
+        key: &str,
+        model: &Path,
+        adapter: Option<&Path>,
+        max_tokens: usize,
+        logits: Option<&Path>,
+    ) -> Result<Value> {
         let mut args: Vec<String> = vec![
             "eval".into(),
             "--model".into(),
@@ -163,8 +178,16 @@ fn compare_logits(a: &Path, b: &Path) -> Result<(f64, bool)> {
         let st = safetensors::SafeTensors::deserialize(&bytes)?;
         let l = st.tensor("logits")?;
         let i = st.tensor("input_ids")?;
-        let f: Vec<f32> = l.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let ids: Vec<i64> = i.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        let f: Vec<f32> = l
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let ids: Vec<i64> = i
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
         Ok((f, ids))
     };
     let ((la, ia), (lb, ib)) = (read(a)?, read(b)?);
@@ -208,7 +231,10 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     } else {
         crate::python::Reference::locate(root, std::env::var_os("OFTQ_REF").map(PathBuf::from)).ok()
     };
-    let ref_llm = root.parent().unwrap_or(root).join("shared/anchors/ref_llm.py");
+    let ref_llm = root
+        .parent()
+        .unwrap_or(root)
+        .join("shared/anchors/ref_llm.py");
     if let Some(r) = &reference {
         let ref_logits = ctx.path("source-ref-logits.safetensors");
         let args: Vec<String> = [
@@ -240,11 +266,20 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     // Generation with the source (for reference).
     let gen_args = |model: &Path, adapter: Option<&Path>| {
-        let mut a = vec!["generate".to_string(), "--model".into(), model.display().to_string()];
+        let mut a = vec![
+            "generate".to_string(),
+            "--model".into(),
+            model.display().to_string(),
+        ];
         if let Some(ad) = adapter {
             a.extend(["--adapter".into(), ad.display().to_string()]);
         }
-        a.extend(["--prompt".into(), "The GNU General Public License is".into(), "--max-tokens".into(), "64".into()]);
+        a.extend([
+            "--prompt".into(),
+            "The GNU General Public License is".into(),
+            "--max-tokens".into(),
+            "64".into(),
+        ]);
         a
     };
 
@@ -253,33 +288,84 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         let cal = ctx.path(&format!("{scheme}-calibrated"));
         let adapter = ctx.path(&format!("{scheme}-oft"));
         let gguf_s = gguf.display().to_string();
-        let mut q = ctx.oftq(&["quantize", "--model", &gguf_s, "--scheme", scheme, "--data-free", "--json", "--out"]);
+        let mut q = ctx.oftq(&[
+            "quantize",
+            "--model",
+            &gguf_s,
+            "--scheme",
+            scheme,
+            "--data-free",
+            "--json",
+            "--out",
+        ]);
         q.arg(&free);
         ctx.stage(&format!("{scheme}.quantize.data_free"), &free, q)?;
-        let mut q = ctx.oftq(&["quantize", "--model", &gguf_s, "--scheme", scheme, "--json", "--out"]);
+        let mut q = ctx.oftq(&[
+            "quantize", "--model", &gguf_s, "--scheme", scheme, "--json", "--out",
+        ]);
         q.arg(&cal);
         ctx.stage(&format!("{scheme}.quantize.calibrated"), &cal, q)?;
         let steps = opts.steps.to_string();
-        let mut f = ctx.oftq(&["finetune", "--teacher", &gguf_s, "--steps", &steps, "--json", "--model"]);
+        let mut f = ctx.oftq(&[
+            "finetune",
+            "--teacher",
+            &gguf_s,
+            "--steps",
+            &steps,
+            "--json",
+            "--model",
+        ]);
         f.arg(&cal).arg("--out").arg(&adapter);
         ctx.stage(&format!("{scheme}.finetune"), &adapter, f)?;
-        ctx.eval(&format!("{scheme}.data_free"), &free, None, ctx.max_tokens, None)?;
-        ctx.eval(&format!("{scheme}.calibrated"), &cal, None, ctx.max_tokens, None)?;
-        ctx.eval(&format!("{scheme}.oft"), &cal, Some(&adapter), ctx.max_tokens, None)?;
+        ctx.eval(
+            &format!("{scheme}.data_free"),
+            &free,
+            None,
+            ctx.max_tokens,
+            None,
+        )?;
+        ctx.eval(
+            &format!("{scheme}.calibrated"),
+            &cal,
+            None,
+            ctx.max_tokens,
+            None,
+        )?;
+        ctx.eval(
+            &format!("{scheme}.oft"),
+            &cal,
+            Some(&adapter),
+            ctx.max_tokens,
+            None,
+        )?;
         let mut g = Command::new(&ctx.oftq);
         g.args(gen_args(&cal, Some(&adapter)));
         let (_, _, se) = run_timed(&mut g)?;
-        let tps = se
-            .lines()
-            .find_map(|l| l.split(", ").nth(1)?.strip_suffix(" tokens/s")?.parse::<f64>().ok());
-        ctx.results.insert(format!("{scheme}.generate"), json!({"tokens_per_s": tps}));
+        let tps = se.lines().find_map(|l| {
+            l.split(", ")
+                .nth(1)?
+                .strip_suffix(" tokens/s")?
+                .parse::<f64>()
+                .ok()
+        });
+        ctx.results
+            .insert(format!("{scheme}.generate"), json!({"tokens_per_s": tps}));
     }
 
     // transformers + aqlm (+ PEFT) on the first 2-bit folder and its adapter: one window of 512.
     if let (Some(r), Some(scheme)) = (&reference, opts.schemes.first()) {
-        let (cal, adapter) = (ctx.path(&format!("{scheme}-calibrated")), ctx.path(&format!("{scheme}-oft")));
+        let (cal, adapter) = (
+            ctx.path(&format!("{scheme}-calibrated")),
+            ctx.path(&format!("{scheme}-oft")),
+        );
         ctx.eval(&format!("{scheme}.calibrated.512"), &cal, None, 512, None)?;
-        ctx.eval(&format!("{scheme}.oft.512"), &cal, Some(&adapter), 512, None)?;
+        ctx.eval(
+            &format!("{scheme}.oft.512"),
+            &cal,
+            Some(&adapter),
+            512,
+            None,
+        )?;
         for (key, ad) in [("calibrated", None), ("oft", Some(&adapter))] {
             let mut args: Vec<String> = vec![
                 ref_llm.display().to_string(),
@@ -308,7 +394,10 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
     let results = Value::Object(ctx.results.clone().into_iter().collect());
     let dir = root.join("docs/llm");
     std::fs::create_dir_all(&dir)?;
-    fsutil::write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
+    fsutil::write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
     let md = report(&machine, opts, &ctx.results);
     fsutil::write_atomic(&root.join("docs/llm.md"), md.as_bytes())?;
     eprintln!("xtask llm: wrote docs/llm.md and docs/llm/results.json");
@@ -361,8 +450,16 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
         s.push_str(&format!("| source (transformers) | {p:.3} | | |\n"));
     }
     for scheme in &opts.schemes {
-        let (f, c, o) = (format!("{scheme}.data_free"), format!("{scheme}.calibrated"), format!("{scheme}.oft"));
-        s.push_str(&format!("| {scheme} data-free | {} | {} | |\n", fmt(ppl(&f), 1), fmt(gap(&f), 3)));
+        let (f, c, o) = (
+            format!("{scheme}.data_free"),
+            format!("{scheme}.calibrated"),
+            format!("{scheme}.oft"),
+        );
+        s.push_str(&format!(
+            "| {scheme} data-free | {} | {} | |\n",
+            fmt(ppl(&f), 1),
+            fmt(gap(&f), 3)
+        ));
         let closed_cal = gap(&f).zip(gap(&c)).map(|(a, b)| 100.0 * (1.0 - b / a));
         s.push_str(&format!(
             "| {scheme} calibrated | {} | {} | {} % of the data-free gap |\n",
