@@ -341,12 +341,10 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         let mut g = Command::new(&ctx.oftq);
         g.args(gen_args(&cal, Some(&adapter)));
         let (_, _, se) = run_timed(&mut g)?;
+        // "64 tokens, 25.0 tokens/s (prompt 0.08 s)"
         let tps = se.lines().find_map(|l| {
-            l.split(", ")
-                .nth(1)?
-                .strip_suffix(" tokens/s")?
-                .parse::<f64>()
-                .ok()
+            let (_, rest) = l.split_once(" tokens, ")?;
+            rest.split_once(" tokens/s")?.0.parse::<f64>().ok()
         });
         ctx.results
             .insert(format!("{scheme}.generate"), json!({"tokens_per_s": tps}));
