@@ -14,14 +14,17 @@ const CSS: &str = include_str!("assets/page.css");
 const KATEX_CHECK: &str = include_str!("assets/katex-check.js");
 
 /// The narrative pages, in navigation order: (source under `docs/`, title).
-const PAGES: [(&str, &str); 7] = [
+const PAGES: [(&str, &str); 10] = [
     ("guide.md", "User guide"),
     ("math.md", "Mathematics"),
     ("aqlm.md", "AQLM"),
     ("peft-compat.md", "PEFT compatibility"),
+    ("llm.md", "A real LLM"),
+    ("reliability.md", "Reliability"),
     ("bench/REPORT.md", "Benchmarks"),
     ("bench/README.md", "Benchmark method"),
     ("bench/encoder-quality.md", "Encoder quality"),
+    ("verify/REPORT.md", "Verification report"),
 ];
 
 /// Builds `<target dir>/doc-site/` (`target/doc-site/` unless `$CARGO_TARGET_DIR` is set).
@@ -379,11 +382,30 @@ mod tests {
         assert_eq!(links, [PathBuf::from("a.html"), PathBuf::from("p.svg")]);
     }
 
+    /// Every markdown page under `docs/` (but the vendored KaTeX) is a page of the site.
+    #[test]
+    fn every_docs_page_is_on_the_site() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("docs");
+        let mut stack = vec![docs.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() && p.file_name().is_some_and(|n| n != "vendor") {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "md") {
+                    let rel = p.strip_prefix(&docs).unwrap().to_string_lossy().replace('\\', "/");
+                    assert!(PAGES.iter().any(|(s, _)| *s == rel), "docs/{rel} is not in PAGES");
+                }
+            }
+        }
+    }
+
     #[test]
     fn narrative_docs_render_without_broken_relative_links() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        // Every page but the generated report, which `cargo xtask docs` checks once built.
-        for (src, _) in PAGES.iter().filter(|(s, _)| *s != "bench/REPORT.md") {
+        // Every page but the generated reports, which `cargo xtask docs` checks once built.
+        let generated = ["bench/REPORT.md", "verify/REPORT.md", "llm.md"];
+        for (src, _) in PAGES.iter().filter(|(s, _)| !generated.contains(s)) {
             let page = root.join("docs").join(src);
             let md = std::fs::read_to_string(&page).unwrap();
             let html = render_markdown(&md);
