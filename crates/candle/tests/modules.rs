@@ -271,3 +271,62 @@ fn train_with_adamw_then_save_like_oftq_layer() {
     assert!(save_adapter(dir.path(), "other", &coft, m.adapter("default")).is_err());
     assert!(save_adapter(dir.path(), "default", &coft, None).is_err());
 }
+
+/// One adapter runs as one op (rotation and base together); the same adapter through the rotation
+/// op followed by the frozen base gives the same values and gradients.
+#[test]
+fn fused_single_adapter_equals_rotation_then_base() {
+    let varmap = VarMap::new();
+    let mut m = AqlmOftLinear::new(aqlm(64, 24, "2x8", 5), "p");
+    m.add_adapter("a", &config(8), &varmap).unwrap();
+    let x = Var::from_tensor(&tensor(5, 64, 3)).unwrap();
+    let fused = m.forward(x.as_tensor()).unwrap();
+    let a = m.adapter("a").unwrap();
+    let spec = *a.spec();
+    let rotated = oftq_candle::rotate(x.as_tensor(), a.var().as_tensor(), &spec).unwrap();
+    let chained = AqlmLinear::new(m.base().clone()).forward(&rotated).unwrap();
+    assert!(rel_max(&mat(&fused), &mat(&chained)) < 1e-6);
+    let dy = tensor(5, 24, 9);
+    let gf = fused
+        .mul(&dy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gc = chained
+        .mul(&dy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for t in [x.as_tensor(), a.var().as_tensor()] {
+        assert!(rel_max(&mat(gf.get(t).unwrap()), &mat(gc.get(t).unwrap())) < 1e-6);
+    }
+}
+
+/// Frozen adapters record no graph and use the values they were frozen with.
+#[test]
+fn frozen_adapters_record_nothing() {
+    let (_, mut m, _) = pair(&config(8), &config(16));
+    let x = Var::from_tensor(&tensor(4, 64, 3)).unwrap();
+    let y0 = m.forward(x.as_tensor()).unwrap();
+    m.set_trainable(false).unwrap();
+    assert!(!m.adapter("a").unwrap().is_trainable());
+    let y1 = m.forward(x.as_tensor()).unwrap();
+    assert_eq!(mat(&y0), mat(&y1));
+    let grads = y1.sum_all().unwrap().backward().unwrap();
+    assert!(
+        grads
+            .get(m.adapter("a").unwrap().var().as_tensor())
+            .is_none()
+    );
+    assert!(grads.get(x.as_tensor()).is_some());
+    // A change to the Var shows once the adapter is frozen again.
+    let var = m.adapter("a").unwrap().var().clone();
+    var.set(&var.as_tensor().affine(2.0, 0.0).unwrap()).unwrap();
+    assert_eq!(mat(&m.forward(x.as_tensor()).unwrap()), mat(&y1));
+    m.set_trainable(true).unwrap();
+    assert!(rel_max(&mat(&m.forward(x.as_tensor()).unwrap()), &mat(&y1)) > 1e-4);
+}
