@@ -385,7 +385,10 @@ mod tests {
     /// Every markdown page under `docs/` (but the vendored KaTeX) is a page of the site.
     #[test]
     fn every_docs_page_is_on_the_site() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("docs");
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("docs");
         let mut stack = vec![docs.clone()];
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(&dir).unwrap().flatten() {
@@ -393,8 +396,15 @@ mod tests {
                 if p.is_dir() && p.file_name().is_some_and(|n| n != "vendor") {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "md") {
-                    let rel = p.strip_prefix(&docs).unwrap().to_string_lossy().replace('\\', "/");
-                    assert!(PAGES.iter().any(|(s, _)| *s == rel), "docs/{rel} is not in PAGES");
+                    let rel = p
+                        .strip_prefix(&docs)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    assert!(
+                        PAGES.iter().any(|(s, _)| *s == rel),
+                        "docs/{rel} is not in PAGES"
+                    );
                 }
             }
         }

@@ -519,7 +519,7 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
     let rows: Vec<(String, String, Option<bool>)> = vec![
         (
             "source perplexity equals transformers' (relative 1e-3)".into(),
-            format!("{}", fmt(rel(src, get("python.source", "perplexity")), 6)),
+            fmt(rel(src, get("python.source", "perplexity")), 6),
             rel(src, get("python.source", "perplexity")).map(|e| e <= 1e-3),
         ),
         (

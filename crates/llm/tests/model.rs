@@ -177,7 +177,7 @@ fn kv_cache_and_batches_match_full_forwards() {
     let full_b = m.logits(&b).unwrap();
     // Prefill 5 tokens of both sequences, then one token at a time.
     let mut cache = m.new_cache();
-    let mut got = vec![Vec::new(), Vec::new()];
+    let mut got = [Vec::new(), Vec::new()];
     let t = |s: usize, e: usize| {
         Tensor::from_vec([&a[s..e], &b[s..e]].concat(), (2, e - s), &Device::Cpu).unwrap()
     };

@@ -233,8 +233,24 @@ fn quantize_resume_reload_finetune_eval_generate() {
 
     // Generation: greedy decoding is deterministic; the KV cache path continues the prompt.
     let prompt = with.tokenizer().encode("the").unwrap();
-    let g1 = generate(&with, &[prompt.clone()], 6, Sampling::GREEDY, None, |_| {}).unwrap();
-    let g2 = generate(&with, &[prompt.clone()], 6, Sampling::GREEDY, None, |_| {}).unwrap();
+    let g1 = generate(
+        &with,
+        std::slice::from_ref(&prompt),
+        6,
+        Sampling::GREEDY,
+        None,
+        |_| {},
+    )
+    .unwrap();
+    let g2 = generate(
+        &with,
+        std::slice::from_ref(&prompt),
+        6,
+        Sampling::GREEDY,
+        None,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(g1.tokens, g2.tokens);
     assert_eq!(g1.tokens[0].len(), 6);
     let mut all = prompt.clone();

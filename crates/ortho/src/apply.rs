@@ -127,11 +127,11 @@ fn dot8<T: Real>(a: &[T], b: &[T]) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] = acc[i] + x[i] * y[i];
+            acc[i] += x[i] * y[i];
         }
     }
     for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[i] = acc[i] + *x * *y;
+        acc[i] += *x * *y;
     }
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }

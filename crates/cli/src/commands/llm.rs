@@ -254,9 +254,21 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
                 }
             })?;
             layers.finish_and_clear();
-            if !quiet {
-                let mean = report.layers.iter().map(|l| l.1).sum::<f64>()
-                    / report.layers.len().max(1) as f64;
+            let mean =
+                report.layers.iter().map(|l| l.1).sum::<f64>() / report.layers.len().max(1) as f64;
+            if json {
+                let v = serde_json::json!({
+                    "scheme": scheme.to_string(),
+                    "data_free": data_free,
+                    "projections": report.layers.len(),
+                    "mean_relative_error": mean,
+                    "calibration_tokens": report.calibration_tokens,
+                    "calibration_s": report.calibration_s,
+                    "seconds": t0.elapsed().as_secs_f64(),
+                    "peak_rss_bytes": memory::peak_rss_bytes(),
+                });
+                println!("{v}");
+            } else if !quiet {
                 println!(
                     "quantized {} projections to {scheme} ({}), mean relative error {mean:.4}, {} calibration tokens, {:.0} s",
                     report.layers.len(),
@@ -287,6 +299,17 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
         } => {
             let quiet = quiet || json;
             let t0 = Instant::now();
+            // The student must be an AQLM folder; checked before the teacher's work.
+            let is_aqlm = std::fs::read_to_string(model.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|j| j.get("quantization_config").is_some());
+            if !is_aqlm {
+                bail!(
+                    "{}: not an AQLM model folder (run `oftq llm quantize` first)",
+                    model.display()
+                );
+            }
             // The teacher first (data, targets), dropped before the student is loaded: the two
             // never share the memory.
             let teacher_model = load(&teacher, None)?;

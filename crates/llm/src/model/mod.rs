@@ -495,7 +495,7 @@ impl Llama {
     pub fn quantized(&self) -> impl Iterator<Item = &oftq_candle::AqlmOftLinear> {
         self.blocks.iter().flat_map(|b| {
             b.projections().into_iter().filter_map(|p| match p {
-                Projection::Quantized(m) => Some(m),
+                Projection::Quantized(m) => Some(m.as_ref()),
                 Projection::Dense(_) => None,
             })
         })

@@ -9,16 +9,16 @@ use crate::error::Result;
 /// A bias-free linear projection `y = x·Wᵀ` of `x [tokens, in]`.
 #[derive(Debug)]
 pub enum Projection {
-    /// A dense frozen weight `[out, in]` (the source model), through candle's matmul.
+    /// A dense frozen weight `[out, in]` (the source model), multiplied by faer.
     Dense(Tensor),
     /// An AQLM-quantized weight with zero or more OFT adapters (oftq-candle's module).
-    Quantized(AqlmOftLinear),
+    Quantized(Box<AqlmOftLinear>),
 }
 
 impl Projection {
     /// An AQLM projection without adapters, named by its module path.
     pub fn aqlm(layer: AqlmLayer, module: &str) -> Self {
-        Self::Quantized(AqlmOftLinear::new(layer, module))
+        Self::Quantized(Box::new(AqlmOftLinear::new(layer, module)))
     }
 
     /// `x·Wᵀ` (OFT adapters first; module dropout when `train`).
@@ -27,7 +27,7 @@ impl Projection {
     /// Shape errors, invalid adapter parameters.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(match self {
-            Self::Dense(w) => x.matmul(&w.t()?)?,
+            Self::Dense(w) => super::dense_product(x, w)?,
             Self::Quantized(m) if train => m.forward_t(x, true)?,
             Self::Quantized(m) => m.forward(x)?,
         })
