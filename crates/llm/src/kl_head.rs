@@ -16,19 +16,17 @@
 use std::sync::{Arc, Mutex};
 
 use oftq_candle::candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, bail};
-use oftq_candle::layer::aqlm::kernels::clear_upper_simd_state;
 use oftq_candle::layer::faer::linalg::matmul::matmul;
 use oftq_candle::layer::faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::distill::TeacherTargets;
 use crate::error::{LlmError, Result};
+use crate::model::{after_parallel_product, product_t};
 
 /// Rows of logits computed at a time (256 × 49152 floats: 50 MB; measured 0.40 s per 512-token
 /// step against 0.45 s with 128 rows).
 const CHUNK_ROWS: usize = 256;
-/// Vocabulary entries per logits product.
-const VOCAB_SLICE: usize = 8192;
 
 /// The fused head + KL op over the normed hidden states `x [rows, hidden]`.
 struct KlHead {
@@ -38,14 +36,6 @@ struct KlHead {
     targets: Arc<TeacherTargets>,
     /// `∂L/∂x` for a unit upstream gradient, from the forward pass.
     grad: Mutex<Option<Vec<f32>>>,
-}
-
-/// Clears the AVX upper state on every thread after a parallel faer product (see
-/// [`clear_upper_simd_state`]): the SSE code of the rows' loop and of candle's ops would otherwise
-/// run many times slower on the workers that took part.
-pub(crate) fn clear_after_parallel_gemm() {
-    rayon::broadcast(|_| clear_upper_simd_state());
-    clear_upper_simd_state();
 }
 
 /// Loss and gradient of one row of logits `z` (overwritten by `∂L/∂z · scale`).
@@ -119,23 +109,12 @@ impl CustomOp1 for KlHead {
         for r0 in (0..rows).step_by(CHUNK_ROWS) {
             let n = CHUNK_ROWS.min(rows - r0);
             let z = &mut logits[..n * v];
-            let xc = MatRef::from_row_major_slice(&x[r0 * hidden..(r0 + n) * hidden], n, hidden);
-            // By slices of the vocabulary: faer packs a whole right-hand side that fits its
-            // notion of the L3 cache (480 MiB on this kind of VM), per thread; slices keep those
-            // buffers at a few MiB instead of the head's 113 MB.
-            let mut zm = MatMut::from_row_major_slice_mut(z, n, v);
-            for c0 in (0..v).step_by(VOCAB_SLICE) {
-                let c = VOCAB_SLICE.min(v - c0);
-                matmul(
-                    zm.as_mut().subcols_mut(c0, c),
-                    Accum::Replace,
-                    xc,
-                    w.subrows(c0, c).transpose(),
-                    1.0,
-                    Par::rayon(0),
-                );
-            }
-            clear_after_parallel_gemm();
+            product_t(
+                z,
+                &x[r0 * hidden..(r0 + n) * hidden],
+                &self.weight,
+                (n, hidden, v),
+            );
             let k = t.k;
             total += z
                 .par_chunks_mut(v)
@@ -163,7 +142,7 @@ impl CustomOp1 for KlHead {
                 1.0,
                 Par::rayon(0),
             );
-            clear_after_parallel_gemm();
+            after_parallel_product();
         }
         *self.grad.lock().unwrap_or_else(|p| p.into_inner()) = Some(dx);
         Ok((

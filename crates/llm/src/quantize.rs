@@ -373,7 +373,7 @@ impl Hessian {
             1.0,
             Par::rayon(0),
         );
-        crate::kl_head::clear_after_parallel_gemm();
+        crate::model::after_parallel_product();
         self.n += n;
         Ok(())
     }

@@ -18,7 +18,7 @@ use oftq_candle::layer::faer::linalg::matmul::matmul;
 use oftq_candle::layer::faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::ops::RopeTables;
+use super::ops::{RopeTables, slice};
 
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -158,13 +158,6 @@ fn probabilities(q: &[f32], k: &[f32], g: &Geometry) -> Vec<f32> {
     );
     causal_softmax(&mut s, t);
     s
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("attention: {what} must be a contiguous f32 tensor"),
-    }
 }
 
 impl Attention {

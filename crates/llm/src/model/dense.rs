@@ -8,12 +8,15 @@ use oftq_candle::layer::aqlm::kernels::clear_upper_simd_state;
 use oftq_candle::layer::faer::linalg::matmul::matmul;
 use oftq_candle::layer::faer::{Accum, MatMut, MatRef, Par};
 
+use super::ops::slice;
+
 /// Output columns per product: faer packs a right-hand side as large as its notion of the L3
 /// cache (480 MiB on this kind of VM) per thread; slices keep that to a few MiB.
 const COLUMN_SLICE: usize = 8192;
 
-/// `y (+)= α·x·Wᵀ` by slices of `W`'s rows, `x [n, k]`, `W [m, k]`, `y [n, m]` row-major.
-fn product_t(y: &mut [f32], x: &[f32], w: &[f32], (n, k, m): (usize, usize, usize)) {
+/// `y = x·Wᵀ` by slices of `W`'s rows, `x [n, k]`, `W [m, k]`, `y [n, m]` row-major (`y` may
+/// be a block of rows of a longer buffer of the same width).
+pub(crate) fn product_t(y: &mut [f32], x: &[f32], w: &[f32], (n, k, m): (usize, usize, usize)) {
     let xm = MatRef::from_row_major_slice(x, n, k);
     let wm = MatRef::from_row_major_slice(w, m, k);
     let mut ym = MatMut::from_row_major_slice_mut(y, n, m);
@@ -33,19 +36,12 @@ fn product_t(y: &mut [f32], x: &[f32], w: &[f32], (n, k, m): (usize, usize, usiz
 
 /// Clears the AVX upper state on every thread after a parallel faer product (see
 /// [`clear_upper_simd_state`]), so the SSE code after it does not pay for faer's kernels.
-fn after_parallel_product() {
+pub(crate) fn after_parallel_product() {
     rayon::broadcast(|_| clear_upper_simd_state());
     clear_upper_simd_state();
 }
 
 struct Dense;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("dense product: {what} must be a contiguous f32 tensor"),
-    }
-}
 
 impl CustomOp2 for Dense {
     fn name(&self) -> &'static str {

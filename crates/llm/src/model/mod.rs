@@ -25,6 +25,7 @@ use crate::weights::{ModelWeights, PROJECTIONS, projection_path};
 
 pub use attention::causal_attention;
 pub use dense::dense_product;
+pub(crate) use dense::{after_parallel_product, product_t};
 pub use ops::{Causal, RopeTables, rms_norm, rope, softmax, swiglu};
 pub use projection::Projection;
 

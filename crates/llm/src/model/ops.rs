@@ -13,8 +13,8 @@ fn rows_per_task(width: usize) -> usize {
     (16_384 / width.max(1)).max(1)
 }
 
-/// The contiguous `f32` elements of a storage under `layout`.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The contiguous `f32` elements of a storage under `layout` (what every op here reads).
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let all = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => bail!("{what}: expected an f32 tensor"),
