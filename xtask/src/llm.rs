@@ -338,16 +338,22 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
             ctx.max_tokens,
             None,
         )?;
-        let mut g = Command::new(&ctx.oftq);
-        g.args(gen_args(&cal, Some(&adapter)));
-        let (_, _, se) = run_timed(&mut g)?;
-        // "64 tokens, 25.0 tokens/s (prompt 0.08 s)"
-        let tps = se.lines().find_map(|l| {
-            let (_, rest) = l.split_once(" tokens, ")?;
-            rest.split_once(" tokens/s")?.0.parse::<f64>().ok()
-        });
-        ctx.results
-            .insert(format!("{scheme}.generate"), json!({"tokens_per_s": tps}));
+        // Generation, batch 1: the 2-bit model alone and with its adapters.
+        for (key, ad) in [
+            ("generate", None),
+            ("oft.generate", Some(adapter.as_path())),
+        ] {
+            let mut g = ctx.oftq(&[]);
+            g.args(gen_args(&cal, ad));
+            let (_, _, se) = run_timed(&mut g)?;
+            // "64 tokens, 25.0 tokens/s (prompt 0.08 s)"
+            let tps = se.lines().find_map(|l| {
+                let (_, rest) = l.split_once(" tokens, ")?;
+                rest.split_once(" tokens/s")?.0.parse::<f64>().ok()
+            });
+            ctx.results
+                .insert(format!("{scheme}.{key}"), json!({"tokens_per_s": tps}));
+        }
     }
 
     // transformers + aqlm (+ PEFT) on the first 2-bit folder and its adapter: one window of 512.
@@ -486,8 +492,9 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
         fmt(get(&format!("python.{first}.calibrated.512"), "forward_s"), 1)
     ));
     s.push_str(&format!(
-        "| generation, batch 1 | {} tokens/s ({first} + OFT) | {} tokens/s (transformers, source) |\n",
+        "| generation, batch 1 | {} tokens/s ({first}), {} tokens/s ({first} + OFT) | {} tokens/s (transformers, source) |\n",
         fmt(get(&format!("{first}.generate"), "tokens_per_s"), 1),
+        fmt(get(&format!("{first}.oft.generate"), "tokens_per_s"), 1),
         fmt(get("python.source", "generate_tokens_per_s"), 1)
     ));
     s.push_str(&format!(

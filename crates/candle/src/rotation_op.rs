@@ -202,8 +202,8 @@ impl<T: Real + WithDType> CustomOp2 for RotationOp<T> {
 ///
 /// ```
 /// use oftq_candle::candle_core::{Device, Tensor, Var};
-/// use oftq_candle::{rotate, layer::ortho::{Parameterization, RotationSpec}};
-/// let spec = RotationSpec::new(8, 4, false, Parameterization::default())?;
+/// use oftq_candle::{rotate, layer::ortho::RotationSpec};
+/// let spec = RotationSpec::builder(8, 4).build()?;
 /// let q = Var::from_tensor(&Tensor::full(0.1f64, (2, 6), &Device::Cpu)?)?;
 /// let x = Tensor::ones((3, 8), candle_core::DType::F64, &Device::Cpu)?;
 /// let y = rotate(&x, q.as_tensor(), &spec)?;

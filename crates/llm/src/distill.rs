@@ -518,12 +518,10 @@ impl Checkpoint {
         }
         for (f, map) in [("params", &pt), ("moments", &mt)] {
             let dst = self.dir.join(format!("{f}-{step}.safetensors"));
-            let tmp = self.dir.join(format!("{f}-{step}.safetensors.tmp"));
-            oftq_candle::candle_core::safetensors::save(map, &tmp)?;
-            std::fs::rename(&tmp, &dst).map_err(LlmError::io(&dst))?;
+            crate::atomic::save_tensors(&dst, map)?;
         }
         let state = json!({"fingerprint": self.fingerprint, "step": step});
-        crate::tokenizer::write(&self.dir.join("state.json"), state.to_string().as_bytes())?;
+        crate::atomic::write(&self.dir.join("state.json"), state.to_string().as_bytes())?;
         // Older pairs are no longer named by state.json.
         let current = [
             format!("params-{step}.safetensors"),

@@ -98,7 +98,5 @@ pub fn write_logits(path: &Path, input_ids: &[u32], logits: &Tensor) -> Result<(
             logits.to_dtype(DType::F32)?.contiguous()?,
         ),
     ]);
-    let tmp = path.with_extension("tmp-oftq");
-    oftq_candle::candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(LlmError::io(path))
+    crate::atomic::save_tensors(path, &map)
 }

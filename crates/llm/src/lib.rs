@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod adapters;
+mod atomic;
 pub mod config;
 pub mod distill;
 pub mod error;
@@ -21,5 +22,9 @@ pub use config::LlamaConfig;
 pub use error::{LlmError, Result};
 pub use model::{KvCache, Llama, Projection};
 pub use oftq_candle;
+/// The JSON crate of [`LlamaConfig::from_hf_json`]'s input, re-exported so users pin nothing else.
+pub use serde_json;
 pub use tokenizer::Tokenizer;
+/// The tokenizer crate behind [`Tokenizer::inner`], re-exported for the same reason.
+pub use tokenizers;
 pub use weights::ModelWeights;

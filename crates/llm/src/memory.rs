@@ -23,3 +23,23 @@ pub fn rss_bytes() -> Option<u64> {
 pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// Hands the memory this process has freed back to the operating system where the allocator
+/// keeps it (glibc's `malloc_trim(0)`, every arena), so that a phase after a large one (the
+/// teacher's in `oftq llm finetune`) holds only what is live. Returns whether memory was released;
+/// always `false` off Linux/glibc, where nothing is done.
+pub fn release_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: `malloc_trim` takes no pointer, only releases pages glibc's allocator has
+        // already freed, and is thread-safe (it locks each arena); any `pad` is valid.
+        unsafe { malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

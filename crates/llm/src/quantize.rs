@@ -255,7 +255,7 @@ impl Partial {
             });
         }
         std::fs::create_dir_all(&dir).map_err(LlmError::io(&dir))?;
-        crate::tokenizer::write(&state_path, state.to_string().as_bytes())?;
+        crate::atomic::write(&state_path, state.to_string().as_bytes())?;
         Ok(Self {
             dir,
             layers: BTreeMap::new(),
@@ -269,7 +269,7 @@ impl Partial {
         self.ckpt.save(&self.dir.join("layers"))?;
         self.errors.insert(module.into(), json!(error));
         let text = serde_json::Value::Object(self.errors.clone()).to_string();
-        crate::tokenizer::write(&self.dir.join("errors.json"), text.as_bytes())
+        crate::atomic::write(&self.dir.join("errors.json"), text.as_bytes())
     }
 
     /// The calibration tokens of the interrupted run, or the ones `make` gives (then saved).
@@ -281,7 +281,7 @@ impl Partial {
         }
         let t = make()?;
         let text = serde_json::to_string(&t).map_err(|e| LlmError::Invalid(e.to_string()))?;
-        crate::tokenizer::write(&path, text.as_bytes())?;
+        crate::atomic::write(&path, text.as_bytes())?;
         Ok(t)
     }
 }

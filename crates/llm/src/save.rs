@@ -6,9 +6,9 @@ use std::path::Path;
 use oftq_candle::layer::aqlm::{AqlmCheckpoint, AqlmScheme, QuantizationConfig};
 use serde_json::{Value, json};
 
+use crate::atomic::write;
 use crate::error::{LlmError, Result};
 use crate::model::{Llama, Projection};
-use crate::tokenizer::write;
 use crate::weights::{PROJECTIONS, projection_path, tensor_to_raw};
 
 /// The AQLM checkpoint of `model`: every quantized projection (codes/codebooks/scales), the dense

@@ -298,7 +298,7 @@ pub fn write_hf(
     std::fs::create_dir_all(dir).map_err(LlmError::io(dir))?;
     let text = serde_json::to_string_pretty(&config.to_hf_json())
         .map_err(|e| LlmError::Invalid(e.to_string()))?;
-    crate::tokenizer::write(&dir.join("config.json"), text.as_bytes())?;
+    crate::atomic::write(&dir.join("config.json"), text.as_bytes())?;
     let map: std::collections::HashMap<&String, Tensor> =
         weights.iter().map(|(k, v)| (k, v.clone())).collect();
     oftq_candle::candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;

@@ -186,7 +186,7 @@ impl Tokenizer {
             .inner
             .to_string(false)
             .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
-        write(&path, text.as_bytes())?;
+        crate::atomic::write(&path, text.as_bytes())?;
         let name = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
         let mut cfg = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -212,7 +212,7 @@ impl Tokenizer {
         ] {
             let text =
                 serde_json::to_string_pretty(&v).map_err(|e| LlmError::Tokenizer(e.to_string()))?;
-            write(&dir.join(file), text.as_bytes())?;
+            crate::atomic::write(&dir.join(file), text.as_bytes())?;
         }
         Ok(())
     }
@@ -285,11 +285,6 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
-}
-
-/// Writes `bytes` to `path` atomically (a temporary file in the same folder, then a rename).
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    oftq_candle::layer::aqlm::checkpoint::write_atomic(path, bytes).map_err(LlmError::from)
 }
 
 #[cfg(test)]

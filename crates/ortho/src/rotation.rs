@@ -34,8 +34,8 @@ use crate::spec::RotationSpec;
 ///
 /// ```
 /// use faer::Mat;
-/// use oftq_ortho::{BlockRotation, Parameterization, RotationSpec};
-/// let spec = RotationSpec::new(8, 4, false, Parameterization::default()).unwrap();
+/// use oftq_ortho::{BlockRotation, RotationSpec};
+/// let spec = RotationSpec::builder(8, 4).build().unwrap();
 /// let packed = Mat::<f64>::from_fn(2, 6, |i, k| 0.05 * (i + k) as f64);
 /// let rot = BlockRotation::build(&spec, packed.as_ref()).unwrap();
 /// let x = Mat::<f64>::from_fn(3, 8, |t, f| (t * 8 + f) as f64);

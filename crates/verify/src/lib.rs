@@ -13,3 +13,5 @@ pub use faer;
 /// The independent reference's matrix crate (`nalgebra::DMatrix` in
 /// [`reference`](mod@reference)), re-exported for the same reason.
 pub use nalgebra;
+/// The file format crate of [`tensors::Tensor`]'s `dtype`, re-exported for the same reason.
+pub use safetensors;

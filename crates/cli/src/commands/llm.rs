@@ -358,7 +358,9 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
             let teacher_phase_s = t0.elapsed().as_secs_f64();
             // The training phase's own peak (the teacher phase's is kept for the whole-process one).
             let teacher_peak = memory::peak_rss_bytes();
+            memory::release_freed_memory();
             let phase_reset = memory::reset_peak();
+            let train_start_rss = memory::rss_bytes();
             let mut student = load(&model, None)?;
             if student.quantized().next().is_none() {
                 bail!(
@@ -396,6 +398,7 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
                     "training_s": report.seconds,
                     "seconds": t0.elapsed().as_secs_f64(),
                     "train_peak_rss_bytes": if phase_reset { train_peak } else { None },
+                    "train_start_rss_bytes": train_start_rss,
                     "peak_rss_bytes": train_peak.max(teacher_peak),
                 });
                 println!("{v}");
