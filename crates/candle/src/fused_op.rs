@@ -12,7 +12,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use oftq_layer::BaseLinear;
 
 use crate::rotation_op::RotationOp;
-use crate::tensor_io::{contiguous_slice, rows_of, storage_of, tensor_of, view, with_slice};
+use crate::tensor_io::{
+    col_major, col_view, contiguous_slice, rows_of, storage_of, tensor_of, view, with_slice,
+};
 
 /// `y = base(x·R̃_bd)` for `x [..., in]` and the adapter's packed parameters, `f32`.
 pub(crate) struct RotatedBase<B> {
@@ -64,13 +66,19 @@ impl<B: BaseLinear + 'static> CustomOp2 for RotatedBase<B> {
         let (d, o) = (self.base.in_features(), self.base.out_features());
         let rows = rows_of(x.shape(), d, "layer input")?;
         let g = with_slice(grad, "layer output gradient", |gs: &[f32]| {
+            let gc = col_major(gs, rows, o);
             self.base
-                .backward_input(view(gs, rows, o))
+                .backward_input(col_view(&gc, rows, o))
                 .map_err(candle_core::Error::wrap)
         })?;
         let r = with_slice(x, "layer input", |xs: &[f32]| {
-            rot.backward_masked(view(xs, rows, d), g.as_ref(), self.rotation.keep.as_deref())
-                .map_err(candle_core::Error::wrap)
+            let xc = col_major(xs, rows, d);
+            rot.backward_masked(
+                col_view(&xc, rows, d),
+                g.as_ref(),
+                self.rotation.keep.as_deref(),
+            )
+            .map_err(candle_core::Error::wrap)
         })?;
         let dx = tensor_of(r.input.as_ref(), x.shape())?;
         let dp = tensor_of(r.params.as_ref(), params.shape())?;

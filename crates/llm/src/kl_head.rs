@@ -89,7 +89,10 @@ impl CustomOp2 for KlHead {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> oftq_candle::candle_core::Result<(CpuStorage, Shape)> {
-        let (x, weight) = (slice(s1, l1, "kl head input")?, slice(s2, l2, "kl head weight")?);
+        let (x, weight) = (
+            slice(s1, l1, "kl head input")?,
+            slice(s2, l2, "kl head weight")?,
+        );
         let (rows, hidden) = l1.shape().dims2()?;
         let (v, width) = l2.shape().dims2()?;
         let t = &self.targets;
