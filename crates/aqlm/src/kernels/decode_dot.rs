@@ -50,9 +50,13 @@ max = avx2;
 fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
     let sch = &layer.scheme;
     let (m, og, ig, g) = (sch.num_codebooks, sch.out_group_size, sch.in_group_size, sch.group_len());
-    if m == 1 && og == 1 && ig == 8 && t == 1 {
-        forward_1x_g8_t1(layer, xt, o0, chunk);
-        return;
+    if og == 1 && ig == 8 && t == 1 {
+        match m {
+            1 => return forward_1x_g8_t1(layer, xt, o0, chunk),
+            2 => return forward_mx_g8_t1::<2>(layer, xt, o0, chunk),
+            4 => return forward_mx_g8_t1::<4>(layer, xt, o0, chunk),
+            _ => {}
+        }
     }
     if og == 1 && ig == 8 {
         forward_g8(layer, xt, t, o0, chunk);
@@ -158,6 +162,63 @@ fn forward_1x_g8_t1(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32])
     }
 }
 
+/// The `M`-codebook (`M > 1`) `og = 1`, `ig = 8` one-token case of [`forward_task`], four rows
+/// interleaved (four independent chains of multiply-adds); the tile is summed as in
+/// [`AqlmLayer::group_sum_fixed`] (from 0, codebooks ascending): same arithmetic, same order.
+#[inline(always)]
+fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
+    const R: usize = 4;
+    let n_ig = layer.in_groups();
+    let k = layer.scheme.codebook_size();
+    let (cb, _) = layer.codebooks.as_chunks::<8>();
+    let (x8, _) = xt.as_chunks::<8>();
+    let x8 = &x8[..n_ig];
+    let row = |o: usize| {
+        layer.codes[o * n_ig * M..(o + 1) * n_ig * M]
+            .as_chunks::<M>()
+            .0
+    };
+    let tile = |c: &[u16; M]| {
+        let mut w = [0f32; 8];
+        for (mm, &cm) in c.iter().enumerate() {
+            let e = &cb[mm * k + usize::from(cm)];
+            for b in 0..8 {
+                w[b] += e[b];
+            }
+        }
+        w
+    };
+    let mut o = o0;
+    let mut chunks = chunk.chunks_exact_mut(R);
+    for dst in &mut chunks {
+        let rows: [&[[u16; M]]; R] = std::array::from_fn(|r| row(o + r));
+        let mut lanes = [[0f32; 8]; R];
+        for (j, xj) in x8.iter().enumerate() {
+            for r in 0..R {
+                let w = tile(&rows[r][j]);
+                for b in 0..8 {
+                    lanes[r][b] += w[b] * xj[b];
+                }
+            }
+        }
+        for r in 0..R {
+            dst[r] = lane_sum(&lanes[r]) * layer.scales[o + r];
+        }
+        o += R;
+    }
+    for d in chunks.into_remainder() {
+        let mut lanes = [0f32; 8];
+        for (xj, c) in x8.iter().zip(row(o)) {
+            let w = tile(c);
+            for b in 0..8 {
+                lanes[b] += w[b] * xj[b];
+            }
+        }
+        *d = lane_sum(&lanes) * layer.scales[o];
+        o += 1;
+    }
+}
+
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let groups = (COLS_PER_TASK / layer.scheme.in_group_size).max(1);
@@ -233,4 +294,36 @@ fn backward_task(
         }
     }
 }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::kernels::tests::random_layer;
+
+    /// The interleaved one-token paths for `M = 2, 4` give the bits of the general `ig = 8` loop,
+    /// including a partial last block of rows.
+    #[test]
+    fn interleaved_one_token_rows_match_the_general_loop_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for m in [2, 4] {
+            let layer = random_layer(&mut rng, m, 8, 8, 1, 9, 23, false);
+            let x: Vec<f32> = (0..layer.in_features)
+                .map(|i| (i as f32 * 0.21).cos())
+                .collect();
+            let (mut a, mut b) = (vec![0f32; 23], vec![0f32; 23]);
+            match m {
+                2 => forward_mx_g8_t1::<2>(&layer, &x, 0, &mut a),
+                _ => forward_mx_g8_t1::<4>(&layer, &x, 0, &mut a),
+            }
+            forward_g8(&layer, &x, 1, 0, &mut b);
+            assert!(
+                a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "M = {m}"
+            );
+        }
+    }
 }

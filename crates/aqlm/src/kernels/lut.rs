@@ -52,21 +52,38 @@ fn build(layer: &AqlmLayer, xf: &[f32], t: usize, j: usize, lut: &mut [f32]) {
         s.out_group_size,
         s.in_group_size,
     );
-    lut.fill(0.0);
     if t == 1 {
-        // Vectorize over codewords with the transposed codebook [m][a][b][c].
+        // Vectorize over codewords with the transposed codebook [m][a][b][c], a register tile of
+        // entries at a time, so each entry is summed in registers and stored once (same order:
+        // from 0, `b` ascending).
+        const TILE: usize = 64;
         let cbt = layer.codebooks_by_entry();
-        for ma in 0..m * og {
-            let e = &mut lut[ma * k..][..k];
-            for b in 0..ig {
-                let xb = xf[j * ig + b];
-                let row = &cbt[(ma * ig + b) * k..][..k];
-                for (d, &w) in e.iter_mut().zip(row) {
+        let xs = &xf[j * ig..][..ig];
+        for (ma, e) in lut.chunks_exact_mut(k).take(m * og).enumerate() {
+            let rows = &cbt[ma * ig * k..][..ig * k];
+            let (tiles, rest) = e.as_chunks_mut::<TILE>();
+            for (ti, dst) in tiles.iter_mut().enumerate() {
+                let mut acc = [0f32; TILE];
+                for (b, &xb) in xs.iter().enumerate() {
+                    let (row, _) = rows[b * k + ti * TILE..].as_chunks::<TILE>();
+                    for (a, &w) in acc.iter_mut().zip(&row[0]) {
+                        *a += w * xb;
+                    }
+                }
+                *dst = acc;
+            }
+            let c0 = k - rest.len();
+            rest.fill(0.0);
+            for (b, &xb) in xs.iter().enumerate() {
+                for (d, &w) in rest.iter_mut().zip(&rows[b * k + c0..]) {
                     *d += w * xb;
                 }
             }
         }
-    } else if og == 1 && t.is_multiple_of(8) {
+        return;
+    }
+    lut.fill(0.0);
+    if og == 1 && t.is_multiple_of(8) {
         // Tokens in register tiles of 8: each table entry is summed in registers and stored
         // once (same order: from 0, `b` ascending). With og = 1 the tables `[m][c][t]` follow
         // the codebook entries `[m][c]` one for one.
@@ -443,7 +460,47 @@ fn scatter_task(
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
     use super::*;
+    use crate::kernels::tests::random_layer;
+
+    /// The one-token tables (register tiles of entries) are the documented sums bit for bit:
+    /// `lut[m][a][c] = Σ_{b asc} cb[m][c][a][b]·x[j·ig + b]` from 0, for codebooks narrower and
+    /// wider than a tile and for every input group.
+    #[test]
+    fn one_token_tables_are_the_documented_sums() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for (m, nbits, ig, og) in [(2, 8, 8, 1), (1, 4, 8, 1), (3, 7, 3, 2), (1, 10, 4, 1)] {
+            let layer = random_layer(&mut rng, m, nbits, ig, og, 3, 5, false);
+            let x: Vec<f32> = (0..layer.in_features)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let k = layer.scheme.codebook_size();
+            let mut lut = vec![f32::NAN; lut_floats_per_group(&layer, 1)];
+            for j in 0..layer.in_groups() {
+                build(&layer, &x, 1, j, &mut lut);
+                for mm in 0..m {
+                    for a in 0..og {
+                        for c in 0..k {
+                            let e = &layer.codebooks[((mm * k + c) * og + a) * ig..][..ig];
+                            let mut want = 0f32;
+                            for (b, &w) in e.iter().enumerate() {
+                                want += w * x[j * ig + b];
+                            }
+                            let got = lut[(mm * og + a) * k + c];
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{m}x{nbits} j{j} m{mm} a{a} c{c}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The hardware-gather one-token path adds exactly what the portable loop adds, in the same
     /// order: identical bits, including a partial last block of rows and several passes.
