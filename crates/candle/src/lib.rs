@@ -16,3 +16,4 @@ pub use adapter::{OftAdapter, var_name};
 pub use linear::{AqlmLinear, AqlmOftLinear, DenseOftLinear, FrozenLinear, OftLinear};
 pub use rotation_op::rotate;
 pub use save::save_adapter;
+pub use tensor_io::contiguous_slice as storage_slice;

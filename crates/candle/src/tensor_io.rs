@@ -10,8 +10,27 @@ use oftq_layer::faer::{Mat, MatMut, MatRef};
 use oftq_layer::ortho::Real;
 use rayon::prelude::*;
 
-/// The contiguous elements of a CPU storage under `layout`, or an error naming `what`.
-pub(crate) fn contiguous_slice<'a, T: WithDType>(
+/// The contiguous elements of a CPU storage under `layout`, or an error naming `what`: what a
+/// custom op's `cpu_fwd` reads its inputs with (no copy).
+///
+/// # Errors
+/// A storage of another element type than `T`, or a layout that is not contiguous.
+///
+/// ```
+/// use oftq_candle::candle_core::{Device, Storage, Tensor};
+///
+/// let t = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+/// let (storage, layout) = t.storage_and_layout();
+/// let Storage::Cpu(cpu) = &*storage else { unreachable!() };
+/// assert_eq!(oftq_candle::storage_slice::<f32>(cpu, layout, "t")?, &[1.0, 2.0, 3.0, 4.0]);
+/// // A transposed view is not contiguous: an error, not a copy.
+/// let tt = t.t()?;
+/// let (storage, layout) = tt.storage_and_layout();
+/// let Storage::Cpu(cpu) = &*storage else { unreachable!() };
+/// assert!(oftq_candle::storage_slice::<f32>(cpu, layout, "tᵀ").is_err());
+/// # Ok::<(), oftq_candle::candle_core::Error>(())
+/// ```
+pub fn contiguous_slice<'a, T: WithDType>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,

@@ -201,6 +201,7 @@ mod tests {
     use oftq_candle::candle_nn::ops::log_softmax;
 
     use super::*;
+    use crate::test_util::max_abs_diff;
 
     fn t(v: Vec<f32>, s: (usize, usize)) -> Tensor {
         Tensor::from_vec(v, s, &Device::Cpu).unwrap()
@@ -269,14 +270,7 @@ mod tests {
             composed.to_scalar::<f32>().unwrap(),
         );
         assert!((lf - lc).abs() < 1e-5 * lc.abs().max(1.0), "{lf} vs {lc}");
-        let d = (gf - &gc)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&gf, &gc);
         let m = gc
             .abs()
             .unwrap()

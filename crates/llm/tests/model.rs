@@ -8,6 +8,9 @@ use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
 use oftq_llm::oftq_candle::candle_core::{DType, Device, Tensor};
 use oftq_llm::{Llama, LlamaConfig, tiny};
 
+mod common;
+use common::max_abs_diff;
+
 /// A tensor as nested f64 rows (`[rows][cols]`, 1-D tensors as one row).
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     let t = t.to_dtype(DType::F64).unwrap();
@@ -194,14 +197,7 @@ fn kv_cache_and_batches_match_full_forwards() {
     assert_eq!(cache.len(), 12);
     for (g, full) in got.iter().zip([&full_a, &full_b]) {
         let g = Tensor::cat(g, 0).unwrap();
-        let d = (g - full)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&g, full);
         assert!(d < 1e-4, "{d}");
     }
 }

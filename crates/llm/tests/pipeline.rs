@@ -13,6 +13,9 @@ use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
 use oftq_llm::quantize::{Calibration, Event, QuantizeOptions, calibration_tokens, quantize_model};
 use oftq_llm::{Llama, LlmError, tiny};
 
+mod common;
+use common::max_abs_diff;
+
 /// A tiny model with an untied head (see `tiny::weights`).
 fn source(dir: &Path, blocks: usize) -> std::path::PathBuf {
     let c = oftq_llm::LlamaConfig {
@@ -44,14 +47,7 @@ fn options(data_free: bool) -> QuantizeOptions {
 
 fn max_diff(a: &Llama, b: &Llama, ids: &[u32]) -> f32 {
     let (x, y) = (a.logits(ids).unwrap(), b.logits(ids).unwrap());
-    (x - y)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_diff(&x, &y)
 }
 
 #[test]

@@ -342,6 +342,7 @@ mod tests {
 
     use super::*;
     use crate::model::ops::{Causal, rope, softmax};
+    use crate::test_util::max_abs_diff;
 
     fn t(n: usize, a: f32, shape: (usize, usize)) -> Tensor {
         let v: Vec<f32> = (0..n).map(|i| ((i as f32 + 1.0) * a).sin()).collect();
@@ -415,16 +416,7 @@ mod tests {
             (h, kv, d),
             &tables,
         );
-        let diff = |a: &Tensor, r: &Tensor| {
-            (a - r)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = max_abs_diff;
         assert!(diff(&fused, &reference) < 1e-5);
         let gf = fused
             .mul(&w)

@@ -15,14 +15,7 @@ fn rows_per_task(width: usize) -> usize {
 
 /// The contiguous `f32` elements of a storage under `layout` (what every op here reads).
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let all = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("{what}: expected an f32 tensor"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => bail!("{what}: input must be contiguous"),
-    }
+    oftq_candle::storage_slice(s, l, what)
 }
 
 /// RMSNorm over the last dimension: `y = x / √(mean(x²) + ε) ⊙ w` (the weight frozen: no
@@ -393,6 +386,7 @@ mod tests {
     use oftq_candle::candle_core::{Device, Var};
 
     use super::*;
+    use crate::test_util::max_abs_diff;
 
     fn t(v: Vec<f32>, s: &[usize]) -> Tensor {
         Tensor::from_vec(v, s, &Device::Cpu).unwrap()
@@ -447,14 +441,7 @@ mod tests {
         let w = t(vec![1.0, 2.0, 0.5, -1.0], &[4]);
         let y = rms_norm(&x, &w, 1e-5).unwrap();
         let reference = candle_nn_rms(&x, &w);
-        let d = (y - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&y, &reference);
         assert!(d < 1e-6);
         check_grad(|x| rms_norm(x, &w, 1e-5).unwrap(), &[3, 4]);
     }
@@ -490,14 +477,7 @@ mod tests {
         let u = t(seq(12, 1.7), &[3, 4]);
         let y = swiglu(&g, &u).unwrap();
         let reference = (g.silu().unwrap() * &u).unwrap();
-        let d = (y - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&y, &reference);
         assert!(d < 1e-6);
         check_grad(|x| swiglu(x, &u).unwrap(), &[3, 4]);
         check_grad(|x| swiglu(&g, x).unwrap(), &[3, 4]);
@@ -514,14 +494,7 @@ mod tests {
         assert!((y[0][0][0] - 1.0).abs() < 1e-6);
         let full = softmax(&x, None).unwrap();
         let reference = oftq_candle::candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let d = (full - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&full, &reference);
         assert!(d < 1e-6);
         check_grad(|x| softmax(x, c(1)).unwrap(), &[2, 3, 3]);
         // Two heads of 2 queries stacked: rows 0,1 then 0,1 again.
