@@ -612,5 +612,11 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
          GNU time's maximum resident set of `ref_llm.py --train-steps` (load, evaluation, generation, training). \
          Raw figures: `docs/llm/results.json`.\n",
     );
+    // A stage summary may carry a note on how it was produced (e.g. on a busy machine).
+    for (key, v) in r {
+        if let Some(note) = v.get("note").and_then(Value::as_str) {
+            s.push_str(&format!("\nStage `{key}`: {note}.\n"));
+        }
+    }
     s
 }
