@@ -13,16 +13,32 @@ use crate::layer::AqlmLayer;
 /// Target number of `f32` in one decoded block (1 MiB).
 const TILE_FLOATS: usize = 1 << 18;
 
-/// Output groups per forward block: `≈ TILE_FLOATS / (og·in)`, at least 1.
-fn row_groups(layer: &AqlmLayer) -> usize {
-    let per_group = layer.scheme.out_group_size * layer.in_features;
-    (TILE_FLOATS / per_group).clamp(1, layer.out_groups())
+/// Blocks a product is split into at least (fewer only when there are fewer groups): with two
+/// threads, a layer of one or two blocks' worth (SmolLM2's 576 × 576 projections: 1.3 MiB)
+/// otherwise ran as one full block and a sliver, or one block, on one thread.
+const MIN_BLOCKS: usize = 4;
+
+/// `groups` split into blocks of about `per_group` floats each: the group count per block of
+/// the fewest blocks of at most [`TILE_FLOATS`] and at least [`MIN_BLOCKS`], in equal sizes (the
+/// last one possibly smaller). Depends on the shape only, never on the thread count.
+fn groups_per_block(groups: usize, per_group: usize) -> usize {
+    let blocks = (groups * per_group)
+        .div_ceil(TILE_FLOATS)
+        .max(MIN_BLOCKS)
+        .clamp(1, groups.max(1));
+    groups.div_ceil(blocks).max(1)
 }
 
-/// Input groups per input-gradient block: `≈ TILE_FLOATS / (out·ig)`, at least 1.
+/// Output groups per forward block (see [`groups_per_block`]).
+fn row_groups(layer: &AqlmLayer) -> usize {
+    let per_group = layer.scheme.out_group_size * layer.in_features;
+    groups_per_block(layer.out_groups(), per_group)
+}
+
+/// Input groups per input-gradient block (see [`groups_per_block`]).
 fn col_groups(layer: &AqlmLayer) -> usize {
     let per_group = layer.scheme.in_group_size * layer.out_features;
-    (TILE_FLOATS / per_group).clamp(1, layer.in_groups())
+    groups_per_block(layer.in_groups(), per_group)
 }
 
 /// Floats in one forward block.
@@ -78,4 +94,24 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
             clear_upper_simd_state();
         });
     from_feature_major(&out, t, layer.in_features)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups_per_block;
+
+    /// Blocks of at most 1 MiB, at least four of them when there are four groups, equal sizes.
+    #[test]
+    fn blocks_are_bounded_balanced_and_at_least_four() {
+        // SmolLM2's q projection by rows: 576 groups of 576 floats, 1.27 MiB: 4 blocks of 144.
+        assert_eq!(groups_per_block(576, 576), 144);
+        // 4096 × 4096: 64 blocks of 64 rows (1 MiB each), as before.
+        assert_eq!(groups_per_block(4096, 4096), 64);
+        // Fewer groups than blocks: one group per block.
+        assert_eq!(groups_per_block(3, 10), 1);
+        assert_eq!(groups_per_block(1, 1 << 30), 1);
+        // Large groups: never above the target unless one group already is.
+        let g = groups_per_block(1000, 5000);
+        assert!(g * 5000 <= 1 << 18 && 1000usize.div_ceil(g) >= 4);
+    }
 }
