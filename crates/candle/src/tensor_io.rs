@@ -107,8 +107,8 @@ pub(crate) fn row_major<T: WithDType + Real>(m: MatRef<'_, T>) -> Vec<T> {
     out
 }
 
-/// A row-major `[rows, cols]` slice copied into a column-major `Vec` (tile by tile, column
-/// blocks in parallel), viewed with [`col_view`]: for the products that read an operand faster by
+/// A row-major `[rows, cols]` slice copied into a column-major `Vec` (through a tile buffer,
+/// column blocks in parallel), viewed with [`col_view`]: for the products that read an operand faster by
 /// columns (faer's GEMM packs a row-major left operand on every call: 6.5% of the samples of an
 /// AQLM 2x8 4096² fwd+bwd at 64 tokens went to that packing, gone with a column-major copy).
 pub(crate) fn col_major<T: WithDType>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
@@ -120,9 +120,19 @@ pub(crate) fn col_major<T: WithDType>(data: &[T], rows: usize, cols: usize) -> V
         .enumerate()
         .for_each(|(jb, block)| {
             let (j0, n) = (jb * TILE, block.len() / rows);
-            for (i, src) in data.chunks_exact(cols).enumerate() {
-                for (j, v) in src[j0..j0 + n].iter().enumerate() {
-                    block[j * rows + i] = *v;
+            // Through a tile buffer, as in `row_major`: written directly, the destination
+            // columns of one tile are `rows` apart (a power of two for 512 tokens: one L1 set).
+            let mut tile = [T::from_f64(0.0); TILE * TILE];
+            for i0 in (0..rows).step_by(TILE) {
+                let m = TILE.min(rows - i0);
+                for (i, src) in data.chunks_exact(cols).skip(i0).take(m).enumerate() {
+                    for (j, v) in src[j0..j0 + n].iter().enumerate() {
+                        tile[j * TILE + i] = *v;
+                    }
+                }
+                for j in 0..n {
+                    block[j * rows + i0..j * rows + i0 + m]
+                        .copy_from_slice(&tile[j * TILE..j * TILE + m]);
                 }
             }
         });
