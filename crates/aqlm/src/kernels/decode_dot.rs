@@ -52,7 +52,7 @@ fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut 
     let (m, og, ig, g) = (sch.num_codebooks, sch.out_group_size, sch.in_group_size, sch.group_len());
     if og == 1 && ig == 8 && t == 1 {
         match m {
-            1 => return forward_1x_g8_t1(layer, xt, o0, chunk),
+            1 => return forward_mx_g8_t1::<1>(layer, xt, o0, chunk),
             2 => return forward_mx_g8_t1::<2>(layer, xt, o0, chunk),
             4 => return forward_mx_g8_t1::<4>(layer, xt, o0, chunk),
             _ => {}
@@ -121,49 +121,8 @@ fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f
     }
 }
 
-/// The 1x16 / 1x8 `ig = 8` one-token case of [`forward_task`], four rows interleaved;
-/// same arithmetic, same order.
-#[inline(always)]
-fn forward_1x_g8_t1(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
-    const R: usize = 4;
-    let n_ig = layer.in_groups();
-    let (cb, _) = layer.codebooks.as_chunks::<8>();
-    let (x8, _) = xt.as_chunks::<8>();
-    let x8 = &x8[..n_ig];
-    let row = |o: usize| &layer.codes[o * n_ig..(o + 1) * n_ig];
-    let mut o = o0;
-    let mut chunks = chunk.chunks_exact_mut(R);
-    for dst in &mut chunks {
-        let rows: [&[u16]; R] = std::array::from_fn(|r| row(o + r));
-        let mut lanes = [[0f32; 8]; R];
-        for (j, xj) in x8.iter().enumerate() {
-            for r in 0..R {
-                let w = &cb[usize::from(rows[r][j])];
-                for b in 0..8 {
-                    lanes[r][b] += w[b] * xj[b];
-                }
-            }
-        }
-        for r in 0..R {
-            dst[r] = lane_sum(&lanes[r]) * layer.scales[o + r];
-        }
-        o += R;
-    }
-    for d in chunks.into_remainder() {
-        let mut lanes = [0f32; 8];
-        for (xj, &c) in x8.iter().zip(row(o)) {
-            let w = &cb[usize::from(c)];
-            for b in 0..8 {
-                lanes[b] += w[b] * xj[b];
-            }
-        }
-        *d = lane_sum(&lanes) * layer.scales[o];
-        o += 1;
-    }
-}
-
-/// The `M`-codebook (`M > 1`) `og = 1`, `ig = 8` one-token case of [`forward_task`], four rows
-/// interleaved (four independent chains of multiply-adds); the tile is summed as in
+/// The `M`-codebook `og = 1`, `ig = 8` one-token case of [`forward_task`] (1x16, 1x8, 2x8, 4x8),
+/// four rows interleaved (four independent chains of multiply-adds); the tile is summed as in
 /// [`AqlmLayer::group_sum_fixed`] (from 0, codebooks ascending): same arithmetic, same order.
 #[inline(always)]
 fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
@@ -178,9 +137,11 @@ fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, ch
             .as_chunks::<M>()
             .0
     };
+    // Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of
+    // a zero, which no sum below can tell) and spares `M = 1` an addition.
     let tile = |c: &[u16; M]| {
-        let mut w = [0f32; 8];
-        for (mm, &cm) in c.iter().enumerate() {
+        let mut w = cb[usize::from(c[0])];
+        for (mm, &cm) in c.iter().enumerate().skip(1) {
             let e = &cb[mm * k + usize::from(cm)];
             for b in 0..8 {
                 w[b] += e[b];
@@ -304,18 +265,19 @@ mod tests {
     use super::*;
     use crate::kernels::tests::random_layer;
 
-    /// The interleaved one-token paths for `M = 2, 4` give the bits of the general `ig = 8` loop,
-    /// including a partial last block of rows.
+    /// The interleaved one-token paths for `M = 1, 2, 4` give the bits of the general `ig = 8`
+    /// loop, including a partial last block of rows.
     #[test]
     fn interleaved_one_token_rows_match_the_general_loop_bit_for_bit() {
         let mut rng = StdRng::seed_from_u64(5);
-        for m in [2, 4] {
+        for m in [1, 2, 4] {
             let layer = random_layer(&mut rng, m, 8, 8, 1, 9, 23, false);
             let x: Vec<f32> = (0..layer.in_features)
                 .map(|i| (i as f32 * 0.21).cos())
                 .collect();
             let (mut a, mut b) = (vec![0f32; 23], vec![0f32; 23]);
             match m {
+                1 => forward_mx_g8_t1::<1>(&layer, &x, 0, &mut a),
                 2 => forward_mx_g8_t1::<2>(&layer, &x, 0, &mut a),
                 _ => forward_mx_g8_t1::<4>(&layer, &x, 0, &mut a),
             }
