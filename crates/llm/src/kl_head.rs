@@ -201,7 +201,7 @@ mod tests {
     use oftq_candle::candle_nn::ops::log_softmax;
 
     use super::*;
-    use crate::test_util::max_abs_diff;
+    use crate::tiny::max_abs_diff;
 
     fn t(v: Vec<f32>, s: (usize, usize)) -> Tensor {
         Tensor::from_vec(v, s, &Device::Cpu).unwrap()
@@ -270,7 +270,7 @@ mod tests {
             composed.to_scalar::<f32>().unwrap(),
         );
         assert!((lf - lc).abs() < 1e-5 * lc.abs().max(1.0), "{lf} vs {lc}");
-        let d = max_abs_diff(&gf, &gc);
+        let d = max_abs_diff(&gf, &gc).unwrap();
         let m = gc
             .abs()
             .unwrap()

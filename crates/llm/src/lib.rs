@@ -18,9 +18,6 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 
-#[cfg(test)]
-mod test_util;
-
 pub use config::LlamaConfig;
 pub use error::{LlmError, Result};
 pub use model::{KvCache, Llama, Projection};

@@ -304,3 +304,21 @@ pub fn write_hf(
     oftq_candle::candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
     Tokenizer::from_gguf_vocab(&vocab(), Path::new("tiny"))?.save_hf(dir)
 }
+
+/// `max |a − b|` over all elements of two `f32` tensors of one shape: how the tests compare
+/// logits and gradients.
+///
+/// # Errors
+/// Shapes that differ, tensors that are not `f32`.
+///
+/// ```
+/// use oftq_llm::oftq_candle::candle_core::{Device, Tensor};
+///
+/// let a = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu)?;
+/// let b = Tensor::new(&[1f32, 2.5, 2.0], &Device::Cpu)?;
+/// assert_eq!(oftq_llm::tiny::max_abs_diff(&a, &b)?, 1.0);
+/// # Ok::<(), oftq_llm::oftq_candle::candle_core::Error>(())
+/// ```
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> oftq_candle::candle_core::Result<f32> {
+    (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+}

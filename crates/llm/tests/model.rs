@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 
 use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
 use oftq_llm::oftq_candle::candle_core::{DType, Device, Tensor};
+use oftq_llm::tiny::max_abs_diff;
 use oftq_llm::{Llama, LlamaConfig, tiny};
-
-mod common;
-use common::max_abs_diff;
 
 /// A tensor as nested f64 rows (`[rows][cols]`, 1-D tensors as one row).
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
@@ -197,7 +195,7 @@ fn kv_cache_and_batches_match_full_forwards() {
     assert_eq!(cache.len(), 12);
     for (g, full) in got.iter().zip([&full_a, &full_b]) {
         let g = Tensor::cat(g, 0).unwrap();
-        let d = max_abs_diff(&g, full);
+        let d = max_abs_diff(&g, full).unwrap();
         assert!(d < 1e-4, "{d}");
     }
 }

@@ -11,10 +11,8 @@ use oftq_llm::eval::perplexity;
 use oftq_llm::generate::{Sampling, generate};
 use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
 use oftq_llm::quantize::{Calibration, Event, QuantizeOptions, calibration_tokens, quantize_model};
+use oftq_llm::tiny::max_abs_diff;
 use oftq_llm::{Llama, LlmError, tiny};
-
-mod common;
-use common::max_abs_diff;
 
 /// A tiny model with an untied head (see `tiny::weights`).
 fn source(dir: &Path, blocks: usize) -> std::path::PathBuf {
@@ -47,7 +45,7 @@ fn options(data_free: bool) -> QuantizeOptions {
 
 fn max_diff(a: &Llama, b: &Llama, ids: &[u32]) -> f32 {
     let (x, y) = (a.logits(ids).unwrap(), b.logits(ids).unwrap());
-    max_abs_diff(&x, &y)
+    max_abs_diff(&x, &y).unwrap()
 }
 
 #[test]

@@ -342,7 +342,7 @@ mod tests {
 
     use super::*;
     use crate::model::ops::{Causal, rope, softmax};
-    use crate::test_util::max_abs_diff;
+    use crate::tiny::max_abs_diff;
 
     fn t(n: usize, a: f32, shape: (usize, usize)) -> Tensor {
         let v: Vec<f32> = (0..n).map(|i| ((i as f32 + 1.0) * a).sin()).collect();
@@ -416,7 +416,7 @@ mod tests {
             (h, kv, d),
             &tables,
         );
-        let diff = max_abs_diff;
+        let diff = |a: &Tensor, b: &Tensor| max_abs_diff(a, b).unwrap();
         assert!(diff(&fused, &reference) < 1e-5);
         let gf = fused
             .mul(&w)

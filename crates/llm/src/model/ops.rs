@@ -386,7 +386,7 @@ mod tests {
     use oftq_candle::candle_core::{Device, Var};
 
     use super::*;
-    use crate::test_util::max_abs_diff;
+    use crate::tiny::max_abs_diff;
 
     fn t(v: Vec<f32>, s: &[usize]) -> Tensor {
         Tensor::from_vec(v, s, &Device::Cpu).unwrap()
@@ -441,7 +441,7 @@ mod tests {
         let w = t(vec![1.0, 2.0, 0.5, -1.0], &[4]);
         let y = rms_norm(&x, &w, 1e-5).unwrap();
         let reference = candle_nn_rms(&x, &w);
-        let d = max_abs_diff(&y, &reference);
+        let d = max_abs_diff(&y, &reference).unwrap();
         assert!(d < 1e-6);
         check_grad(|x| rms_norm(x, &w, 1e-5).unwrap(), &[3, 4]);
     }
@@ -477,7 +477,7 @@ mod tests {
         let u = t(seq(12, 1.7), &[3, 4]);
         let y = swiglu(&g, &u).unwrap();
         let reference = (g.silu().unwrap() * &u).unwrap();
-        let d = max_abs_diff(&y, &reference);
+        let d = max_abs_diff(&y, &reference).unwrap();
         assert!(d < 1e-6);
         check_grad(|x| swiglu(x, &u).unwrap(), &[3, 4]);
         check_grad(|x| swiglu(&g, x).unwrap(), &[3, 4]);
@@ -494,7 +494,7 @@ mod tests {
         assert!((y[0][0][0] - 1.0).abs() < 1e-6);
         let full = softmax(&x, None).unwrap();
         let reference = oftq_candle::candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let d = max_abs_diff(&full, &reference);
+        let d = max_abs_diff(&full, &reference).unwrap();
         assert!(d < 1e-6);
         check_grad(|x| softmax(x, c(1)).unwrap(), &[2, 3, 3]);
         // Two heads of 2 queries stacked: rows 0,1 then 0,1 again.
