@@ -108,9 +108,10 @@ pub(crate) fn row_major<T: WithDType + Real>(m: MatRef<'_, T>) -> Vec<T> {
 }
 
 /// A row-major `[rows, cols]` slice copied into a column-major `Vec` (through a tile buffer,
-/// column blocks in parallel), viewed with [`col_view`]: for the products that read an operand faster by
-/// columns (faer's GEMM packs a row-major left operand on every call: 6.5% of the samples of an
-/// AQLM 2x8 4096² fwd+bwd at 64 tokens went to that packing, gone with a column-major copy).
+/// column blocks in parallel), viewed with [`col_view`]: for the products that read an operand
+/// faster by columns (faer's GEMM packs a row-major left operand on every call: 6.5% of the
+/// samples of an AQLM 2x8 4096² fwd+bwd at 64 tokens went to that packing, gone with a
+/// column-major copy).
 pub(crate) fn col_major<T: WithDType>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); rows * cols];
     if rows == 0 || cols == 0 {

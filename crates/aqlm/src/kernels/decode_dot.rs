@@ -122,8 +122,8 @@ fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f
 }
 
 /// The `M`-codebook `og = 1`, `ig = 8` one-token case of [`forward_task`] (1x16, 1x8, 2x8, 4x8),
-/// four rows interleaved (four independent chains of multiply-adds); the tile is summed as in
-/// [`AqlmLayer::group_sum_fixed`] (from 0, codebooks ascending): same arithmetic, same order.
+/// four rows interleaved (four independent chains of multiply-adds); the tile is the sum of
+/// [`AqlmLayer::group_sum_fixed`] (codebooks ascending): same arithmetic, same order.
 #[inline(always)]
 fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
     const R: usize = 4;

@@ -13,9 +13,9 @@ use crate::layer::AqlmLayer;
 /// Target number of `f32` in one decoded block (1 MiB).
 const TILE_FLOATS: usize = 1 << 18;
 
-/// Blocks a product is split into at least (fewer only when there are fewer groups): with two
-/// threads, a layer of one or two blocks' worth (SmolLM2's 576 × 576 projections: 1.3 MiB)
-/// otherwise ran as one full block and a sliver, or one block, on one thread.
+/// The fewest blocks a product is split into (fewer only when it has fewer groups). With one
+/// block per 1 MiB alone, a layer of one or two blocks' worth (SmolLM2's 576 × 576 projections:
+/// 1.3 MiB) ran as a full block and a sliver, or as one block, on one of two threads.
 const MIN_BLOCKS: usize = 4;
 
 /// `groups` split into blocks of about `per_group` floats each: the group count per block of
