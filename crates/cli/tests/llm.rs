@@ -97,6 +97,8 @@ fn pipeline_and_errors() {
         "3",
         "--sequences",
         "4",
+        "--validation",
+        "2",
         "--length",
         "32",
         "--block-size",
@@ -104,6 +106,13 @@ fn pipeline_and_errors() {
         "--json",
     ]);
     assert_eq!(rep["steps"], 3);
+    // Held out: measured before the first step and after the last.
+    let v = rep["validation"].as_array().unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[0]["step"], 0);
+    assert!(v[1]["kl"].as_f64().unwrap().is_finite());
+    let best = if v[1]["kept"] == true { 3 } else { 0 };
+    assert_eq!(rep["best_step"], best);
     assert!(rep["median_step_s"].as_f64().unwrap() > 0.0);
     assert!(ad.join("adapter_config.json").is_file());
 

@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune, teacher_targets};
+use oftq_llm::distill::{FinetuneEvent, FinetuneOptions, finetune, mean_kl, teacher_targets};
 use oftq_llm::eval::perplexity;
 use oftq_llm::generate::{Sampling, generate};
 use oftq_llm::oftq_candle::candle_core::quantized::GgmlDType;
@@ -152,6 +152,7 @@ fn quantize_resume_reload_finetune_eval_generate() {
         warmup: 2,
         top_k: 16,
         checkpoint_every: 3,
+        validation: 2,
         adapter: oftq_llm::oftq_candle::layer::OftConfig {
             oft_block_size: 16,
             ..FinetuneOptions::default().adapter
@@ -173,6 +174,17 @@ fn quantize_resume_reload_finetune_eval_generate() {
     assert_eq!(report.losses.len(), 8);
     assert!(report.losses[7] < report.losses[0], "{:?}", report.losses);
     assert!(report.kept_mass > 0.0 && report.kept_mass <= 1.0);
+    // Held-out KL measured at the start, the checkpoints and the end; the adapter written is the
+    // best one, and better than the identity.
+    let steps: Vec<usize> = report.validation.iter().map(|v| v.step).collect();
+    assert_eq!(steps, [0, 3, 6, 8]);
+    let best = report.validation.iter().rfind(|v| v.kept).copied().unwrap();
+    assert_eq!(report.best_step, Some(best.step));
+    assert!(best.step > 0 && best.kl < report.validation[0].kl);
+    let held = &data[data.len() - 2..];
+    let held_targets = teacher_targets(&teacher, held, opts.top_k, 4, |_, _| {}).unwrap();
+    let kl = mean_kl(&student, held, &held_targets, 2).unwrap();
+    assert!((kl - best.kl).abs() <= 1e-5 * best.kl, "{kl} vs {best:?}");
     let adapter_b = dir.path().join("adapter-b");
     let mut s2 = Llama::load(&full_dir).unwrap();
     let stopped = finetune(
@@ -205,6 +217,49 @@ fn quantize_resume_reload_finetune_eval_generate() {
         assert_eq!(a, b, "{f}");
     }
     assert!(!adapter_a.join(".oftq-checkpoint").exists());
+
+    // Too high a rate drives the held-out KL up: training goes back to the best state (here the
+    // identity) at half the rate, and never writes an adapter worse than where it started.
+    let wild = FinetuneOptions {
+        lr: 1.0,
+        warmup: 0,
+        steps: 4,
+        checkpoint_every: 2,
+        ..opts.clone()
+    };
+    let mut s4 = Llama::load(&full_dir).unwrap();
+    let r = finetune(
+        &mut s4,
+        &data,
+        targets.clone(),
+        &dir.path().join("adapter-wild"),
+        &wild,
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert!(!r.validation[1].kept, "{:?}", r.validation);
+    assert_eq!(r.validation[1].lr_scale, 0.5);
+    let best = r.validation.iter().rfind(|v| v.kept).unwrap();
+    assert_eq!(r.best_step, Some(best.step));
+    let kl = mean_kl(&s4, held, &held_targets, 2).unwrap();
+    assert!(
+        kl <= r.validation[0].kl * (1.0 + 1e-5),
+        "{kl} vs {:?}",
+        r.validation
+    );
+    let e = finetune(
+        &mut Llama::load(&full_dir).unwrap(),
+        &data,
+        targets.clone(),
+        &dir.path().join("adapter-none"),
+        &FinetuneOptions {
+            validation: data.len(),
+            ..opts.clone()
+        },
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("none to train on"), "{e}");
 
     // The adapter reloads onto the AQLM folder and gives the trained model's logits.
     let mut with = Llama::load(&full_dir).unwrap();
@@ -345,6 +400,7 @@ fn bad_inputs_are_clear_errors() {
     let opts = FinetuneOptions {
         steps: 1,
         top_k: 4,
+        validation: 1,
         adapter: oftq_llm::oftq_candle::layer::OftConfig {
             oft_block_size: 16,
             ..FinetuneOptions::default().adapter
