@@ -52,7 +52,7 @@ pub struct BlockRotation<T: Real> {
     /// column `i` is the packed row of block `i`, contiguous.
     packed_rows: Mat<T>,
     blocks: BlockStack<T>,
-    /// Per stored block (Neumann only): `Q` and the Horner intermediates, see
+    /// Per stored block (Neumann only): `Q` and the Paterson–Stockmeyer intermediates, see
     /// [`neumann_packed_into`] (for the exact transform, `len` empty items).
     tapes: BlockStack<T>,
 }
@@ -300,9 +300,14 @@ impl<T: Real> BlockRotation<T> {
         };
         let (rows, cols) = self.spec.param_shape();
         // Column i of `by_block` [cols, rows] is the packed gradient of block i.
+        let coeffs = self
+            .spec
+            .parameterization()
+            .neumann_coefficients()
+            .unwrap_or_default();
         let fill = |i: usize, col: &mut [MaybeUninit<T>], _: usize, _: usize| {
             let out = init_zeroed(&mut col[..cols]);
-            self.packed_grad(i, dr.block(i), out);
+            self.packed_grad(i, dr.block(i), &coeffs, out);
         };
         // SAFETY: `fill` initialises all `cols` entries of its column.
         let (by_block, _) = unsafe { par_col_blocks_uninit(cols, rows, 1, fill) };
@@ -310,15 +315,16 @@ impl<T: Real> BlockRotation<T> {
         Ok(RotationGrad { input: dx, params })
     }
 
-    /// The packed gradient of stored block `i` given `∂L/∂R_i`, through `∂L/∂Q`.
-    fn packed_grad(&self, i: usize, g: MatRef<'_, T>, out: &mut [T]) {
+    /// The packed gradient of stored block `i` given `∂L/∂R_i`, through `∂L/∂Q` (`coeffs`: the
+    /// Neumann coefficients of the parameterization, unused for the exact one).
+    fn packed_grad(&self, i: usize, g: MatRef<'_, T>, coeffs: &[f64], out: &mut [T]) {
         match self.spec.parameterization() {
             Parameterization::Exact(conv) => {
                 let dq = cayley_exact_vjp(self.blocks.block(i), conv, g);
                 packed_grad_from_skew_grad(dq.as_ref(), out);
             }
             Parameterization::Neumann { .. } => {
-                let dqt = neumann_vjp_transposed(self.tapes.block(i), g);
+                let dqt = neumann_vjp_transposed(self.tapes.block(i), coeffs, g);
                 packed_grad_from_skew_grad(dqt.transpose(), out);
             }
         }

@@ -109,6 +109,7 @@ fn timing_probe_pieces() {
     probe("neumann_vjp_transposed", || {
         black_box(crate::cayley::neumann_vjp_transposed(
             black_box(tape.as_ref()),
+            &coeffs,
             h.as_ref(),
         ));
     });

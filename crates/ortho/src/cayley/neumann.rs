@@ -1,4 +1,14 @@
 //! Truncated Cayley–Neumann polynomials `R = Σₖ cₖ Qᵏ` and their vector–Jacobian product.
+//!
+//! **Evaluation (Paterson–Stockmeyer in `A = Q²`).** With `Bⱼ = c₂ⱼI + c₂ⱼ₊₁Q` (coefficients
+//! past `p` are 0) and `m = ⌊p/2⌋`: `Kₘ = Bₘ`, `Kⱼ = Bⱼ + A·Kⱼ₊₁` for `j = m−1 … 0`, `R = K₀`.
+//! That is one product for `A` and one per step, except the first step when `p` is even
+//! (`Kₘ = c_p I`, so `A·Kₘ = c_p·A`): `⌈p/2⌉` products of `b × b` matrices for `p ≥ 2`, against
+//! Horner's `p − 1` (2 against 3 for PEFT's default of 5 terms, `p = 4`).
+//!
+//! **Tape.** One `b ×` [`tape_width`] matrix per block: column block 0 is `Q`; for `p ≥ 2`,
+//! block 1 is `A` and block `1 + j` is `Kⱼ` for `j = 1 … m` (`… m − 1` when `p` is even:
+//! `Kₘ = c_p·I` is not stored).
 
 use faer::{Mat, MatRef};
 
@@ -8,11 +18,7 @@ use crate::packing::fill_skew;
 
 use crate::real::Real;
 
-/// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` by Horner's rule, `Hₚ = cₚI`, `Hₖ = cₖI + Q·Hₖ₊₁`, `R = H₀`.
-///
-/// Returns `R` and the tape the backward pass needs: one `b × (p+1)·b` matrix whose column block
-/// 0 is `Q` and column block `k ≥ 1` is `Hₖ`. Costs `p − 1` matrix products (`H_{p−1}` is formed
-/// without one).
+/// Evaluates `R = Σ_{k=0}^{p} cₖ Qᵏ` (see the module notes) and returns `R` and its tape.
 pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (Mat<T>, Mat<T>) {
     let b = q.nrows();
     let width = tape_width(b, coeffs);
@@ -24,7 +30,7 @@ pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (M
                     *x = v;
                 }
             }
-            horner(t, ld, b, coeffs, r, ldr);
+            paterson_stockmeyer(t, ld, b, coeffs, r, ldr);
         }));
     });
     (r, tape.unwrap_or_else(|| Mat::zeros(b, width)))
@@ -44,12 +50,18 @@ pub(crate) fn neumann_packed_into<T: Real>(
     ldr: usize,
 ) {
     fill_skew(v, b, t, ldt);
-    horner(t, ldt, b, coeffs, r, ldr);
+    paterson_stockmeyer(t, ldt, b, coeffs, r, ldr);
 }
 
-/// Columns of the tape of a `b × b` block: `Q`, then `H₁ … Hₚ`.
+/// Columns of the tape of a `b × b` block: `Q`, then for `p ≥ 2` `A = Q²` and the stored `Kⱼ`.
 pub(crate) fn tape_width(b: usize, coeffs: &[f64]) -> usize {
-    coeffs.len().max(1) * b
+    let p = coeffs.len().saturating_sub(1);
+    if p < 2 { b } else { (2 + stored_ks(p)) * b }
+}
+
+/// How many of `K₁ … Kₘ` the tape holds (`p ≥ 2`): all but `Kₘ = c_p·I` when `p` is even.
+fn stored_ks(p: usize) -> usize {
+    p / 2 - usize::from(p.is_multiple_of(2))
 }
 
 /// The `b × b` matrix at the start of `s`, column-major with column stride `ld`.
@@ -66,47 +78,75 @@ fn add_diagonal<T: Real>(m: &mut [T], b: usize, ld: usize, c: f64) {
     }
 }
 
-/// Horner's rule on the zeroed column-major storage `t` (column stride `ld`) of a tape whose
-/// column block 0 holds `Q`: writes `Hₚ … H₁` into blocks `p … 1` and `R = H₀` into the zeroed
-/// `r` (column stride `ldr`).
-fn horner<T: Real>(t: &mut [T], ld: usize, b: usize, coeffs: &[f64], r: &mut [T], ldr: usize) {
+/// `dst ← dst + s·F` for the `b × b` matrix `F` (`dst` column-major, column stride `ld`); nothing
+/// when `s = 0`.
+fn add_scaled<T: Real>(dst: &mut [T], ld: usize, f: MatRef<'_, T>, s: T) {
+    if s == T::zero() {
+        return;
+    }
+    for j in 0..f.ncols() {
+        for (d, &x) in dst[j * ld..j * ld + f.nrows()]
+            .iter_mut()
+            .zip(f.col(j).iter())
+        {
+            *d += s * x;
+        }
+    }
+}
+
+/// The coefficient `cₖ` (0 past the last one).
+fn coeff(coeffs: &[f64], k: usize) -> f64 {
+    coeffs.get(k).copied().unwrap_or(0.0)
+}
+
+/// Paterson–Stockmeyer (module notes) on the zeroed column-major storage `t` (column stride
+/// `ld`) of a tape whose column block 0 holds `Q`: writes `A` and `K₁ … Kₘ` into the blocks after
+/// it and `R = K₀` into the zeroed `r` (column stride `ldr`).
+fn paterson_stockmeyer<T: Real>(
+    t: &mut [T],
+    ld: usize,
+    b: usize,
+    coeffs: &[f64],
+    r: &mut [T],
+    ldr: usize,
+) {
     let p = coeffs.len().saturating_sub(1);
     let w = b * ld; // one column block of the storage
-    let c_last = coeffs.last().copied().unwrap_or(1.0);
-    if p == 0 || b == 0 {
-        add_diagonal(r, b, ldr, c_last);
-        return;
-    }
-    let cp = T::c(coeffs[p]);
-    add_diagonal(&mut t[p * w..], b, ld, c_last);
-    // `dst ← c_p·Q + c·I` (H_{p−1}, or R when p = 1: no product).
-    let scaled_q_plus = |dst: &mut [T], ldd: usize, q: &[T], c: f64| {
-        for j in 0..b {
-            for (x, &v) in dst[j * ldd..j * ldd + b]
-                .iter_mut()
-                .zip(&q[j * ld..j * ld + b])
-            {
-                *x = v * cp;
-            }
-        }
-        add_diagonal(dst, b, ldd, c);
+    // `dst ← Bⱼ = c₂ⱼI + c₂ⱼ₊₁Q` on zeroed storage.
+    let linear = |dst: &mut [T], ldd: usize, q: &[T], j: usize| {
+        add_scaled(dst, ldd, block(q, b, ld), T::c(coeff(coeffs, 2 * j + 1)));
+        add_diagonal(dst, b, ldd, coeff(coeffs, 2 * j));
     };
-    if p == 1 {
-        scaled_q_plus(r, ldr, t, coeffs[0]);
+    if p < 2 || b == 0 {
+        linear(r, ldr, t, 0);
         return;
     }
-    let (q, hs) = t.split_at_mut(w);
-    scaled_q_plus(&mut hs[(p - 2) * w..], ld, q, coeffs[p - 1]);
-    let q = block(q, b, ld);
-    // H_k (block k − 1 of `hs`) = c_k I + Q·H_{k+1}, for k = p−2 … 1, then R = H_0.
-    for k in (1..p - 1).rev() {
-        let (left, right) = hs.split_at_mut(k * w);
-        let hk = &mut left[(k - 1) * w..];
-        add_diagonal(hk, b, ld, coeffs[k]);
-        gemm_acc(T::one(), q, block(right, b, ld), hk, ld);
+    let m = p / 2;
+    let even = p.is_multiple_of(2);
+    let (q, rest) = t.split_at_mut(w);
+    let (a, ks) = rest.split_at_mut(w);
+    let qm = block(q, b, ld);
+    gemm_acc(T::one(), qm, qm, a, ld);
+    let a = block(a, b, ld);
+    if !even {
+        linear(&mut ks[(m - 1) * w..], ld, q, m);
     }
-    add_diagonal(r, b, ldr, coeffs[0]);
-    gemm_acc(T::one(), q, block(hs, b, ld), r, ldr);
+    // Kⱼ (block j − 1 of `ks`) = Bⱼ + A·Kⱼ₊₁ for j = m−1 … 1, then R = K₀ = B₀ + A·K₁.
+    for j in (0..m).rev() {
+        let (left, right) = ks.split_at_mut(j * w);
+        let (dst, ldd) = if j == 0 {
+            (&mut *r, ldr)
+        } else {
+            (&mut left[(j - 1) * w..], ld)
+        };
+        linear(dst, ldd, q, j);
+        if j + 1 == m && even {
+            // A·Kₘ with Kₘ = c_p·I.
+            add_scaled(dst, ldd, a, T::c(coeffs[p]));
+        } else {
+            gemm_acc(T::one(), a, block(right, b, ld), dst, ldd);
+        }
+    }
 }
 
 /// Cayley–Neumann polynomial `R = Σ_{k=0}^{p} cₖ Qᵏ` of one block (coefficients from
@@ -124,53 +164,57 @@ pub fn neumann_polynomial<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> Mat<T> {
 
 /// Vector–Jacobian product of [`neumann_polynomial`] at `Q`: returns `∂L/∂Q` for `G = ∂L/∂R`.
 ///
-/// Reverse mode through Horner's rule: with `G₀ = G`, for `k = 0 … p−1`:
-/// `∂L/∂Q += Gₖ·Hₖ₊₁ᵀ` and `Gₖ₊₁ = Qᵀ·Gₖ`.
+/// Reverse mode through the module's evaluation: with `G₀ = G` and `Gⱼ₊₁ = Aᵀ·Gⱼ`,
+/// `∂L/∂A = Σ_{j<m} Gⱼ·Kⱼ₊₁ᵀ` and `∂L/∂Q = Σ_{j≤m} c₂ⱼ₊₁Gⱼ + ∂L/∂A·Qᵀ + Qᵀ·∂L/∂A`.
 pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) -> Mat<T> {
     let (_, tape) = neumann_with_tape(q, coeffs);
-    neumann_vjp_transposed(tape.as_ref(), g)
+    neumann_vjp_transposed(tape.as_ref(), coeffs, g)
         .transpose()
         .to_owned()
 }
 
-/// The transpose `(∂L/∂Q)ᵀ` of [`neumann_vjp`], from the tape of [`neumann_with_tape`] (column
-/// block 0 is `Q`, block `k` is `Hₖ`).
+/// The transpose `(∂L/∂Q)ᵀ` of [`neumann_vjp`], from the tape of [`neumann_with_tape`] built
+/// with the same `coeffs`.
 ///
-/// Runs the recursion transposed, `Fₖ = Gₖᵀ`: `F₀ = Gᵀ`, `Fₖ₊₁ = Fₖ·Q` and
-/// `(∂L/∂Q)ᵀ = Σₖ Hₖ₊₁·Fₖ`. Every entry is the same chain of products in the same order as in
-/// the untransposed recursion (bit for bit), but the left factors `Fₖ` and `Hₖ₊₁` are
-/// column-major, so the product kernel packs them with plain copies; `Qᵀ` as a left factor
-/// would be a strided gather per product (about half the cost of a `32 × 32` product).
-///
-/// The last term needs no product: `Hₚ = cₚI` (Horner's start), so `Hₚ·Fₚ₋₁ = cₚFₚ₋₁`, added
-/// entrywise with the same two roundings as the product kernel's (`cₚ·f`, then the sum). That
-/// leaves `2p − 2` products of `b × b` matrices instead of `2p − 1`.
-pub(crate) fn neumann_vjp_transposed<T: Real>(tape: MatRef<'_, T>, g: MatRef<'_, T>) -> Mat<T> {
+/// Runs the recursion transposed, `Fⱼ = Gⱼᵀ`: `F₀ = Gᵀ`, `Fⱼ₊₁ = Fⱼ·A`,
+/// `D = (∂L/∂A)ᵀ = Σ_{j<m} Kⱼ₊₁·Fⱼ` and `(∂L/∂Q)ᵀ = Σ_{j≤m} c₂ⱼ₊₁Fⱼ + Q·D + D·Q`, so that the left
+/// factors (`Kⱼ₊₁`, `Fⱼ` for `j ≥ 1`, `Q`, `D`) are column-major and the product kernel packs them
+/// with plain copies. When `p` is even, `Kₘ = c_p·I` makes the last term of `D` a scaled `Fₘ₋₁`
+/// and `Fₘ` is not needed: `p` products for `p ≥ 2` (4 for `p = 4`, against Horner's 6).
+pub(crate) fn neumann_vjp_transposed<T: Real>(
+    tape: MatRef<'_, T>,
+    coeffs: &[f64],
+    g: MatRef<'_, T>,
+) -> Mat<T> {
     let b = tape.nrows();
-    let p = tape.ncols().checked_div(b).unwrap_or(1).saturating_sub(1);
-    let q = tape.subcols(0, b);
-    // F_1 … F_{p−1} (F_0 = Gᵀ), each b × b with column stride b, zero until written.
-    let mut work = vec![T::zero(); p.saturating_sub(1) * b * b];
+    let p = coeffs.len().saturating_sub(1);
+    let c = |k: usize| T::c(coeff(coeffs, k));
     zeroed_storage_with(b, b, |dqt, ld| {
-        for k in 0..p {
-            let (done, next) = work.split_at_mut(k * b * b);
-            let fk = if k == 0 {
-                g.transpose()
+        add_scaled(dqt, ld, g.transpose(), c(1));
+        if p < 2 || b == 0 {
+            return;
+        }
+        let m = p / 2;
+        let (q, a) = (tape.subcols(0, b), tape.subcols(b, b));
+        // D, then Fⱼ for j ≥ 1 (column stride b), zero until written.
+        let mut d = vec![T::zero(); b * b];
+        let mut f_prev: Option<Vec<T>> = None;
+        for j in 0..m {
+            let fj = f_prev.as_deref().map_or(g.transpose(), |f| block(f, b, b));
+            if j + 1 == m && p.is_multiple_of(2) {
+                add_scaled(&mut d, b, fj, c(p));
             } else {
-                block(&done[(k - 1) * b * b..], b, b)
-            };
-            if k + 1 < p {
-                gemm_acc(T::one(), tape.subcols((k + 1) * b, b), fk, dqt, ld);
-                gemm_acc(T::one(), fk, q, next, b);
-            } else {
-                // H_p = c_p·I: its diagonal is c_p (b ≥ 1 here, as the loop runs).
-                let cp = tape[(0, p * b)];
-                for j in 0..b {
-                    for (d, &f) in dqt[j * ld..j * ld + b].iter_mut().zip(fk.col(j).iter()) {
-                        *d += cp * f;
-                    }
-                }
+                gemm_acc(T::one(), tape.subcols((j + 2) * b, b), fj, &mut d, b);
+            }
+            if j + 1 < m || !p.is_multiple_of(2) {
+                let mut next = vec![T::zero(); b * b];
+                gemm_acc(T::one(), fj, a, &mut next, b);
+                add_scaled(dqt, ld, block(&next, b, b), c(2 * j + 3));
+                f_prev = Some(next);
             }
         }
+        let d = block(&d, b, b);
+        gemm_acc(T::one(), q, d, dqt, ld);
+        gemm_acc(T::one(), d, q, dqt, ld);
     })
 }
