@@ -518,6 +518,45 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
             fmt(get(&format!("{scheme}.finetune"), "seconds"), 0)
         ));
     }
+    // The held-out selection of each distillation (absent in summaries of older runs).
+    let selection: Vec<String> = opts
+        .schemes
+        .iter()
+        .filter_map(|scheme| {
+            let v = r
+                .get(&format!("{scheme}.finetune"))?
+                .get("validation")?
+                .as_array()?;
+            let kl = |x: &Value| num(x.get("kl"));
+            let first = kl(v.first()?)?;
+            let best = v.iter().filter_map(kl).fold(first, f64::min);
+            let best_step = r
+                .get(&format!("{scheme}.finetune"))?
+                .get("best_step")?
+                .as_u64()?;
+            let back = v
+                .iter()
+                .filter(|x| x.get("kept") == Some(&Value::Bool(false)))
+                .count();
+            let trail = v
+                .iter()
+                .filter_map(|x| Some(format!("{:.3}", kl(x)?)))
+                .collect::<Vec<_>>()
+                .join(" → ");
+            Some(format!(
+                "| {scheme} | {first:.3} | {best:.3} (step {best_step}) | {back} | {trail} |\n"
+            ))
+        })
+        .collect();
+    if !selection.is_empty() {
+        s.push_str(
+            "\n## Distillation: KL to the source on held-out sampled sequences\n\n\
+             Measured before the first step (no adapter), every 25 steps and after the last; a measurement that is not \
+             better sends training back to the best state with the learning rate halved, and the adapter written is the \
+             best one.\n\n| scheme | no adapter | best | steps back | every measurement |\n|---|---|---|---|---|\n",
+        );
+        s.extend(selection);
+    }
     // Targets.
     let pipeline = get(&format!("{first}.quantize.calibrated"), "seconds")
         .zip(get(&format!("{first}.finetune"), "seconds"))

@@ -352,7 +352,8 @@ pub fn adapter_config(opts: &FinetuneOptions, base: &Path) -> OftConfig {
 /// sequences of equal length), then writes the PEFT adapter folder `out` (what
 /// `PeftModel.from_pretrained` loads onto the AQLM folder). The teacher itself is not needed here:
 /// compute the targets, drop it, then train (its weights would double the peak memory).
-/// Checkpoints go to `<out>/.oftq-checkpoint/`; running again with the same data and options
+/// Checkpoints go to `<out>/.oftq-checkpoint/` (with held-out sequences, also one before the first
+/// step, and each holds the best state so far); running again with the same data and options
 /// resumes from the last one. `on` sees the progress; returning `ControlFlow::Break` stops with
 /// [`LlmError::Interrupted`] (after the step's checkpoint, if one was due).
 ///
@@ -420,7 +421,9 @@ pub fn finetune(
     };
     let ckpt = Checkpoint::new(out, opts, data)?;
     let mut selection = Selection::default();
-    let first = match ckpt.load(&params, &mut adamw)? {
+    let resumed = ckpt.load(&params, &mut adamw)?;
+    let fresh = resumed.is_none();
+    let first = match resumed {
         Some((step, sel)) => {
             selection = sel;
             if on(FinetuneEvent::Resumed { step }).is_break() {
@@ -437,17 +440,16 @@ pub fn finetune(
     let b = opts.batch.clamp(1, train.len());
     let held_targets = targets.slice(train.len() * len, held.len() * len);
     let held_out_kl = |student: &Llama| mean_kl(student, held, &held_targets, b);
-    // The best state so far; the state a checkpoint holds is always the best one, since
-    // checkpoints are taken right after a held-out measurement.
-    let mut best = None;
-    if !held.is_empty() {
-        if first == 0 {
-            let v = selection.record(0, held_out_kl(student)?);
-            if on(FinetuneEvent::Validated(v)).is_break() {
-                return Err(LlmError::Interrupted);
-            }
+    // With held-out sequences, the checkpoint on disk always holds the best state: it is written
+    // after the first measurement and after each later one, once a worse state has been replaced
+    // by the best one read back from it (no copy is kept in memory).
+    let select = !held.is_empty();
+    if select && fresh {
+        let v = selection.record(0, held_out_kl(student)?);
+        ckpt.save(0, &params, &adamw, &selection)?;
+        if on(FinetuneEvent::Validated(v)).is_break() {
+            return Err(LlmError::Interrupted);
         }
-        best = Some(TrainState::of(&params, &adamw)?);
     }
     for step in first..opts.steps {
         let t_step = Instant::now();
@@ -493,14 +495,12 @@ pub fn finetune(
         let checkpoint =
             opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 && done < opts.steps;
         let mut validated = None;
-        if let Some(best) = best.as_mut()
-            && (checkpoint || done == opts.steps)
-        {
+        if select && (checkpoint || done == opts.steps) {
             let v = selection.record(done, held_out_kl(student)?);
-            if v.kept {
-                *best = TrainState::of(&params, &adamw)?;
-            } else {
-                best.restore(&params, &mut adamw)?;
+            if !v.kept {
+                ckpt.load(&params, &mut adamw)?.ok_or_else(|| {
+                    LlmError::malformed(&ckpt.dir, "the best state's checkpoint is gone")
+                })?;
             }
             validated = Some(v);
         }
@@ -527,7 +527,7 @@ pub fn finetune(
         student.quantized().filter_map(|m| m.adapter(ADAPTER)),
     )?;
     ckpt.remove()?;
-    report.best_step = best.map(|_| selection.best_step);
+    report.best_step = select.then_some(selection.best_step);
     report.validation = selection.history;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -607,35 +607,6 @@ impl Selection {
     }
 }
 
-/// A copy of the adapters and the optimiser's moments, to go back to.
-struct TrainState {
-    params: Vec<Tensor>,
-    moments: Moments,
-    steps: u64,
-}
-
-impl TrainState {
-    fn of(params: &[(ParamKey, Var)], adamw: &AdamW) -> Result<Self> {
-        let (moments, steps) = adamw.moments();
-        Ok(Self {
-            params: params
-                .iter()
-                .map(|(_, v)| v.as_tensor().copy())
-                .collect::<std::result::Result<_, _>>()?,
-            moments: moments.clone(),
-            steps,
-        })
-    }
-
-    fn restore(&self, params: &[(ParamKey, Var)], adamw: &mut AdamW) -> Result<()> {
-        for ((_, var), t) in params.iter().zip(&self.params) {
-            var.set(t)?;
-        }
-        adamw.restore(self.moments.clone(), self.steps);
-        Ok(())
-    }
-}
-
 /// The checkpoint folder of a run: `params-<step>.safetensors`, `moments-<step>.safetensors`, and
 /// `state.json` (options, data fingerprint, step) written last and atomically, so it only ever
 /// names a complete pair; older pairs are removed after it is written.
@@ -696,12 +667,20 @@ impl Checkpoint {
             load(&format!("params-{step}.safetensors"))?,
             load(&format!("moments-{step}.safetensors"))?,
         );
+        let adam_steps = state
+            .get("adam_steps")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| LlmError::malformed(&state_path, "no optimiser step count"))?;
         let mut moments: Moments = BTreeMap::new();
         for (key, var) in params {
             let name = key.to_string();
             let missing =
                 || LlmError::malformed(&self.dir, format!("checkpoint {step}: no tensor {name}"));
             var.set(pt.get(&name).ok_or_else(missing)?)?;
+            // Before the optimiser's first step there are no moments.
+            if adam_steps == 0 {
+                continue;
+            }
             let m64 = |s: &str| -> Result<Mat<f64>> {
                 let t = mt.get(&format!("{name}.{s}")).ok_or_else(missing)?;
                 let (r, c) = t.dims2()?;
@@ -710,10 +689,6 @@ impl Checkpoint {
             };
             moments.insert(key.clone(), (m64("m")?, m64("v")?));
         }
-        let adam_steps = state
-            .get("adam_steps")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| LlmError::malformed(&state_path, "no optimiser step count"))?;
         adamw.restore(moments, adam_steps);
         Ok(Some((step, selection)))
     }
