@@ -608,8 +608,9 @@ impl Selection {
 }
 
 /// The checkpoint folder of a run: `params-<step>.safetensors`, `moments-<step>.safetensors`, and
-/// `state.json` (options, data fingerprint, step) written last and atomically, so it only ever
-/// names a complete pair; older pairs are removed after it is written.
+/// `state.json` (options, data fingerprint, step, the optimiser's step count, the held-out
+/// selection) written last and atomically, so it only ever names a complete pair; older pairs are
+/// removed after it is written.
 struct Checkpoint {
     dir: PathBuf,
     fingerprint: serde_json::Value,
