@@ -65,7 +65,7 @@ pub(crate) fn work_of(key: &str) -> Option<Work> {
     let build_bytes = R * (B * (B - 1.0) / 2.0 + B * B) * F32;
     Some(match key {
         // R = I + 2Q + 2Q² + 2Q³ + Q⁴ = I + 2Q + Q²·(2I + 2Q + Q²): two b×b products per block
-        // (oftq's Horner evaluation takes three).
+        // (oftq's Paterson–Stockmeyer evaluation).
         "ortho.build_r.neumann5.r128.b32" => Work {
             bytes: build_bytes,
             fmas: 2.0 * R * B * B * B,

@@ -180,7 +180,8 @@ pub fn neumann_vjp<T: Real>(q: MatRef<'_, T>, coeffs: &[f64], g: MatRef<'_, T>) 
 /// `D = (∂L/∂A)ᵀ = Σ_{j<m} Kⱼ₊₁·Fⱼ` and `(∂L/∂Q)ᵀ = Σ_{j≤m} c₂ⱼ₊₁Fⱼ + Q·D + D·Q`, so that the left
 /// factors (`Kⱼ₊₁`, `Fⱼ` for `j ≥ 1`, `Q`, `D`) are column-major and the product kernel packs them
 /// with plain copies. When `p` is even, `Kₘ = c_p·I` makes the last term of `D` a scaled `Fₘ₋₁`
-/// and `Fₘ` is not needed: `p` products for `p ≥ 2` (4 for `p = 4`, against Horner's 6).
+/// and `Fₘ` is not needed: `p` products for an even `p ≥ 2`, `p + 1` for an odd one, against
+/// Horner's `2p − 2` (4 against 6 for `p = 4`).
 pub(crate) fn neumann_vjp_transposed<T: Real>(
     tape: MatRef<'_, T>,
     coeffs: &[f64],
