@@ -235,8 +235,19 @@ pub struct FinetuneReport {
     pub seconds: f64,
     /// The held-out measurements, in order (those before a resume included).
     pub validation: Vec<Validation>,
-    /// Steps taken by the adapter written (`None` without held-out sequences: the last step's).
-    pub best_step: Option<usize>,
+}
+
+impl FinetuneReport {
+    /// The measurement of the adapter written: the last one that improved on the best so far
+    /// (`None` without held-out sequences, when the last step's adapter is written).
+    pub fn best(&self) -> Option<&Validation> {
+        best_of(&self.validation)
+    }
+}
+
+/// The last measurement of `history` that improved on the best before it: the best one.
+fn best_of(history: &[Validation]) -> Option<&Validation> {
+    history.iter().rfind(|v| v.kept)
 }
 
 const ADAPTER: &str = "default";
@@ -477,7 +488,7 @@ pub fn finetune(
         }
         drop(grads);
         let grad_norm = clip_grad_norm(&mut g, Some(opts.clip));
-        let lr = schedule.at(opts.lr, step, opts.steps) * selection.lr_scale;
+        let lr = schedule.at(opts.lr, step, opts.steps) * selection.lr_scale();
         let (np, state) = adamw.propose(&p, &g, lr);
         adamw.commit(state);
         for (key, var) in &params {
@@ -527,66 +538,50 @@ pub fn finetune(
         student.quantized().filter_map(|m| m.adapter(ADAPTER)),
     )?;
     ckpt.remove()?;
-    report.best_step = select.then_some(selection.best_step);
     report.validation = selection.history;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// The held-out bookkeeping of a run: the best KL and its step, the learning-rate factor, and
-/// every measurement.
-#[derive(Debug, Clone)]
+/// The held-out measurements of a run, from which the best one and the learning-rate factor
+/// follow.
+#[derive(Debug, Clone, Default)]
 struct Selection {
-    best_kl: f64,
-    best_step: usize,
-    lr_scale: f64,
     history: Vec<Validation>,
 }
 
-impl Default for Selection {
-    fn default() -> Self {
-        Self {
-            best_kl: f64::INFINITY,
-            best_step: 0,
-            lr_scale: 1.0,
-            history: Vec::new(),
-        }
-    }
-}
-
 impl Selection {
+    /// The factor on the learning-rate schedule: that of the last measurement (1 before any).
+    fn lr_scale(&self) -> f64 {
+        self.history.last().map_or(1.0, |v| v.lr_scale)
+    }
+
     /// Records the held-out KL after `step` steps: the new best if lower than the best so far
     /// (a non-finite KL never is), else the learning rate is halved.
     fn record(&mut self, step: usize, kl: f64) -> Validation {
-        let kept = kl < self.best_kl;
-        if kept {
-            self.best_kl = kl;
-            self.best_step = step;
-        } else {
-            self.lr_scale *= 0.5;
-        }
+        let kept = kl < best_of(&self.history).map_or(f64::INFINITY, |b| b.kl);
+        let lr_scale = self.lr_scale() * if kept { 1.0 } else { 0.5 };
         let v = Validation {
             step,
             kl,
             kept,
-            lr_scale: self.lr_scale,
+            lr_scale,
         };
         self.history.push(v);
         v
     }
 
     fn to_json(&self) -> serde_json::Value {
-        json!({
-            "best_kl": self.best_kl.is_finite().then_some(self.best_kl),
-            "best_step": self.best_step,
-            "lr_scale": self.lr_scale,
-            "history": self.history.iter().map(|v| json!([v.step, v.kl, v.kept, v.lr_scale])).collect::<Vec<_>>(),
-        })
+        json!(
+            self.history
+                .iter()
+                .map(|v| json!([v.step, v.kl, v.kept, v.lr_scale]))
+                .collect::<Vec<_>>()
+        )
     }
 
     fn from_json(v: &serde_json::Value) -> Option<Self> {
         let history = v
-            .get("history")?
             .as_array()?
             .iter()
             .map(|h| {
@@ -598,12 +593,7 @@ impl Selection {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            best_kl: v.get("best_kl")?.as_f64().unwrap_or(f64::INFINITY),
-            best_step: usize::try_from(v.get("best_step")?.as_u64()?).ok()?,
-            lr_scale: v.get("lr_scale")?.as_f64()?,
-            history,
-        })
+        Some(Self { history })
     }
 }
 

@@ -179,7 +179,7 @@ fn quantize_resume_reload_finetune_eval_generate() {
     let steps: Vec<usize> = report.validation.iter().map(|v| v.step).collect();
     assert_eq!(steps, [0, 3, 6, 8]);
     let best = report.validation.iter().rfind(|v| v.kept).copied().unwrap();
-    assert_eq!(report.best_step, Some(best.step));
+    assert_eq!(report.best().map(|v| v.step), Some(best.step));
     assert!(best.step > 0 && best.kl < report.validation[0].kl);
     let held = &data[data.len() - 2..];
     let held_targets = teacher_targets(&teacher, held, opts.top_k, 4, |_, _| {}).unwrap();
@@ -240,7 +240,7 @@ fn quantize_resume_reload_finetune_eval_generate() {
     assert!(!r.validation[1].kept, "{:?}", r.validation);
     assert_eq!(r.validation[1].lr_scale, 0.5);
     let best = r.validation.iter().rfind(|v| v.kept).unwrap();
-    assert_eq!(r.best_step, Some(best.step));
+    assert_eq!(r.best().map(|v| v.step), Some(best.step));
     let kl = mean_kl(&s4, held, &held_targets, 2).unwrap();
     assert!(
         kl <= r.validation[0].kl * (1.0 + 1e-5),

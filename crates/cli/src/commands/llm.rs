@@ -421,7 +421,7 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
                     "validation": report.validation.iter().map(|v| serde_json::json!({
                         "step": v.step, "kl": v.kl, "kept": v.kept, "lr_scale": v.lr_scale,
                     })).collect::<Vec<_>>(),
-                    "best_step": report.best_step,
+                    "best_step": report.best().map(|v| v.step),
                     "teacher_phase_s": teacher_phase_s,
                     "training_s": report.seconds,
                     "seconds": t0.elapsed().as_secs_f64(),
@@ -442,16 +442,10 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
                     report.losses.first().copied().unwrap_or(f64::NAN),
                     report.seconds
                 );
-                if let (Some(first), Some(step)) = (report.validation.first(), report.best_step) {
-                    let best = report
-                        .validation
-                        .iter()
-                        .filter(|v| v.kept)
-                        .map(|v| v.kl)
-                        .fold(first.kl, f64::min);
+                if let (Some(first), Some(best)) = (report.validation.first(), report.best()) {
                     println!(
-                        "held-out KL {:.4} → {best:.4}: wrote the adapter of step {step}",
-                        first.kl
+                        "held-out KL {:.4} → {:.4}: wrote the adapter of step {}",
+                        first.kl, best.kl, best.step
                     );
                 }
                 println!("wrote {}", out.display());
