@@ -444,8 +444,15 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
                 );
                 if let (Some(first), Some(best)) = (report.validation.first(), report.best()) {
                     println!(
-                        "held-out KL {:.4} → {:.4}: wrote the adapter of step {}",
-                        first.kl, best.kl, best.step
+                        "held-out KL {:.4} → {:.4}: wrote the adapter of step {}{}",
+                        first.kl,
+                        best.kl,
+                        best.step,
+                        if best.step == 0 {
+                            " (the identity: no trained state did better on the held-out text)"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 println!("wrote {}", out.display());
