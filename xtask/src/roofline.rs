@@ -97,8 +97,9 @@ pub(crate) fn work_of(key: &str) -> Option<Work> {
             lookups: 2.0 * D * D / 8.0,
             why: "look-up kernel: tables 2·256·d, then 2·d²/8 look-ups (4.2 M); reads the codes",
         },
-        // The tiled kernel: decode the weight (one add per weight: two code words summed), then
-        // a t-row product (t·d²); reads the codes, x (or dy) and writes y (or dx).
+        // The tiled kernel (64 tokens) and the decode-and-FMA kernel (16): decode the weight (one
+        // add per weight: two code words summed; the lower bound counts it once), then a t-row
+        // product (t·d²); reads the codes, x (or dy) and writes y (or dx).
         "aqlm.forward.2x8.4096.t16"
         | "aqlm.forward.2x8.4096.t64"
         | "aqlm.backward.2x8.4096.t64" => {
@@ -107,7 +108,7 @@ pub(crate) fn work_of(key: &str) -> Option<Work> {
                 bytes: CODES + CODEBOOKS_2X8 + 2.0 * t * D * F32,
                 fmas: D * D + t * D * D,
                 lookups: 0.0,
-                why: "tiled kernel: decode (d² adds) and multiply (t·d²); reads the codes",
+                why: "decode (d² adds) and multiply (t·d²); reads the codes",
             }
         }
         // Decode-dot: every code word times its 8 inputs, d² multiply-adds; reads the codes and

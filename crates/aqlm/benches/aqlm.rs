@@ -120,7 +120,7 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("aqlm.backward.2x8.4096.t{t}"), |b| {
             b.iter(|| black_box(l.backward_input(dy.as_ref()).unwrap()))
         });
-        for k in [Kernel::Lut, Kernel::TiledGemm] {
+        for k in [Kernel::Lut, Kernel::DecodeDot, Kernel::TiledGemm] {
             if k == l.auto_backward_kernel(t) {
                 continue;
             }

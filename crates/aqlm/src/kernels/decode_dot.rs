@@ -4,6 +4,10 @@
 //!
 //! Forward: `y[t, r] = s_o · Σ_{b asc} lane[b]` with `lane[b] = Σ_{j asc} tile_j[a][b] · x[t, j·ig + b]`.
 //! Input gradient: `dx[t, j·ig + b] = Σ_{o asc} Σ_{a asc} (s_o·dy[t, o·og + a]) · tile[a][b]`.
+//!
+//! For `og = 1`, `ig = 8` the forward from two tokens on and the input gradient are
+//! [`decode_fma`](super::decode_fma)'s register kernel (its own order: sixteen lanes, fused
+//! multiply-adds).
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
@@ -34,6 +38,9 @@ fn lane_sum(l: &[f32]) -> f32 {
 /// `s_o · Σ_{b ascending} lane[b]`.
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let t = x.nrows();
+    if t > 1 && layer.fast_decode() {
+        return super::decode_fma::forward(layer, x);
+    }
     let og = layer.scheme.out_group_size;
     let xt = token_major(x);
     let groups = (ROWS_PER_TASK / og).max(1);
@@ -182,6 +189,9 @@ fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, ch
 
 /// `dy·W`.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
+    if layer.fast_decode() {
+        return super::decode_fma::backward(layer, dy);
+    }
     let groups = (COLS_PER_TASK / layer.scheme.in_group_size).max(1);
     by_input_groups(layer, dy, groups, backward_task)
 }
@@ -201,36 +211,6 @@ fn backward_task(
     let (m, k, og, ig, g) =
         (sch.num_codebooks, sch.codebook_size(), sch.out_group_size, sch.in_group_size, sch.group_len());
     let n_og = layer.out_groups();
-    if og == 1 && ig == 8 {
-        // Fixed-size lanes[t][b]; same order (o ascending, from 0) as the general loop.
-        let (cb8, _) = layer.codebooks.as_chunks::<8>();
-        let mut lanes = vec![[0f32; 8]; t];
-        for (dj, dxj) in chunk.chunks_mut(8 * t).enumerate() {
-            let j = j0 + dj;
-            lanes.fill([0f32; 8]);
-            for o in 0..n_og {
-                let codes = &codes_t[(j * n_og + o) * m..][..m];
-                let mut tile = [0f32; 8];
-                for (mm, &c) in codes.iter().enumerate() {
-                    let e = &cb8[mm * k + usize::from(c)];
-                    for b in 0..8 {
-                        tile[b] += e[b];
-                    }
-                }
-                for (l, &sv) in lanes.iter_mut().zip(&sdy[o * t..(o + 1) * t]) {
-                    for b in 0..8 {
-                        l[b] += tile[b] * sv;
-                    }
-                }
-            }
-            for (tt, l) in lanes.iter().enumerate() {
-                for b in 0..8 {
-                    dxj[b * t + tt] = l[b];
-                }
-            }
-        }
-        return;
-    }
     let mut tile = vec![0f32; g];
     for (dj, dxj) in chunk.chunks_mut(ig * t).enumerate() {
         let j = j0 + dj;

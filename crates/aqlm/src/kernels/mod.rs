@@ -8,10 +8,15 @@
 //! Summation orders (all in `f32`):
 //! - [`Kernel::Lut`] and [`Kernel::DecodeDot`]: `y[t, r] = s_o · Σ_{j ascending} Σ_{m ascending}
 //!   ⟨cb_m[c], x_j⟩` (or the dot of the summed tile), scale last, then `+ bias`;
+//! - [`Kernel::DecodeDot`] for `og = 1`, `ig = 8` from two tokens on (input gradient: always):
+//!   sixteen lanes of fused multiply-adds over the inputs ascending, halves added pairwise, scale
+//!   last (the input gradient: over the rows ascending, `dy` scaled first);
 //! - [`Kernel::TiledGemm`] and [`Kernel::Reference`]: the exactly decoded `W` (bit-identical to
 //!   [`AqlmLayer::decode`]) times `x` with faer's sequential GEMM.
 
 mod decode_dot;
+mod decode_fma;
+mod lanes16;
 mod layout;
 mod lut;
 mod reference;
@@ -62,15 +67,17 @@ pub const TILED_GEMM_MIN_TOKENS: usize = 32;
 pub const TILED_GEMM_MIN_TOKENS_FORWARD: usize = 12;
 
 /// For `og = 1`, `ig = 8` layers (vectorized decoder), [`AqlmLayer::forward`] uses
-/// [`Kernel::TiledGemm`] from this many tokens on. Measured on 4096×4096 2x8 (2 cores, best of
-/// 10): tiled 5–7 ms at 2–16 tokens, against 1.06 ms for the one-token lookup tables but
-/// 16–19 ms for them at 2, 4 or 12 tokens (5.9 ms at 8, where both are equal).
-pub const TILED_GEMM_MIN_TOKENS_FORWARD_G8: usize = 2;
+/// [`Kernel::TiledGemm`] from this many tokens on, and [`Kernel::DecodeDot`] from 2 tokens up to
+/// it (one token: [`Kernel::Lut`] where it suits the layer). Measured on 4096×4096 2x8 (2 cores,
+/// best of 10), decode-dot against tiled: 1.7 against 3.8 ms at 2 tokens, 2.7 against 4.1 at 8,
+/// 3.8 against 4.0 at 16, 6.3 against 5.3 at 24 (1x16: 5.4 against 6.4 at 16, 9.3 against 7.6
+/// at 32).
+pub const TILED_GEMM_MIN_TOKENS_FORWARD_G8: usize = 17;
 
 /// For `og = 1`, `ig = 8` layers, [`AqlmLayer::backward_input`] uses [`Kernel::TiledGemm`] from
-/// this many tokens on: measured on 4096×4096 2x8, it beats the scatter tables at every token
-/// count (3.2 against 10.0 ms at one token, 5.5 against 11.5 ms at 16).
-pub const TILED_GEMM_MIN_TOKENS_G8: usize = 1;
+/// this many tokens on and [`Kernel::DecodeDot`] below: measured on 4096×4096 2x8, 1.3 against
+/// 4.2 ms at 2 tokens, 2.5 against 4.1 at 16, 5.4 against 5.8 at 32, equal at 48.
+pub const TILED_GEMM_MIN_TOKENS_G8: usize = 33;
 
 /// Below this many tokens, large-codebook layers (no [`Kernel::Lut`]) use
 /// [`Kernel::DecodeDot`] for the forward.
@@ -90,48 +97,66 @@ impl AqlmLayer {
             && s.num_codebooks * s.codebook_size() * s.out_group_size <= self.out_features
     }
 
-    /// Whether the layer has the vectorized tile decoder (`og = 1`, `ig = 8`), which makes
-    /// [`Kernel::TiledGemm`] the fastest choice from a couple of tokens on.
-    fn fast_decode(&self) -> bool {
+    /// Whether the layer has the vectorized tile decoders (`og = 1`, `ig = 8`): decode-and-FMA
+    /// for a few tokens, decode-then-GEMM for many.
+    pub(crate) fn fast_decode(&self) -> bool {
         self.scheme.out_group_size == 1 && self.scheme.in_group_size == 8
     }
 
-    /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows: [`Kernel::TiledGemm`] from
-    /// [`TILED_GEMM_MIN_TOKENS_FORWARD_G8`] tokens on for `og = 1`, `ig = 8` layers and from
-    /// [`TILED_GEMM_MIN_TOKENS_FORWARD`] tokens on for the others; below, [`Kernel::Lut`] when it
-    /// suits the layer (`2^B ≤ 256` and `M·2^B·og ≤ out`), else [`Kernel::DecodeDot`] up to
+    /// The kernel [`AqlmLayer::forward`] uses for `tokens` rows. For `og = 1`, `ig = 8` layers:
+    /// [`Kernel::TiledGemm`] from [`TILED_GEMM_MIN_TOKENS_FORWARD_G8`] tokens on,
+    /// [`Kernel::DecodeDot`] from 2 tokens up to it, and for one token [`Kernel::Lut`] when it
+    /// suits the layer (`2^B ≤ 256` and `M·2^B·og ≤ out`), else [`Kernel::DecodeDot`]. For the
+    /// others: [`Kernel::TiledGemm`] from [`TILED_GEMM_MIN_TOKENS_FORWARD`] tokens on; below,
+    /// [`Kernel::Lut`] when it suits the layer, else [`Kernel::DecodeDot`] up to
     /// [`DECODE_DOT_MAX_FORWARD_TOKENS`] tokens, else [`Kernel::TiledGemm`].
     pub fn auto_kernel(&self, tokens: usize) -> Kernel {
-        let tiled_from = if self.fast_decode() {
-            TILED_GEMM_MIN_TOKENS_FORWARD_G8
-        } else {
-            TILED_GEMM_MIN_TOKENS_FORWARD
-        };
-        if tokens >= tiled_from && (self.lut_suits() || tokens > DECODE_DOT_MAX_FORWARD_TOKENS) {
-            Kernel::TiledGemm
-        } else if self.lut_suits() {
-            Kernel::Lut
-        } else if tokens <= DECODE_DOT_MAX_FORWARD_TOKENS {
-            Kernel::DecodeDot
-        } else {
-            Kernel::TiledGemm
+        if self.fast_decode() {
+            return if tokens >= TILED_GEMM_MIN_TOKENS_FORWARD_G8 {
+                Kernel::TiledGemm
+            } else if tokens <= 1 && self.lut_suits() {
+                Kernel::Lut
+            } else {
+                Kernel::DecodeDot
+            };
         }
+        Self::pick(
+            self.lut_suits(),
+            tokens,
+            TILED_GEMM_MIN_TOKENS_FORWARD,
+            DECODE_DOT_MAX_FORWARD_TOKENS,
+        )
     }
 
-    /// The kernel [`AqlmLayer::backward_input`] uses for `tokens` rows: as
-    /// [`AqlmLayer::auto_kernel`] with [`TILED_GEMM_MIN_TOKENS_G8`] / [`TILED_GEMM_MIN_TOKENS`]
-    /// and [`DECODE_DOT_MAX_BACKWARD_TOKENS`].
+    /// The kernel [`AqlmLayer::backward_input`] uses for `tokens` rows. For `og = 1`, `ig = 8`
+    /// layers: [`Kernel::DecodeDot`] below [`TILED_GEMM_MIN_TOKENS_G8`] tokens, else
+    /// [`Kernel::TiledGemm`]. For the others: as [`AqlmLayer::auto_kernel`] with
+    /// [`TILED_GEMM_MIN_TOKENS`] and [`DECODE_DOT_MAX_BACKWARD_TOKENS`].
     pub fn auto_backward_kernel(&self, tokens: usize) -> Kernel {
-        let tiled_from = if self.fast_decode() {
-            TILED_GEMM_MIN_TOKENS_G8
-        } else {
-            TILED_GEMM_MIN_TOKENS
-        };
-        if tokens >= tiled_from && (self.lut_suits() || tokens > DECODE_DOT_MAX_BACKWARD_TOKENS) {
+        if self.fast_decode() {
+            return if tokens >= TILED_GEMM_MIN_TOKENS_G8 {
+                Kernel::TiledGemm
+            } else {
+                Kernel::DecodeDot
+            };
+        }
+        Self::pick(
+            self.lut_suits(),
+            tokens,
+            TILED_GEMM_MIN_TOKENS,
+            DECODE_DOT_MAX_BACKWARD_TOKENS,
+        )
+    }
+
+    /// The choice for layers without the vectorized decoder: [`Kernel::TiledGemm`] from
+    /// `tiled_from` tokens on when the tables suit the layer or past `decode_dot_max` tokens;
+    /// below, [`Kernel::Lut`] when they suit, else [`Kernel::DecodeDot`] up to `decode_dot_max`.
+    fn pick(lut_suits: bool, tokens: usize, tiled_from: usize, decode_dot_max: usize) -> Kernel {
+        if tokens >= tiled_from && (lut_suits || tokens > decode_dot_max) {
             Kernel::TiledGemm
-        } else if self.lut_suits() {
+        } else if lut_suits {
             Kernel::Lut
-        } else if tokens <= DECODE_DOT_MAX_BACKWARD_TOKENS {
+        } else if tokens <= decode_dot_max {
             Kernel::DecodeDot
         } else {
             Kernel::TiledGemm
@@ -223,7 +248,9 @@ impl AqlmLayer {
     /// - Lut forward: one block of tables (≤ 256 KiB, at least one input group) + the
     ///   `[out, tokens]` accumulator + a feature-major copy of `x`;
     /// - Lut backward: the scaled `dy` + `threads ×` per-group accumulators (`M·2^B·og·tokens`);
-    /// - DecodeDot: a copy of `x` (or scaled `dy`) + one tile per thread;
+    /// - DecodeDot: a copy of `x` (or scaled `dy`) + one tile per thread; for `og = 1`, `ig = 8`
+    ///   from two tokens on (input gradient: from one) the decode-and-FMA kernel's padded copy,
+    ///   its output buffer and per thread the lanes of 64 rows (forward) or 128 decoded rows;
     /// - TiledGemm: `threads ×` one decoded tile (≤ 1 MiB, at least one group);
     /// - Reference: the whole `W` (`out·in·4` bytes).
     pub fn workspace_bytes(&self, kernel: Kernel, tokens: usize, threads: usize) -> usize {
@@ -240,8 +267,18 @@ impl AqlmLayer {
                 fwd.max(bwd)
             }
             Kernel::DecodeDot => {
-                o.max(i) * t
-                    + threads * (s.group_len() + s.out_group_size * t + s.in_group_size * t)
+                let general = o.max(i) * t
+                    + threads * (s.group_len() + s.out_group_size * t + s.in_group_size * t);
+                if self.fast_decode() {
+                    let fwd = if t > 1 {
+                        decode_fma::workspace_floats(self, t, threads, false)
+                    } else {
+                        general
+                    };
+                    fwd.max(decode_fma::workspace_floats(self, t, threads, true))
+                } else {
+                    general
+                }
             }
             Kernel::TiledGemm => {
                 threads * tiled_gemm::tile_floats(self).max(tiled_gemm::col_tile_floats(self))

@@ -5,7 +5,9 @@
 //! The levels and detection rules are those of `oftq-ortho`'s kernels (the crates share no code by
 //! design, so each holds this small module): portable (the baseline target), AVX2 + FMA, and
 //! AVX-512F/VL + AVX2 + FMA. The bodies never call `mul_add` and Rust never contracts `a * b + c`
-//! on its own, so every build of a body gives identical bits; only the speed differs.
+//! on its own, so every build of a body gives identical bits; only the speed differs. (The
+//! few-token decode-and-FMA kernel uses [`lanes16`](super::lanes16) instead: explicit registers,
+//! fused multiply-adds in every backend, the same bits too.)
 
 /// Clears the upper halves of the AVX vector registers of the calling thread (`vzeroupper`) when
 /// the CPU has AVX; nothing otherwise.

@@ -210,10 +210,11 @@ fn timing_probe() {
         Ok("1x8") => (1, 8),
         _ => (2, 8),
     };
-    let fast = if m == 1 && nbits == 16 {
-        Kernel::DecodeDot
-    } else {
-        Kernel::Lut
+    let fast = match std::env::var("PROBE_KERNEL").as_deref() {
+        Ok("decode_dot") => Kernel::DecodeDot,
+        Ok("lut") => Kernel::Lut,
+        _ if m == 1 && nbits == 16 => Kernel::DecodeDot,
+        _ => Kernel::Lut,
     };
     let layer = random_layer(&mut rng, m, nbits, 8, 1, 512, 4096, false);
     let w = random_mat(&mut rng, 4096, 4096);

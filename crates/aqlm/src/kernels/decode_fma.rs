@@ -1,0 +1,607 @@
+//! Decode-and-multiply-add for several tokens, `og = 1`, `ig = 8`: the many-token path of
+//! [`Kernel::DecodeDot`](super::Kernel::DecodeDot).
+//!
+//! The weights are decoded sixteen at a time (two input groups: `Σ_m cb_m[c]` per group, codebooks
+//! ascending) straight into registers and multiply-added into the inputs of a block of tokens;
+//! nothing decoded is written to memory. Every multiply-add is a fused `mul_add` (one rounding),
+//! with sixteen lanes in every build, so the portable, AVX2 and AVX-512 builds give identical
+//! bits; the block sizes only decide what stays in registers, never the order of a sum.
+//!
+//! With `u` the units of sixteen inputs (`lane l` of unit `u` is input `16u + l`; a last half unit
+//! when the input groups are odd has zeros in lanes 8–15):
+//! - forward: `lane[l] = fma(tile_u[l], x[t, 16u + l], lane[l])` for `u` ascending from zero, then
+//!   `y[t, o] = s_o · Σ16(lane)`, where `Σ16` adds the halves pairwise (`l` with `l + 8`, then
+//!   `+ 4`, `+ 2`, `+ 1`);
+//! - input gradient: `dx[t, 16u + l] = fma(tile_{o,u}[l], s_o·dy[t, o], ·)` over `o` ascending
+//!   from zero.
+
+use faer::{Mat, MatRef};
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::lanes16::{Avx2, Avx512};
+use super::lanes16::{Lanes16, Portable};
+use super::layout::{feature_major_scaled, from_feature_major};
+use crate::layer::AqlmLayer;
+
+/// Lanes of one unit: two input groups of eight.
+const L: usize = 16;
+/// Output rows per forward task.
+const ROWS_PER_TASK: usize = 64;
+/// Units of sixteen inputs per input-gradient task.
+const UNITS_PER_TASK: usize = 4;
+/// Rows decoded at once by the input gradient when it runs several blocks of tokens (8 KiB).
+const ROWS_PER_DECODE: usize = 128;
+/// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1).
+const X_BLOCK_BYTES: usize = 32 << 10;
+
+/// `body` for `tt = 0 … T − 1` (`T ≤ 16`), written out with constant indices: an array of
+/// register accumulators indexed in a loop stayed in memory (LLVM unrolled the loop only by two,
+/// and `array::from_fn`'s closure is compiled without the target features), 2–3× slower.
+macro_rules! unroll {
+    ($t:expr, |$i:ident| $body:expr) => {
+        unroll!(@ $t, $i, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $t:expr, $i:ident, $body:expr, $($n:literal)*) => {
+        $(
+            if $n < $t {
+                let $i = $n;
+                $body;
+            }
+        )*
+    };
+}
+
+/// `Σ16(v)`: the halves added pairwise (`v[l] + v[l + 8]`, then `+ 4`, `+ 2`, `+ 1`).
+fn sum16(v: &[f32; L]) -> f32 {
+    let a: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
+    let b: [f32; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
+    let c: [f32; 2] = std::array::from_fn(|i| b[i] + b[i + 2]);
+    c[0] + c[1]
+}
+
+/// Where the codes of unit `u` of row `o` are, and its decoder.
+trait Units {
+    /// The decoded unit `u` of row `o`: `Σ_m cb_m[c]` per group (codebooks ascending, starting
+    /// from the first entry: `0 + e = e`, so each group is [`AqlmLayer::group_sum_fixed`]'s value),
+    /// the second group zero past the last one.
+    fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V;
+}
+
+/// The codebooks, `M` of them (`M = 0`: `m` read at run time).
+#[derive(Clone, Copy)]
+struct Books<'a, const M: usize> {
+    cb: &'a [[f32; 8]],
+    k: usize,
+    m: usize,
+}
+
+impl<const M: usize> Books<'_, M> {
+    fn new(layer: &AqlmLayer) -> Books<'_, M> {
+        Books {
+            cb: layer.codebooks.as_chunks::<8>().0,
+            k: layer.scheme.codebook_size(),
+            m: layer.scheme.num_codebooks,
+        }
+    }
+
+    /// The codebook count.
+    #[inline(always)]
+    fn m(&self) -> usize {
+        if M == 0 { self.m } else { M }
+    }
+
+    /// `Σ_m cb_m[c_m]` for the `m` codes `c`.
+    #[inline(always)]
+    fn group<S: Lanes16>(&self, s: S, c: &[u16]) -> S::H {
+        let c = &c[..self.m()];
+        let mut w = s.load_h(&self.cb[usize::from(c[0])]);
+        for (mm, &cm) in c.iter().enumerate().skip(1) {
+            w = s.add_h(w, s.load_h(&self.cb[mm * self.k + usize::from(cm)]));
+        }
+        w
+    }
+}
+
+/// Codes row-major `[o][j][m]` (the forward's order).
+struct ByRow<'a, const M: usize> {
+    books: Books<'a, M>,
+    n_ig: usize,
+    codes: &'a [u16],
+}
+
+impl<const M: usize> Units for ByRow<'_, M> {
+    #[inline(always)]
+    fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V {
+        let m = self.books.m();
+        let c = &self.codes[(o * self.n_ig + 2 * u) * m..];
+        let lo = self.books.group(s, c);
+        let hi = if 2 * u + 1 < self.n_ig {
+            self.books.group(s, &c[m..])
+        } else {
+            s.zero_h()
+        };
+        s.join(lo, hi)
+    }
+}
+
+/// Codes by input group `[j][o][m]` (the input gradient's order).
+struct ByInput<'a, const M: usize> {
+    books: Books<'a, M>,
+    n_ig: usize,
+    n_og: usize,
+    codes: &'a [u16],
+}
+
+impl<const M: usize> Units for ByInput<'_, M> {
+    #[inline(always)]
+    fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V {
+        let m = self.books.m();
+        let lo = self
+            .books
+            .group(s, &self.codes[(2 * u * self.n_og + o) * m..]);
+        let hi = if 2 * u + 1 < self.n_ig {
+            self.books
+                .group(s, &self.codes[((2 * u + 1) * self.n_og + o) * m..])
+        } else {
+            s.zero_h()
+        };
+        s.join(lo, hi)
+    }
+}
+
+impl<'a, const M: usize> ByRow<'a, M> {
+    fn new(layer: &'a AqlmLayer) -> Self {
+        Self {
+            books: Books::new(layer),
+            n_ig: layer.in_groups(),
+            codes: &layer.codes,
+        }
+    }
+}
+
+impl<'a, const M: usize> ByInput<'a, M> {
+    fn new(layer: &'a AqlmLayer) -> Self {
+        Self {
+            books: Books::new(layer),
+            n_ig: layer.in_groups(),
+            n_og: layer.out_groups(),
+            codes: layer.codes_by_input(),
+        }
+    }
+}
+
+/// Tokens held in registers at once, at most: sixteen 512-bit accumulators (of 32 registers)
+/// with AVX-512, four pairs of 256-bit ones (of 16) with AVX2, four arrays otherwise.
+const TOKENS_AVX512: usize = 16;
+/// See [`TOKENS_AVX512`].
+const TOKENS_AVX2: usize = 4;
+
+/// Peak extra floats of a forward (`backward = false`) or input gradient on `t` tokens with
+/// `threads` tasks at once: the padded copy of `x` (or the scaled `dy`), the unpadded output
+/// buffer, and per task the lanes of its rows (forward) or its decoded rows (input gradient).
+pub(crate) fn workspace_floats(
+    layer: &AqlmLayer,
+    t: usize,
+    threads: usize,
+    backward: bool,
+) -> usize {
+    let padded = layer.in_groups().div_ceil(2) * L * t;
+    let out = layer.out_features * t;
+    if backward {
+        out + padded + threads * ROWS_PER_DECODE * L
+    } else {
+        padded + out + threads * ROWS_PER_TASK * t * L
+    }
+}
+
+/// `x·Wᵀ` (no bias).
+pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
+    let t = x.nrows();
+    let units = layer.in_groups().div_ceil(2);
+    // Unit-major `[unit][token]` (zeros past `in_features`): the tokens of a block of units are
+    // contiguous. (Token-major rows put the sixteen token streams a whole row apart, which maps
+    // them to the same few L1 sets: 5× slower at 64 tokens.)
+    let mut xu = vec![[0f32; L]; units * t];
+    for tt in 0..t {
+        for (i, &v) in x.row(tt).iter().enumerate() {
+            xu[(i / L) * t + tt][i % L] = v;
+        }
+    }
+    let mut out = vec![0f32; layer.out_features * t];
+    out.par_chunks_mut(ROWS_PER_TASK * t)
+        .enumerate()
+        .for_each(|(ci, chunk)| forward_task(layer, &xu, t, ci * ROWS_PER_TASK, chunk));
+    from_feature_major(&out, t, layer.out_features)
+}
+
+/// Rows `o0..` into `chunk` (`[o][t]`) with the best backend of this CPU.
+fn forward_task(layer: &AqlmLayer, xu: &[[f32; L]], t: usize, o0: usize, chunk: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(s) = Avx512::detect() {
+            // SAFETY: `s` exists, so the CPU has AVX-512F/VL, AVX2 and FMA.
+            return unsafe { forward_avx512(s, layer, xu, t, o0, chunk) };
+        }
+        if let Some(s) = Avx2::detect() {
+            // SAFETY: `s` exists, so the CPU has AVX2 and FMA.
+            return unsafe { forward_avx2(s, layer, xu, t, o0, chunk) };
+        }
+    }
+    forward_m(Portable, TOKENS_AVX2, layer, xu, t, o0, chunk);
+}
+
+/// [`forward_task`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn forward_avx512(
+    s: Avx512,
+    layer: &AqlmLayer,
+    xu: &[[f32; L]],
+    t: usize,
+    o0: usize,
+    chunk: &mut [f32],
+) {
+    forward_m(s, TOKENS_AVX512, layer, xu, t, o0, chunk);
+}
+
+/// [`forward_task`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn forward_avx2(
+    s: Avx2,
+    layer: &AqlmLayer,
+    xu: &[[f32; L]],
+    t: usize,
+    o0: usize,
+    chunk: &mut [f32],
+) {
+    forward_m(s, TOKENS_AVX2, layer, xu, t, o0, chunk);
+}
+
+/// [`forward_rows`] with `M` unrolled for 1, 2 and 4 codebooks.
+#[inline(always)]
+fn forward_m<S: Lanes16>(
+    s: S,
+    tb_max: usize,
+    layer: &AqlmLayer,
+    xu: &[[f32; L]],
+    t: usize,
+    o0: usize,
+    chunk: &mut [f32],
+) {
+    match layer.scheme.num_codebooks {
+        1 => forward_rows(s, tb_max, &ByRow::<1>::new(layer), layer, xu, t, o0, chunk),
+        2 => forward_rows(s, tb_max, &ByRow::<2>::new(layer), layer, xu, t, o0, chunk),
+        4 => forward_rows(s, tb_max, &ByRow::<4>::new(layer), layer, xu, t, o0, chunk),
+        _ => forward_rows(s, tb_max, &ByRow::<0>::new(layer), layer, xu, t, o0, chunk),
+    }
+}
+
+/// The forward loop nest: blocks of units whose `x` fits L1, then rows, then blocks of tokens
+/// held in registers; the lanes of every (row, token) carry over between unit blocks in memory,
+/// which keeps the order of each lane's sum.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_rows<S: Lanes16>(
+    s: S,
+    tb_max: usize,
+    tiles: &impl Units,
+    layer: &AqlmLayer,
+    xu: &[[f32; L]],
+    t: usize,
+    o0: usize,
+    chunk: &mut [f32],
+) {
+    let units = layer.in_groups().div_ceil(2);
+    let rows = chunk.len() / t;
+    let per_block = (X_BLOCK_BYTES / (t * L * 4)).max(1);
+    let mut lanes = vec![[0f32; L]; rows * t];
+    for u0 in (0..units).step_by(per_block) {
+        let u1 = (u0 + per_block).min(units);
+        for (r, lr) in lanes.chunks_exact_mut(t).enumerate() {
+            let o = o0 + r;
+            let mut t0 = 0;
+            while t0 < t {
+                let n = token_block(t - t0, tb_max);
+                let acc = &mut lr[t0..t0 + n];
+                let f = FmaRows {
+                    s,
+                    tiles,
+                    o,
+                    u0,
+                    u1,
+                    xu,
+                    t,
+                    t0,
+                };
+                match n {
+                    16 => f.run::<16>(acc),
+                    8 => f.run::<8>(acc),
+                    4 => f.run::<4>(acc),
+                    2 => f.run::<2>(acc),
+                    _ => f.run::<1>(acc),
+                }
+                t0 += n;
+            }
+        }
+    }
+    for (r, (dst, lr)) in chunk
+        .chunks_exact_mut(t)
+        .zip(lanes.chunks_exact(t))
+        .enumerate()
+    {
+        let sc = layer.scales[o0 + r];
+        for (d, l) in dst.iter_mut().zip(lr) {
+            *d = sum16(l) * sc;
+        }
+    }
+}
+
+/// The largest of 16, 8, 4, 2, 1 that is at most `left` and `max`.
+fn token_block(left: usize, max: usize) -> usize {
+    [16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&n| n <= left && n <= max)
+        .unwrap_or(1)
+}
+
+/// One register block of the forward: row `o`, units `u0..u1`, tokens `t0..` of `xu`
+/// (`[unit][token]`, `t` tokens).
+struct FmaRows<'a, S, U> {
+    s: S,
+    tiles: &'a U,
+    o: usize,
+    u0: usize,
+    u1: usize,
+    xu: &'a [[f32; L]],
+    t: usize,
+    t0: usize,
+}
+
+impl<S: Lanes16, U: Units> FmaRows<'_, S, U> {
+    /// `acc[tt][l] = fma(tile(o, u)[l], xu[u][t0 + tt][l], acc[tt][l])` for `u` in `u0..u1` ascending,
+    /// the `T` accumulators in registers.
+    #[inline(always)]
+    fn run<const T: usize>(&self, acc: &mut [[f32; L]]) {
+        let s = self.s;
+        let mut a = [s.load(&acc[0]); T];
+        unroll!(T, |tt| a[tt] = s.load(&acc[tt]));
+        for u in self.u0..self.u1 {
+            let w = self.tiles.tile(s, self.o, u);
+            let x = &self.xu[u * self.t + self.t0..][..T];
+            unroll!(T, |tt| a[tt] = s.fma(w, s.load(&x[tt]), a[tt]));
+        }
+        unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));
+    }
+}
+
+/// `dy·W`.
+pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
+    let t = dy.nrows();
+    let sdy = feature_major_scaled(dy, &layer.scales, 1);
+    let units = layer.in_groups().div_ceil(2);
+    // Lanes `[unit][t]`, cut to `in_features` at the end.
+    let mut out = vec![[0f32; L]; units * t];
+    out.par_chunks_mut(UNITS_PER_TASK * t)
+        .enumerate()
+        .for_each(|(ci, chunk)| backward_task(layer, &sdy, t, ci * UNITS_PER_TASK, chunk));
+    Mat::from_fn(t, layer.in_features, |tt, i| out[(i / L) * t + tt][i % L])
+}
+
+/// Units `u0..` of the input gradient into `chunk` (`[u][t]`) with the best backend of this CPU.
+fn backward_task(layer: &AqlmLayer, sdy: &[f32], t: usize, u0: usize, chunk: &mut [[f32; L]]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(s) = Avx512::detect() {
+            // SAFETY: `s` exists, so the CPU has AVX-512F/VL, AVX2 and FMA.
+            return unsafe { backward_avx512(s, layer, sdy, t, u0, chunk) };
+        }
+        if let Some(s) = Avx2::detect() {
+            // SAFETY: `s` exists, so the CPU has AVX2 and FMA.
+            return unsafe { backward_avx2(s, layer, sdy, t, u0, chunk) };
+        }
+    }
+    backward_m(Portable, TOKENS_AVX2, layer, sdy, t, u0, chunk);
+}
+
+/// [`backward_task`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+fn backward_avx512(
+    s: Avx512,
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    t: usize,
+    u0: usize,
+    chunk: &mut [[f32; L]],
+) {
+    backward_m(s, TOKENS_AVX512, layer, sdy, t, u0, chunk);
+}
+
+/// [`backward_task`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn backward_avx2(
+    s: Avx2,
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    t: usize,
+    u0: usize,
+    chunk: &mut [[f32; L]],
+) {
+    backward_m(s, TOKENS_AVX2, layer, sdy, t, u0, chunk);
+}
+
+/// [`backward_units`] with `M` unrolled for 1, 2 and 4 codebooks.
+#[inline(always)]
+fn backward_m<S: Lanes16>(
+    s: S,
+    tb_max: usize,
+    layer: &AqlmLayer,
+    sdy: &[f32],
+    t: usize,
+    u0: usize,
+    chunk: &mut [[f32; L]],
+) {
+    let n_og = layer.out_groups();
+    match layer.scheme.num_codebooks {
+        1 => backward_units(
+            s,
+            tb_max,
+            &ByInput::<1>::new(layer),
+            n_og,
+            sdy,
+            t,
+            u0,
+            chunk,
+        ),
+        2 => backward_units(
+            s,
+            tb_max,
+            &ByInput::<2>::new(layer),
+            n_og,
+            sdy,
+            t,
+            u0,
+            chunk,
+        ),
+        4 => backward_units(
+            s,
+            tb_max,
+            &ByInput::<4>::new(layer),
+            n_og,
+            sdy,
+            t,
+            u0,
+            chunk,
+        ),
+        _ => backward_units(
+            s,
+            tb_max,
+            &ByInput::<0>::new(layer),
+            n_og,
+            sdy,
+            t,
+            u0,
+            chunk,
+        ),
+    }
+}
+
+/// The input-gradient loop nest: per unit, blocks of tokens held in registers, rows ascending.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_units<S: Lanes16>(
+    s: S,
+    tb_max: usize,
+    tiles: &impl Units,
+    n_og: usize,
+    sdy: &[f32],
+    t: usize,
+    u0: usize,
+    chunk: &mut [[f32; L]],
+) {
+    // One block of tokens: decode in registers. Several: decode a block of rows once into `buf`
+    // (L1) and run every block of tokens over it; the same operations in the same order.
+    let rows_per_pass = if t <= tb_max { n_og } else { ROWS_PER_DECODE };
+    let mut buf = vec![[0f32; L]; if t <= tb_max { 0 } else { ROWS_PER_DECODE }];
+    for (du, dst) in chunk.chunks_exact_mut(t).enumerate() {
+        let u = u0 + du;
+        for o0 in (0..n_og).step_by(rows_per_pass) {
+            let o1 = (o0 + rows_per_pass).min(n_og);
+            if t <= tb_max {
+                axpy_blocks(s, tb_max, tiles, u, o0, o1, sdy, t, dst);
+            } else {
+                for (o, b) in (o0..o1).zip(buf.iter_mut()) {
+                    s.store(tiles.tile(s, o, u), b);
+                }
+                let decoded = Decoded { buf: &buf, o0 };
+                axpy_blocks(s, tb_max, &decoded, u, o0, o1, sdy, t, dst);
+            }
+        }
+    }
+}
+
+/// Blocks of tokens of `dst` (unit `u`'s lanes, `[t]`), each through [`AxpyRows`] over rows
+/// `o0..o1`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn axpy_blocks<S: Lanes16>(
+    s: S,
+    tb_max: usize,
+    tiles: &impl Units,
+    u: usize,
+    o0: usize,
+    o1: usize,
+    sdy: &[f32],
+    t: usize,
+    dst: &mut [[f32; L]],
+) {
+    let mut t0 = 0;
+    while t0 < t {
+        let n = token_block(t - t0, tb_max);
+        let acc = &mut dst[t0..t0 + n];
+        let f = AxpyRows {
+            s,
+            tiles,
+            u,
+            o0,
+            o1,
+            sdy,
+            t,
+            t0,
+        };
+        match n {
+            16 => f.run::<16>(acc),
+            8 => f.run::<8>(acc),
+            4 => f.run::<4>(acc),
+            2 => f.run::<2>(acc),
+            _ => f.run::<1>(acc),
+        }
+        t0 += n;
+    }
+}
+
+/// Units already decoded into `buf` (`buf[o − o0]`), for any `u`.
+struct Decoded<'a> {
+    buf: &'a [[f32; L]],
+    o0: usize,
+}
+
+impl Units for Decoded<'_> {
+    #[inline(always)]
+    fn tile<S: Lanes16>(&self, s: S, o: usize, _u: usize) -> S::V {
+        s.load(&self.buf[o - self.o0])
+    }
+}
+
+/// One register block of the input gradient: unit `u`, rows `o0..o1`, tokens `t0..` of the scaled
+/// `dy` (`[o][t]`).
+struct AxpyRows<'a, S, U> {
+    s: S,
+    tiles: &'a U,
+    u: usize,
+    o0: usize,
+    o1: usize,
+    sdy: &'a [f32],
+    t: usize,
+    t0: usize,
+}
+
+impl<S: Lanes16, U: Units> AxpyRows<'_, S, U> {
+    /// `acc[tt][l] = fma(tile(o, u)[l], sdy[o][t0 + tt], acc[tt][l])` for `o` in `o0..o1`
+    /// ascending, the `T` accumulators in registers.
+    #[inline(always)]
+    fn run<const T: usize>(&self, acc: &mut [[f32; L]]) {
+        let s = self.s;
+        let mut a = [s.load(&acc[0]); T];
+        unroll!(T, |tt| a[tt] = s.load(&acc[tt]));
+        for o in self.o0..self.o1 {
+            let w = self.tiles.tile(s, o, self.u);
+            let d = &self.sdy[o * self.t + self.t0..][..T];
+            unroll!(T, |tt| a[tt] = s.fma(w, s.splat(d[tt]), a[tt]));
+        }
+        unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));
+    }
+}
