@@ -605,3 +605,65 @@ impl<S: Lanes16, U: Units> AxpyRows<'_, S, U> {
         unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use faer::Mat;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::kernels::tests::random_layer;
+
+    /// The backend this CPU runs gives the portable backend's bits (fused multiply-adds in both),
+    /// for odd input groups (a half last unit), every token-block size and `M = 1, 2, 3, 4`.
+    #[test]
+    fn every_backend_gives_the_portable_bits() {
+        let mut rng = StdRng::seed_from_u64(21);
+        for m in [1, 2, 3, 4] {
+            let layer = random_layer(&mut rng, m, 8, 8, 1, 7, 70, false);
+            let units = layer.in_groups().div_ceil(2);
+            for t in [1usize, 3, 16, 23, 40] {
+                let x = Mat::from_fn(t, layer.in_features, |_, _| rng.random_range(-1.0f32..1.0));
+                let dy = Mat::from_fn(t, layer.out_features, |_, _| rng.random_range(-1.0f32..1.0));
+                let y = forward(&layer, x.as_ref());
+                let dx = backward(&layer, dy.as_ref());
+                // The portable backend on the same layouts, one task for everything.
+                let mut xu = vec![[0f32; L]; units * t];
+                for tt in 0..t {
+                    for i in 0..layer.in_features {
+                        xu[(i / L) * t + tt][i % L] = x[(tt, i)];
+                    }
+                }
+                let mut out = vec![0f32; layer.out_features * t];
+                for (ci, chunk) in out.chunks_mut(ROWS_PER_TASK * t).enumerate() {
+                    forward_m(
+                        Portable,
+                        TOKENS_AVX2,
+                        &layer,
+                        &xu,
+                        t,
+                        ci * ROWS_PER_TASK,
+                        chunk,
+                    );
+                }
+                let sdy = feature_major_scaled(dy.as_ref(), &layer.scales, 1);
+                let mut lanes = vec![[0f32; L]; units * t];
+                backward_m(Portable, TOKENS_AVX2, &layer, &sdy, t, 0, &mut lanes);
+                for tt in 0..t {
+                    for o in 0..layer.out_features {
+                        assert_eq!(
+                            y[(tt, o)].to_bits(),
+                            out[o * t + tt].to_bits(),
+                            "M {m} t {t}"
+                        );
+                    }
+                    for i in 0..layer.in_features {
+                        let want = lanes[(i / L) * t + tt][i % L];
+                        assert_eq!(dx[(tt, i)].to_bits(), want.to_bits(), "M {m} t {t}");
+                    }
+                }
+            }
+        }
+    }
+}
