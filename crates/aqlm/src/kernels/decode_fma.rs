@@ -30,8 +30,8 @@ const L: usize = 16;
 const ROWS_PER_TASK: usize = 64;
 /// Units of sixteen inputs per input-gradient task.
 const UNITS_PER_TASK: usize = 4;
-/// Rows decoded at once by the input gradient when it runs several blocks of tokens (8 KiB).
-const ROWS_PER_DECODE: usize = 128;
+/// Rows decoded at once by the input gradient when it runs several blocks of tokens (4 KiB).
+const ROWS_PER_DECODE: usize = 64;
 /// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1).
 const X_BLOCK_BYTES: usize = 32 << 10;
 
