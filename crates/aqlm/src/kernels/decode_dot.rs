@@ -102,8 +102,9 @@ fn forward_task(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut 
 }
 }
 
-/// The `og = 1`, `ig = 8` case of [`forward_task`] for any `M` and token count: fixed-size
-/// lanes; same arithmetic, same order.
+/// The `og = 1`, `ig = 8` case of [`forward_task`] for any `M` and token count (reached for one
+/// token with `M` other than 1, 2 and 4; several tokens go to [`decode_fma`](super::decode_fma)):
+/// fixed-size lanes; same arithmetic, same order.
 #[inline(always)]
 fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f32]) {
     let n_ig = layer.in_groups();

@@ -1,5 +1,6 @@
-//! Decode-and-multiply-add for several tokens, `og = 1`, `ig = 8`: the many-token path of
-//! [`Kernel::DecodeDot`](super::Kernel::DecodeDot).
+//! Decode-and-multiply-add for a few tokens, `og = 1`, `ig = 8`: the several-token path of
+//! [`Kernel::DecodeDot`](super::Kernel::DecodeDot) (chosen from 2 to 16 tokens for the forward
+//! and below 33 for the input gradient; decode-then-GEMM wins above).
 //!
 //! The weights are decoded sixteen at a time (two input groups: `Σ_m cb_m[c]` per group, codebooks
 //! ascending) straight into registers and multiply-added into the inputs of a block of tokens;
@@ -52,6 +53,31 @@ macro_rules! unroll {
     };
 }
 
+/// `$body` with the constant `$M` set to the codebook count `$m` for 1, 2 and 4 codebooks (the
+/// loops over codebooks unrolled), and to 0 (read at run time) otherwise.
+macro_rules! by_codebooks {
+    ($m:expr, $M:ident => $body:expr) => {
+        match $m {
+            1 => {
+                const $M: usize = 1;
+                $body
+            }
+            2 => {
+                const $M: usize = 2;
+                $body
+            }
+            4 => {
+                const $M: usize = 4;
+                $body
+            }
+            _ => {
+                const $M: usize = 0;
+                $body
+            }
+        }
+    };
+}
+
 /// `Σ16(v)`: the halves added pairwise (`v[l] + v[l + 8]`, then `+ 4`, `+ 2`, `+ 1`).
 fn sum16(v: &[f32; L]) -> f32 {
     let a: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
@@ -63,8 +89,8 @@ fn sum16(v: &[f32; L]) -> f32 {
 /// Where the codes of unit `u` of row `o` are, and its decoder.
 trait Units {
     /// The decoded unit `u` of row `o`: `Σ_m cb_m[c]` per group (codebooks ascending, starting
-    /// from the first entry: `0 + e = e`, so each group is [`AqlmLayer::group_sum_fixed`]'s value),
-    /// the second group zero past the last one.
+    /// from the first entry: [`AqlmLayer::group_sum_fixed`]'s value up to the sign of a zero,
+    /// which no sum below can tell), the second group zero past the last one.
     fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V;
 }
 
@@ -270,12 +296,9 @@ fn forward_m<S: Lanes16>(
     o0: usize,
     chunk: &mut [f32],
 ) {
-    match layer.scheme.num_codebooks {
-        1 => forward_rows(s, tb_max, &ByRow::<1>::new(layer), layer, xu, t, o0, chunk),
-        2 => forward_rows(s, tb_max, &ByRow::<2>::new(layer), layer, xu, t, o0, chunk),
-        4 => forward_rows(s, tb_max, &ByRow::<4>::new(layer), layer, xu, t, o0, chunk),
-        _ => forward_rows(s, tb_max, &ByRow::<0>::new(layer), layer, xu, t, o0, chunk),
-    }
+    by_codebooks!(layer.scheme.num_codebooks, M => {
+        forward_rows(s, tb_max, &ByRow::<M>::new(layer), layer, xu, t, o0, chunk)
+    })
 }
 
 /// The forward loop nest: blocks of units whose `x` fits L1, then rows, then blocks of tokens
@@ -445,48 +468,10 @@ fn backward_m<S: Lanes16>(
     chunk: &mut [[f32; L]],
 ) {
     let n_og = layer.out_groups();
-    match layer.scheme.num_codebooks {
-        1 => backward_units(
-            s,
-            tb_max,
-            &ByInput::<1>::new(layer),
-            n_og,
-            sdy,
-            t,
-            u0,
-            chunk,
-        ),
-        2 => backward_units(
-            s,
-            tb_max,
-            &ByInput::<2>::new(layer),
-            n_og,
-            sdy,
-            t,
-            u0,
-            chunk,
-        ),
-        4 => backward_units(
-            s,
-            tb_max,
-            &ByInput::<4>::new(layer),
-            n_og,
-            sdy,
-            t,
-            u0,
-            chunk,
-        ),
-        _ => backward_units(
-            s,
-            tb_max,
-            &ByInput::<0>::new(layer),
-            n_og,
-            sdy,
-            t,
-            u0,
-            chunk,
-        ),
-    }
+    by_codebooks!(layer.scheme.num_codebooks, M => {
+        let tiles = ByInput::<M>::new(layer);
+        backward_units(s, tb_max, &tiles, n_og, sdy, t, u0, chunk)
+    })
 }
 
 /// The input-gradient loop nest: per unit, blocks of tokens held in registers, rows ascending.
