@@ -323,30 +323,16 @@ fn forward_rows<S: Lanes16>(
     for u0 in (0..units).step_by(per_block) {
         let u1 = (u0 + per_block).min(units);
         for (r, lr) in lanes.chunks_exact_mut(t).enumerate() {
-            let o = o0 + r;
-            let mut t0 = 0;
-            while t0 < t {
-                let n = token_block(t - t0, tb_max);
-                let acc = &mut lr[t0..t0 + n];
-                let f = FmaRows {
-                    s,
-                    tiles,
-                    o,
-                    u0,
-                    u1,
-                    xu,
-                    t,
-                    t0,
-                };
-                match n {
-                    16 => f.run::<16>(acc),
-                    8 => f.run::<8>(acc),
-                    4 => f.run::<4>(acc),
-                    2 => f.run::<2>(acc),
-                    _ => f.run::<1>(acc),
-                }
-                t0 += n;
-            }
+            let f = FmaRows {
+                s,
+                tiles,
+                o: o0 + r,
+                u0,
+                u1,
+                xu,
+                t,
+            };
+            by_token_blocks(t, tb_max, lr, &f);
         }
     }
     for (r, (dst, lr)) in chunk
@@ -369,8 +355,33 @@ fn token_block(left: usize, max: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// One register block of the forward: row `o`, units `u0..u1`, tokens `t0..` of `xu`
-/// (`[unit][token]`, `t` tokens).
+/// A register block over the `T` tokens from `t0` on, whose accumulators are `acc[..T]`.
+trait TokenBlock {
+    /// Loads `acc`, runs the block, stores `acc`.
+    fn run<const T: usize>(&self, t0: usize, acc: &mut [[f32; L]]);
+}
+
+/// `f` over the lanes `dst` (`[t]`, of one row or one unit) by blocks of 16, 8, 4, 2 or 1
+/// tokens, at most `tb_max`.
+#[inline(always)]
+fn by_token_blocks(t: usize, tb_max: usize, dst: &mut [[f32; L]], f: &impl TokenBlock) {
+    let mut t0 = 0;
+    while t0 < t {
+        let n = token_block(t - t0, tb_max);
+        let acc = &mut dst[t0..t0 + n];
+        match n {
+            16 => f.run::<16>(t0, acc),
+            8 => f.run::<8>(t0, acc),
+            4 => f.run::<4>(t0, acc),
+            2 => f.run::<2>(t0, acc),
+            _ => f.run::<1>(t0, acc),
+        }
+        t0 += n;
+    }
+}
+
+/// The register blocks of the forward: row `o`, units `u0..u1` of `xu` (`[unit][token]`, `t`
+/// tokens).
 struct FmaRows<'a, S, U> {
     s: S,
     tiles: &'a U,
@@ -379,20 +390,19 @@ struct FmaRows<'a, S, U> {
     u1: usize,
     xu: &'a [[f32; L]],
     t: usize,
-    t0: usize,
 }
 
-impl<S: Lanes16, U: Units> FmaRows<'_, S, U> {
+impl<S: Lanes16, U: Units> TokenBlock for FmaRows<'_, S, U> {
     /// `acc[tt][l] = fma(tile(o, u)[l], xu[u][t0 + tt][l], acc[tt][l])` for `u` in `u0..u1` ascending,
     /// the `T` accumulators in registers.
     #[inline(always)]
-    fn run<const T: usize>(&self, acc: &mut [[f32; L]]) {
+    fn run<const T: usize>(&self, t0: usize, acc: &mut [[f32; L]]) {
         let s = self.s;
         let mut a = [s.load(&acc[0]); T];
         unroll!(T, |tt| a[tt] = s.load(&acc[tt]));
         for u in self.u0..self.u1 {
             let w = self.tiles.tile(s, self.o, u);
-            let x = &self.xu[u * self.t + self.t0..][..T];
+            let x = &self.xu[u * self.t + t0..][..T];
             unroll!(T, |tt| a[tt] = s.fma(w, s.load(&x[tt]), a[tt]));
         }
         unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));
@@ -496,55 +506,32 @@ fn backward_units<S: Lanes16>(
         for o0 in (0..n_og).step_by(rows_per_pass) {
             let o1 = (o0 + rows_per_pass).min(n_og);
             if t <= tb_max {
-                axpy_blocks(s, tb_max, tiles, u, o0, o1, sdy, t, dst);
+                let f = AxpyRows {
+                    s,
+                    tiles,
+                    u,
+                    o0,
+                    o1,
+                    sdy,
+                    t,
+                };
+                by_token_blocks(t, tb_max, dst, &f);
             } else {
                 for (o, b) in (o0..o1).zip(buf.iter_mut()) {
                     s.store(tiles.tile(s, o, u), b);
                 }
-                let decoded = Decoded { buf: &buf, o0 };
-                axpy_blocks(s, tb_max, &decoded, u, o0, o1, sdy, t, dst);
+                let f = AxpyRows {
+                    s,
+                    tiles: &Decoded { buf: &buf, o0 },
+                    u,
+                    o0,
+                    o1,
+                    sdy,
+                    t,
+                };
+                by_token_blocks(t, tb_max, dst, &f);
             }
         }
-    }
-}
-
-/// Blocks of tokens of `dst` (unit `u`'s lanes, `[t]`), each through [`AxpyRows`] over rows
-/// `o0..o1`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn axpy_blocks<S: Lanes16>(
-    s: S,
-    tb_max: usize,
-    tiles: &impl Units,
-    u: usize,
-    o0: usize,
-    o1: usize,
-    sdy: &[f32],
-    t: usize,
-    dst: &mut [[f32; L]],
-) {
-    let mut t0 = 0;
-    while t0 < t {
-        let n = token_block(t - t0, tb_max);
-        let acc = &mut dst[t0..t0 + n];
-        let f = AxpyRows {
-            s,
-            tiles,
-            u,
-            o0,
-            o1,
-            sdy,
-            t,
-            t0,
-        };
-        match n {
-            16 => f.run::<16>(acc),
-            8 => f.run::<8>(acc),
-            4 => f.run::<4>(acc),
-            2 => f.run::<2>(acc),
-            _ => f.run::<1>(acc),
-        }
-        t0 += n;
     }
 }
 
@@ -561,8 +548,8 @@ impl Units for Decoded<'_> {
     }
 }
 
-/// One register block of the input gradient: unit `u`, rows `o0..o1`, tokens `t0..` of the scaled
-/// `dy` (`[o][t]`).
+/// The register blocks of the input gradient: unit `u`, rows `o0..o1` of the scaled `dy`
+/// (`[o][t]`).
 struct AxpyRows<'a, S, U> {
     s: S,
     tiles: &'a U,
@@ -571,20 +558,19 @@ struct AxpyRows<'a, S, U> {
     o1: usize,
     sdy: &'a [f32],
     t: usize,
-    t0: usize,
 }
 
-impl<S: Lanes16, U: Units> AxpyRows<'_, S, U> {
+impl<S: Lanes16, U: Units> TokenBlock for AxpyRows<'_, S, U> {
     /// `acc[tt][l] = fma(tile(o, u)[l], sdy[o][t0 + tt], acc[tt][l])` for `o` in `o0..o1`
     /// ascending, the `T` accumulators in registers.
     #[inline(always)]
-    fn run<const T: usize>(&self, acc: &mut [[f32; L]]) {
+    fn run<const T: usize>(&self, t0: usize, acc: &mut [[f32; L]]) {
         let s = self.s;
         let mut a = [s.load(&acc[0]); T];
         unroll!(T, |tt| a[tt] = s.load(&acc[tt]));
         for o in self.o0..self.o1 {
             let w = self.tiles.tile(s, o, self.u);
-            let d = &self.sdy[o * self.t + self.t0..][..T];
+            let d = &self.sdy[o * self.t + t0..][..T];
             unroll!(T, |tt| a[tt] = s.fma(w, s.splat(d[tt]), a[tt]));
         }
         unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));

@@ -89,6 +89,25 @@ mod x86 {
 
     use super::{Isa, Lanes16, Level};
 
+    /// The eight-lane half of both x86 backends: one 256-bit register (AVX, which both have).
+    macro_rules! half_avx {
+        () => {
+            type H = __m256;
+            #[inline(always)]
+            fn load_h(self, a: &[f32; 8]) -> __m256 {
+                unsafe { _mm256_loadu_ps(a.as_ptr()) }
+            }
+            #[inline(always)]
+            fn add_h(self, a: __m256, b: __m256) -> __m256 {
+                unsafe { _mm256_add_ps(a, b) }
+            }
+            #[inline(always)]
+            fn zero_h(self) -> __m256 {
+                unsafe { _mm256_setzero_ps() }
+            }
+        };
+    }
+
     /// The AVX2 + FMA backend: two 256-bit registers. Only [`Avx2::detect`] makes one.
     #[derive(Clone, Copy)]
     pub(crate) struct Avx2(());
@@ -104,19 +123,7 @@ mod x86 {
     // (`Avx2::detect`); the loads and stores go through references to arrays of the right size.
     impl Lanes16 for Avx2 {
         type V = (__m256, __m256);
-        type H = __m256;
-        #[inline(always)]
-        fn load_h(self, a: &[f32; 8]) -> __m256 {
-            unsafe { _mm256_loadu_ps(a.as_ptr()) }
-        }
-        #[inline(always)]
-        fn add_h(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn zero_h(self) -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
+        half_avx!();
         #[inline(always)]
         fn join(self, lo: __m256, hi: __m256) -> (__m256, __m256) {
             (lo, hi)
@@ -168,19 +175,7 @@ mod x86 {
     // the right size.
     impl Lanes16 for Avx512 {
         type V = __m512;
-        type H = __m256;
-        #[inline(always)]
-        fn load_h(self, a: &[f32; 8]) -> __m256 {
-            unsafe { _mm256_loadu_ps(a.as_ptr()) }
-        }
-        #[inline(always)]
-        fn add_h(self, a: __m256, b: __m256) -> __m256 {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        fn zero_h(self) -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
+        half_avx!();
         #[inline(always)]
         fn join(self, lo: __m256, hi: __m256) -> __m512 {
             unsafe {
