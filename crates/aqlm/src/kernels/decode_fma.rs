@@ -587,12 +587,13 @@ mod tests {
     use crate::kernels::tests::random_layer;
 
     /// The backend this CPU runs gives the portable backend's bits (fused multiply-adds in both),
-    /// for odd input groups (a half last unit), every token-block size and `M = 1, 2, 3, 4`.
+    /// for odd input groups (a half last unit), every token-block size, `M = 1, 2, 3, 4` and
+    /// codebooks of 2^4, 2^8 and 2^16 entries.
     #[test]
     fn every_backend_gives_the_portable_bits() {
         let mut rng = StdRng::seed_from_u64(21);
-        for m in [1, 2, 3, 4] {
-            let layer = random_layer(&mut rng, m, 8, 8, 1, 7, 70, false);
+        for (m, nbits) in [(1, 8), (2, 8), (3, 4), (4, 8), (1, 16)] {
+            let layer = random_layer(&mut rng, m, nbits, 8, 1, 7, 70, false);
             let units = layer.in_groups().div_ceil(2);
             for t in [1usize, 3, 16, 23, 40] {
                 let x = Mat::from_fn(t, layer.in_features, |_, _| rng.random_range(-1.0f32..1.0));
