@@ -4,6 +4,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
 
 use crate::error::{OrthoError, Result};
+use crate::kernels::block_gemm::gemm_acc;
+use crate::matrix::zeroed_storage_with;
 use crate::real::Real;
 
 /// Orthogonality error `‖RᵀR − I‖₂` (spectral norm) of one block.
@@ -36,7 +38,7 @@ fn gram_minus_identity<T: Real>(r: MatRef<'_, T>) -> Mat<T> {
 /// `min(‖Q‖_F, ‖Q‖₁, √‖Q²‖₁)`, where `‖·‖₁` is the largest absolute column sum (for skew `Q`,
 /// `‖Q‖₂² = ‖QᵀQ‖₂ = ‖Q²‖₂ ≤ ‖Q²‖₁`), inflated by `1 + 4(b+1)u` (`u` the unit roundoff of `T`)
 /// so that rounding in its evaluation cannot make it smaller than the true norm. Costs one
-/// `b × b` product.
+/// `b × b` product (none for a Cayley–Neumann rotation's blocks, whose tape holds `Q²`).
 ///
 /// ```
 /// use oftq_ortho::{skew_from_packed, skew_norm_bound};
@@ -46,17 +48,22 @@ fn gram_minus_identity<T: Real>(r: MatRef<'_, T>) -> Mat<T> {
 /// ```
 pub fn skew_norm_bound<T: Real>(q: MatRef<'_, T>) -> T {
     let b = q.nrows();
+    let q2 = zeroed_storage_with(b, b, |s, ld| gemm_acc(T::one(), q, q, s, ld));
+    skew_norm_bound_with_square(q, q2.as_ref())
+}
+
+/// [`skew_norm_bound`] given `Q²` (the Cayley–Neumann tape holds it as `A`), without the product.
+/// The tape's `A` is computed by the same kernel from the same `Q`, so the bits are the same.
+pub(crate) fn skew_norm_bound_with_square<T: Real>(q: MatRef<'_, T>, q2: MatRef<'_, T>) -> T {
+    let b = q.nrows();
     let col_sum_max = |m: MatRef<'_, T>| {
         (0..m.ncols())
-            .map(|j| (0..m.nrows()).map(|i| m[(i, j)].abs()).sum::<T>())
+            .map(|j| m.col(j).iter().map(|v| v.abs()).sum::<T>())
             .fold(T::zero(), T::max)
     };
     let fro = q.norm_l2();
     let one = col_sum_max(q);
-    let mut q2 = Mat::<T>::zeros(b, b);
-    matmul(q2.as_mut(), Accum::Replace, q, q, T::one(), Par::Seq);
-    crate::kernels::isa::clear_upper_simd_state();
-    let sq = col_sum_max(q2.as_ref()).sqrt();
+    let sq = col_sum_max(q2).sqrt();
     let best = fro.min(one).min(sq);
     best * (T::one() + T::c(4.0 * (b as f64 + 1.0)) * T::epsilon())
 }

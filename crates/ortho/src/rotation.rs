@@ -13,7 +13,7 @@ use crate::cayley::{
 };
 use crate::diagnostics::{
     DivergencePolicy, check_neumann_convergence, orthogonality_error,
-    orthogonality_error_frobenius, skew_norm_bound,
+    orthogonality_error_frobenius, skew_norm_bound, skew_norm_bound_with_square,
 };
 use crate::error::{OrthoError, Result, shape_err};
 use crate::kernels::gauss_jordan::padded_stride;
@@ -356,9 +356,18 @@ impl<T: Real> BlockRotation<T> {
     pub fn skew_norm_bounds(&self) -> Vec<T> {
         let b = self.spec.block_size();
         match self.spec.parameterization() {
+            // The tape holds `Q` and, past one term, `A = Q²` (see `cayley::neumann`).
             Parameterization::Neumann { .. } => (0..self.tapes.len())
                 .into_par_iter()
-                .map(|i| skew_norm_bound(self.tapes.block(i).subcols(0, b)))
+                .map(|i| {
+                    let tape = self.tapes.block(i);
+                    let q = tape.subcols(0, b);
+                    if tape.ncols() >= 2 * b {
+                        skew_norm_bound_with_square(q, tape.subcols(b, b))
+                    } else {
+                        skew_norm_bound(q)
+                    }
+                })
                 .collect(),
             Parameterization::Exact(_) => self
                 .skew_blocks()
