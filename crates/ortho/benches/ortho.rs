@@ -95,6 +95,18 @@ fn rotate(c: &mut Criterion) {
             (y, gr)
         })
     });
+    // The two halves apart (one and two products per block), to see where the time goes.
+    g.throughput(Throughput::Elements((2 * n * d * b) as u64));
+    g.bench_function("ortho.rotate_fwd.neumann5.n512.d4096.b32", |bench| {
+        bench.iter(|| rot.forward(black_box(x.as_ref())).map(|y| y.nrows()))
+    });
+    g.throughput(Throughput::Elements((2 * 2 * n * d * b) as u64));
+    g.bench_function("ortho.rotate_bwd.neumann5.n512.d4096.b32", |bench| {
+        bench.iter(|| {
+            rot.backward(x.as_ref(), black_box(dy.as_ref()))
+                .map(|g| g.params.nrows())
+        })
+    });
     g.finish();
 }
 
