@@ -3,16 +3,16 @@
 //! Block `j` acts on features `[j·b, (j+1)·b)`: `y_j = x_j · R_j` (row vector times matrix), so
 //! `y = x · R_bd` without ever forming the `d × d` matrix. Work is split over blocks with rayon
 //! (one task per column block, [`par_col_blocks_uninit`]); each block is one sequential product
-//! of the hand-written kernels ([`gemm_uninit`] for `x_j·R_j`, `dy_j·R_jᵀ`; [`gemm_tn_uninit`] for
-//! `x_jᵀ·dy_j` up to [`TN_MAX_BLOCK`], faer's sequential product above), so results do not depend
-//! on the thread count. The kernels write straight into the uninitialised outputs: no zero-fill of
+//! of the hand-written kernels ([`gemm_uninit`] for `x_j·R_j`, `dy_j·R_jᵀ`; for `x_jᵀ·dy_j`
+//! [`gemm_tn_uninit`] up to [`TN_MAX_BLOCK`], above it [`gemm_tn_panel_uninit`] for `f32` with
+//! AVX-512 and faer's sequential product otherwise), so results do not depend on the thread count. The kernels write straight into the uninitialised outputs: no zero-fill of
 //! `y` and `dx` (it cost ~10% of a 512 × 4096 forward + backward).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use crate::block_stack::BlockStack;
-use crate::kernels::block_gemm::{copy_uninit, gemm_tn_uninit, gemm_uninit};
+use crate::kernels::block_gemm::{copy_uninit, gemm_tn_panel_uninit, gemm_tn_uninit, gemm_uninit};
 use crate::matrix::{
     PAR_MIN_ELEMENTS, UninitMat, init_zeroed, map_items_if, par_col_blocks_uninit,
 };
@@ -20,7 +20,8 @@ use crate::real::Real;
 
 /// Largest block size for which `x_jᵀ·dy_j` uses [`gemm_tn_uninit`]; above it faer's packed
 /// product is faster (single core, `x_j` and `dy_j` of 512 rows: 31 vs 15 GFLOP/s at b = 8, 43
-/// vs 36 at 16, par at 32, 61 vs 74 at 64, 65 vs 94 at 128).
+/// vs 36 at 16, par at 32, 61 vs 74 at 64, 65 vs 94 at 128), and the transposed-panel kernel
+/// faster still where it runs.
 const TN_MAX_BLOCK: usize = 16;
 
 /// Which matrix each block multiplies with.
@@ -198,6 +199,8 @@ pub(crate) fn apply_blocks_backward<T: Real>(
             let xj = x.subcols(j * b, b);
             if b <= TN_MAX_BLOCK {
                 gemm_tn_uninit(xj, dyj, drj, ldr);
+            } else if gemm_tn_panel_uninit(xj, dyj, drj, ldr) {
+                // Written by the transposed-panel kernel (AVX-512, f32).
             } else {
                 let drj = init_zeroed(drj);
                 let c = MatMut::from_column_major_slice_with_stride_mut(drj, b, b, ldr);

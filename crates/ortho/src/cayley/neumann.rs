@@ -13,6 +13,7 @@
 use faer::{Mat, MatRef};
 
 use crate::kernels::block_gemm::gemm_acc;
+use crate::kernels::transpose::transpose_into;
 use crate::matrix::zeroed_storage_with;
 use crate::packing::fill_skew;
 
@@ -191,30 +192,35 @@ pub(crate) fn neumann_vjp_transposed<T: Real>(
     let p = coeffs.len().saturating_sub(1);
     let c = |k: usize| T::c(coeff(coeffs, k));
     zeroed_storage_with(b, b, |dqt, ld| {
-        add_scaled(dqt, ld, g.transpose(), c(1));
+        // Fⱼ, Fⱼ₊₁ and D, column stride b, in one allocation; F₀ = Gᵀ materialised, so that every
+        // product below reads its left factor in place (a transposed view would be gathered).
+        let bb = b * b;
+        let mut scratch = vec![T::zero(); 3 * bb];
+        let (mut f, rest) = scratch.split_at_mut(bb);
+        let (mut f_next, d) = rest.split_at_mut(bb);
+        transpose_into(g, f, b);
+        add_scaled(dqt, ld, block(f, b, b), c(1));
         if p < 2 || b == 0 {
             return;
         }
         let m = p / 2;
+        let even = p.is_multiple_of(2);
         let (q, a) = (tape.subcols(0, b), tape.subcols(b, b));
-        // D, then Fⱼ for j ≥ 1 (column stride b), zero until written.
-        let mut d = vec![T::zero(); b * b];
-        let mut f_prev: Option<Vec<T>> = None;
         for j in 0..m {
-            let fj = f_prev.as_deref().map_or(g.transpose(), |f| block(f, b, b));
-            if j + 1 == m && p.is_multiple_of(2) {
-                add_scaled(&mut d, b, fj, c(p));
+            let fj = block(f, b, b);
+            if j + 1 == m && even {
+                add_scaled(d, b, fj, c(p));
             } else {
-                gemm_acc(T::one(), tape.subcols((j + 2) * b, b), fj, &mut d, b);
+                gemm_acc(T::one(), tape.subcols((j + 2) * b, b), fj, d, b);
             }
-            if j + 1 < m || !p.is_multiple_of(2) {
-                let mut next = vec![T::zero(); b * b];
-                gemm_acc(T::one(), fj, a, &mut next, b);
-                add_scaled(dqt, ld, block(&next, b, b), c(2 * j + 3));
-                f_prev = Some(next);
+            if j + 1 < m || !even {
+                f_next.fill(T::zero());
+                gemm_acc(T::one(), fj, a, f_next, b);
+                add_scaled(dqt, ld, block(f_next, b, b), c(2 * j + 3));
+                std::mem::swap(&mut f, &mut f_next);
             }
         }
-        let d = block(&d, b, b);
+        let d = block(d, b, b);
         gemm_acc(T::one(), q, d, dqt, ld);
         gemm_acc(T::one(), d, q, dqt, ld);
     })

@@ -1,6 +1,6 @@
 //! Register-tiled products for block-diagonal rotations: `Y = α·X·B` ([`gemm_uninit`],
-//! [`gemm_acc`]) and `C = Xᵀ·D` ([`gemm_tn_uninit`]), written into uninitialised memory so the
-//! caller needs no zero-fill.
+//! [`gemm_acc`]) and `C = Xᵀ·D` ([`gemm_tn_uninit`], [`gemm_tn_panel_uninit`]), written into uninitialised
+//! memory so the caller needs no zero-fill.
 //!
 //! Shapes are those of one rotation block: `X` is `m × k` with `m` large (tokens) and
 //! `k = n = b` small; they are general-purpose though (any `m, k, n ≥ 0`, e.g. `32 × 32 × 32`).
@@ -14,6 +14,8 @@
 //!   sums `x_ip·d_iq` over `i ≡ l (mod L)` in ascending `i` (one multiply-add each, the rows past
 //!   the last full group of `L` padded with zeros), then the lanes are added pairwise:
 //!   `v_l ← v_l + v_{l+L/2}`, then `L/4`, …, `1`; `c_pq = v_0`.
+//! - `C = Xᵀ·D` by [`gemm_tn_panel_uninit`] (`f32` with AVX-512, for blocks of 32 and more):
+//!   `c_pq` is one fused multiply-add per row in ascending `i` from `0` (see [`tn_panel`]).
 
 use std::mem::MaybeUninit;
 
@@ -21,6 +23,10 @@ use faer::MatRef;
 
 use super::{Isa, Level, madd, prefetch};
 use crate::real::Real;
+
+mod tn_panel;
+
+pub(crate) use tn_panel::gemm_tn_panel_uninit;
 
 /// Lanes of the `Xᵀ·D` partial sums for a scalar of `size` bytes: one AVX-512 register.
 const fn tn_lanes(size: usize) -> usize {
@@ -223,10 +229,28 @@ unsafe fn gemm_avx2<T: Real, const MR: usize, const NR: usize>(args: GemmArgs<T>
     unsafe { gemm_imp::<T, true, MR, NR>(args) }
 }
 
-/// The `X·B` driver: for each row tile of `MR` rows, packs `X`'s rows into a contiguous
-/// zero-padded panel (`panel[p·MR + i] = X[i0 + i, p]`, so the column stride of `X`, often a
-/// multiple of 4 KiB that maps every column to the same cache set, no longer matters), then runs
-/// the `MR × NR` micro-kernel over the column tiles and a `MR × 1` one over the remaining columns.
+/// Largest column stride of `X`, in bytes, at which [`gemm_imp`] reads full row tiles of a
+/// column-major `X` in place instead of packing them: at most 16 cache lines apart, a tile's
+/// columns spread over the L1 sets (a `b × b` block or a tape is 128 bytes per column; 64 tokens
+/// of activations 256), while activations of 512 tokens (2 KiB apart) would all fall into a few
+/// sets. Measured on 128 blocks of `32 × 32 · 32 × 32` (building R): packing and its scratch
+/// panel were about a tenth of the product.
+const IN_PLACE_MAX_STRIDE_BYTES: usize = 1024;
+
+/// Where the micro-kernel reads the `MR` rows of `X` of step `p`: `ptr + p·stride` (a packed
+/// panel with `stride = MR`, or `X` itself with `stride` its column stride).
+#[derive(Clone, Copy)]
+struct Rows<T> {
+    ptr: *const T,
+    stride: usize,
+}
+
+/// The `X·B` driver: for each row tile of `MR` rows, reads `X`'s rows in place when the tile is
+/// full and `X` is column-major with a small column stride ([`IN_PLACE_MAX_STRIDE_BYTES`]), else
+/// packs them into a contiguous zero-padded panel (`panel[p·MR + i] = X[i0 + i, p]`, so the
+/// column stride of `X`, often a multiple of 2 KiB that maps every column to the same cache set,
+/// no longer matters), then runs the `MR × NR` micro-kernel over the column tiles and a `MR × 1`
+/// one over the remaining columns. Either way each element is the same chain of operations.
 ///
 /// The first column tile's micro-kernel also prefetches the next row tile of `X`, column `p` at
 /// step `p`: the columns are usually 4 KiB-multiple strides apart, which no hardware prefetcher
@@ -237,12 +261,28 @@ unsafe fn gemm_avx2<T: Real, const MR: usize, const NR: usize>(args: GemmArgs<T>
 /// As [`gemm_dispatch`], with `m, n ≥ 1`.
 #[inline(always)]
 unsafe fn gemm_imp<T: Real, const FMA: bool, const MR: usize, const NR: usize>(a: GemmArgs<T>) {
-    let mut panel = vec![T::zero(); MR * a.k];
+    let in_place = a.rsx == 1
+        && a.csx >= 0
+        && a.csx.unsigned_abs() * size_of::<T>() <= IN_PLACE_MAX_STRIDE_BYTES;
+    let mut panel = Vec::new();
     let mut i0 = 0;
     while i0 < a.m {
         let mr = MR.min(a.m - i0);
-        // SAFETY: rows `i0 .. i0 + mr < m` and columns `< k` of `X` are in range.
-        unsafe { pack_rows::<T, MR>(&mut panel, a, i0, mr) };
+        let rows = if in_place && mr == MR {
+            Rows {
+                // SAFETY: row `i0 < m` of `X`, in range.
+                ptr: unsafe { a.x.add(i0) },
+                stride: a.csx.unsigned_abs(),
+            }
+        } else {
+            panel.resize(MR * a.k, T::zero());
+            // SAFETY: rows `i0 .. i0 + mr < m` and columns `< k` of `X` are in range.
+            unsafe { pack_rows::<T, MR>(&mut panel, a, i0, mr) };
+            Rows {
+                ptr: panel.as_ptr(),
+                stride: MR,
+            }
+        };
         let mut j0 = 0;
         let next_tile = a.rsx == 1 && i0 + 2 * MR <= a.m;
         while j0 + NR <= a.n {
@@ -251,13 +291,14 @@ unsafe fn gemm_imp<T: Real, const FMA: bool, const MR: usize, const NR: usize>(a
             } else {
                 std::ptr::null()
             };
-            // SAFETY: columns `j0 .. j0 + NR ≤ n` and rows `i0 .. i0 + mr ≤ m` are in range.
-            unsafe { micro::<T, FMA, MR, NR>(&panel, a, i0, mr, j0, pf) };
+            // SAFETY: columns `j0 .. j0 + NR ≤ n` and rows `i0 .. i0 + mr ≤ m` are in range;
+            // `rows` holds `MR` readable elements per step `p < k`.
+            unsafe { micro::<T, FMA, MR, NR>(rows, a, i0, mr, j0, pf) };
             j0 += NR;
         }
         while j0 < a.n {
             // SAFETY: column `j0 < n` is in range.
-            unsafe { micro::<T, FMA, MR, 1>(&panel, a, i0, mr, j0, std::ptr::null()) };
+            unsafe { micro::<T, FMA, MR, 1>(rows, a, i0, mr, j0, std::ptr::null()) };
             j0 += 1;
         }
         i0 += MR;
@@ -295,16 +336,18 @@ unsafe fn pack_rows<T: Real, const MR: usize>(
     }
 }
 
-/// One `MR × NR` tile: `acc[j][i] = Σ_p panel[p·MR + i]·B[p, j0 + j]` (fused, ascending `p`), then
-/// `Y[i0 + i, j0 + j] = α·acc` (or `+=`) for `i < mr`. Unless `pf` is null, step `p` prefetches
-/// the `MR` elements at `pf + p·csx` (a hint only: any address is allowed).
+/// One `MR × NR` tile: `acc[j][i] = Σ_p rows[p][i]·B[p, j0 + j]` (fused, ascending `p`; `rows[p]`
+/// the `MR` elements at `rows.ptr + p·rows.stride`), then `Y[i0 + i, j0 + j] = α·acc` (or `+=`)
+/// for `i < mr`. Unless `pf` is null, step `p` prefetches the `MR` elements at `pf + p·csx` (a
+/// hint only: any address is allowed).
 ///
 /// # Safety
 /// `B` is readable at rows `< k`, columns `j0 .. j0 + NR`; `Y` is writable (readable when
-/// accumulating) at rows `i0 .. i0 + mr`, columns `j0 .. j0 + NR`; `panel.len() = MR·k`.
+/// accumulating) at rows `i0 .. i0 + mr`, columns `j0 .. j0 + NR`; `rows` is readable for `MR`
+/// elements at every step `p < k`.
 #[inline(always)]
 unsafe fn micro<T: Real, const FMA: bool, const MR: usize, const NR: usize>(
-    panel: &[T],
+    rows: Rows<T>,
     a: GemmArgs<T>,
     i0: usize,
     mr: usize,
@@ -314,10 +357,14 @@ unsafe fn micro<T: Real, const FMA: bool, const MR: usize, const NR: usize>(
     let mut acc = [[T::zero(); MR]; NR];
     // SAFETY: column `j0 < n` of `B`.
     let b0 = unsafe { a.b.offset(j0 as isize * a.csb) };
-    let xp = panel.as_ptr();
     for p in 0..a.k {
-        // SAFETY: `panel[p·MR .. (p + 1)·MR]`, in range as `panel.len() = MR·k`.
-        let xv = unsafe { xp.add(p * MR).cast::<[T; MR]>().read_unaligned() };
+        // SAFETY: `MR` readable elements of step `p < k` (the contract).
+        let xv = unsafe {
+            rows.ptr
+                .add(p * rows.stride)
+                .cast::<[T; MR]>()
+                .read_unaligned()
+        };
         // SAFETY: row `p < k` of `B`.
         let brow = unsafe { b0.offset(p as isize * a.rsb) };
         if !pf.is_null() {

@@ -57,6 +57,58 @@ pub(crate) unsafe fn transpose_tile<T: Real>(
     true
 }
 
+/// `dst[j + i·ld] = src[i, j]`: writes `srcᵀ` (`n × m` for an `m × n` `src`) into column-major
+/// storage with column stride `ld ≥ n`, by [`transpose_tile`] where whole 16 × 16 tiles of a
+/// column-major `src` allow it and element by element elsewhere (the same values either way).
+///
+/// # Panics
+/// If `ld < n` (with `m > 1`) or `dst` is shorter than `(m − 1)·ld + n`.
+pub(crate) fn transpose_into<T: Real>(src: faer::MatRef<'_, T>, dst: &mut [T], ld: usize) {
+    let (m, n) = (src.nrows(), src.ncols());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        m <= 1 || ld >= n,
+        "transpose: column stride below the row count"
+    );
+    assert!(
+        dst.len() >= (m - 1) * ld + n,
+        "transpose: storage too short"
+    );
+    let tiles = available::<T>() && src.row_stride() == 1 && src.col_stride() > 0;
+    let (mt, nt) = if tiles {
+        (m / TILE * TILE, n / TILE * TILE)
+    } else {
+        (0, 0)
+    };
+    let lds = src.col_stride().unsigned_abs();
+    for i0 in (0..mt).step_by(TILE) {
+        for j0 in (0..nt).step_by(TILE) {
+            // SAFETY: the tile reads rows `i0 .. i0 + 16 ≤ m` of columns `j0 + r < n` of the
+            // column-major `src` and writes rows `j0 .. j0 + 16 ≤ n` of columns `i0 + c < m` of
+            // `dst`, inside its `(m − 1)·ld + n` elements (asserted).
+            let done = unsafe {
+                transpose_tile(
+                    src.as_ptr().add(i0 + j0 * lds),
+                    lds,
+                    dst.as_mut_ptr().add(j0 + i0 * ld),
+                    ld,
+                    Store::All,
+                )
+            };
+            debug_assert!(done, "checked by `available`");
+        }
+    }
+    // The rest: columns past the tiles of the tiled rows, then whole rows past them.
+    for i in 0..m {
+        let from = if i < mt { nt } else { 0 };
+        for j in from..n {
+            dst[j + i * ld] = src[(i, j)];
+        }
+    }
+}
+
 /// The AVX-512 body of [`transpose_tile`].
 ///
 /// # Safety
@@ -149,5 +201,26 @@ mod tests {
             }
         }
         assert!(!available::<f64>());
+    }
+
+    #[test]
+    fn transpose_into_matches_the_definition() {
+        for (m, n) in [(1, 1), (16, 16), (32, 32), (33, 17), (5, 48), (48, 3)] {
+            let src = faer::Mat::<f32>::from_fn(m, n, |i, j| (i * 100 + j) as f32);
+            for view in [src.as_ref(), src.transpose().transpose()] {
+                let ld = n + 2;
+                let mut dst = vec![-1.0f32; (m - 1) * ld + n];
+                transpose_into(view, &mut dst, ld);
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(dst[j + i * ld], src[(i, j)], "{m}×{n} ({i}, {j})");
+                    }
+                }
+            }
+            let f64src = faer::Mat::<f64>::from_fn(m, n, |i, j| (i * 100 + j) as f64);
+            let mut dst = vec![0.0f64; m * n];
+            transpose_into(f64src.as_ref(), &mut dst, n);
+            assert!((0..m).all(|i| (0..n).all(|j| dst[j + i * n] == f64src[(i, j)])));
+        }
     }
 }
