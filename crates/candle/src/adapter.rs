@@ -133,13 +133,12 @@ impl OftAdapter {
     /// it through oftq-layer's own forward or to merge it.
     ///
     /// # Errors
-    /// Those of [`oftq_layer::OftAdapter::set_weight`] (non-finite values, divergence under an
+    /// Those of [`oftq_layer::OftAdapter::updated`] (non-finite values, divergence under an
     /// `Error` policy).
     pub fn to_layer(&self) -> Result<oftq_layer::OftAdapter> {
-        let mut a = self.template.clone();
-        a.set_weight(self.weight()?)
-            .map_err(candle_core::Error::wrap)?;
-        Ok(a)
+        self.template
+            .updated(self.weight()?)
+            .map_err(candle_core::Error::wrap)
     }
 
     /// The op for one forward: over the `Var` (recorded for backward), or, frozen, over the

@@ -107,7 +107,18 @@ impl OftAdapter {
     ///
     /// # Errors
     /// [`LayerError::Shape`], [`LayerError::Ortho`] (non-finite, divergence under `Error`).
-    pub fn set_weight(&mut self, mut weight: Mat<f32>) -> Result<()> {
+    pub fn set_weight(&mut self, weight: Mat<f32>) -> Result<()> {
+        *self = self.updated(weight)?;
+        Ok(())
+    }
+
+    /// A new adapter with this one's settings and the parameters `weight`, checked, projected
+    /// and built as [`set_weight`](Self::set_weight) does; `self` is untouched. Cheaper than
+    /// cloning and then setting: the old rotation is never copied.
+    ///
+    /// # Errors
+    /// As [`set_weight`](Self::set_weight).
+    pub fn updated(&self, mut weight: Mat<f32>) -> Result<Self> {
         let (rows, cols) = self.spec.param_shape();
         if weight.nrows() != rows || weight.ncols() != cols {
             return Err(shape(
@@ -121,9 +132,15 @@ impl OftAdapter {
         }
         let rotation = BlockRotation::build(&self.spec, weight.as_ref())?;
         rotation.check_convergence(self.divergence)?;
-        self.weight = weight;
-        self.rotation = rotation;
-        Ok(())
+        Ok(Self {
+            spec: self.spec,
+            coft: self.coft,
+            module_dropout: self.module_dropout,
+            divergence: self.divergence,
+            weight,
+            rotation,
+            adjusted: self.adjusted,
+        })
     }
 
     /// The packed parameters `[stored blocks, b(b−1)/2]` (projected if COFT is on).

@@ -31,12 +31,39 @@ impl Loss {
                     ));
                 }
                 let scale = 1.0 / (n * m).max(1) as f64;
-                let mut loss = 0.0f64;
-                let g = Mat::from_fn(n, m, |i, j| {
-                    let d = f64::from(y[(i, j)]) - f64::from(t[(i, j)]);
-                    loss += d * d;
-                    (2.0 * d * scale) as f32
-                });
+                // The squares are summed in eight interleaved partial sums (one chain of 262 144
+                // additions was 1.4% of a 64 × 4096 training step), combined at the end.
+                let mut acc = [0.0f64; 8];
+                let mut g = Mat::<f32>::zeros(n, m);
+                for j in 0..m {
+                    let (yc, tc) = (y.col(j).try_as_col_major(), t.col(j).try_as_col_major());
+                    if let (Some(yc), Some(tc)) = (yc, tc)
+                        && let Some(gc) = g.col_mut(j).try_as_col_major_mut()
+                    {
+                        let (gs, ys, ts) = (gc.as_slice_mut(), yc.as_slice(), tc.as_slice());
+                        let mut term = |k: usize, l: usize| {
+                            let d = f64::from(ys[k]) - f64::from(ts[k]);
+                            acc[l] += d * d;
+                            gs[k] = (2.0 * d * scale) as f32;
+                        };
+                        let full = n / 8 * 8;
+                        for k0 in (0..full).step_by(8) {
+                            for l in 0..8 {
+                                term(k0 + l, l);
+                            }
+                        }
+                        for k in full..n {
+                            term(k, k - full);
+                        }
+                        continue;
+                    }
+                    for i in 0..n {
+                        let d = f64::from(y[(i, j)]) - f64::from(t[(i, j)]);
+                        acc[i % 8] += d * d;
+                        g[(i, j)] = (2.0 * d * scale) as f32;
+                    }
+                }
+                let loss: f64 = acc.iter().sum();
                 Ok((loss * scale, g))
             }
             Self::CrossEntropy(labels) => {
@@ -78,6 +105,15 @@ mod tests {
             .value_and_grad(y.as_ref())
             .unwrap();
         assert!((l - 6.25 / 4.0).abs() < 1e-12 && (g[(0, 1)] - 1.0).abs() < 1e-7);
+        // A strided output (a transposed view) gives the gradient of its owned copy.
+        let wide = Mat::<f32>::from_fn(19, 5, |i, j| (i * 5 + j) as f32 * 0.1 - 2.0);
+        let target = Mat::<f32>::from_fn(5, 19, |i, j| (i + 2 * j) as f32 * 0.05);
+        let mse = Loss::Mse(target);
+        let (lv, gv) = mse.value_and_grad(wide.transpose()).unwrap();
+        let (lo, go) = mse
+            .value_and_grad(wide.transpose().to_owned().as_ref())
+            .unwrap();
+        assert!((lv - lo).abs() <= 1e-12 * lo && gv == go);
         let ce = Loss::CrossEntropy(vec![1, 0]);
         let (l, g) = ce.value_and_grad(y.as_ref()).unwrap();
         let h = 1e-3f32;

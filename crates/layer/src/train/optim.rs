@@ -144,11 +144,15 @@ impl AdamW {
         for (key, p) in params {
             let Some(g) = grads.get(key) else { continue };
             let (r, c) = (p.nrows(), p.ncols());
-            let (m0, v0) = self
-                .state
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| (Mat::zeros(r, c), Mat::zeros(r, c)));
+            // The moments are read in place (cloning them was a copy of 16 bytes per parameter).
+            let fresh;
+            let (m0, v0) = match self.state.get(key) {
+                Some((m0, v0)) => (m0.as_ref(), v0.as_ref()),
+                None => {
+                    fresh = Mat::<f64>::zeros(r, c);
+                    (fresh.as_ref(), fresh.as_ref())
+                }
+            };
             let m = Mat::<f64>::from_fn(r, c, |i, j| {
                 b1 * m0[(i, j)] + (1.0 - b1) * f64::from(g[(i, j)])
             });

@@ -130,17 +130,17 @@ impl Trainer {
         // Build every updated adapter before touching the model: all or nothing.
         let mut updated = Vec::with_capacity(new_params.len());
         for (k, p) in new_params {
-            let mut a = self
+            let a = self
                 .model
                 .adapters()
                 .into_iter()
                 .find(|(key, _)| *key == k)
-                .map(|(_, a)| a.clone())
+                .map(|(_, a)| a)
                 .ok_or_else(|| LayerError::Adapter {
                     name: k.to_string(),
                     why: "disappeared during the step".into(),
-                })?;
-            a.set_weight(p)
+                })?
+                .updated(p)
                 .map_err(|e| LayerError::Config(format!("step {step}, adapter {k}: {e}")))?;
             updated.push((k, a));
         }
