@@ -19,6 +19,7 @@
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 
+use super::aligned::AlignedF32;
 #[cfg(target_arch = "x86_64")]
 use super::lanes16::{Avx2, Avx512};
 use super::lanes16::{Lanes16, Portable};
@@ -228,16 +229,19 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     // Unit-major `[unit][token]` (zeros past `in_features`): the tokens of a block of units are
     // contiguous. (Token-major rows put the sixteen token streams a whole row apart, which maps
     // them to the same few L1 sets: 5× slower at 64 tokens.)
-    let mut xu = vec![[0f32; L]; units * t];
+    // On a cache-line boundary: each unit of a token is one 64-byte load.
+    let mut xu_store = AlignedF32::zeroed(units * t * L);
+    let xu = xu_store.as_mut_slice().as_chunks_mut::<L>().0;
     for tt in 0..t {
         for (i, &v) in x.row(tt).iter().enumerate() {
             xu[(i / L) * t + tt][i % L] = v;
         }
     }
+    let xu = &*xu;
     let mut out = vec![0f32; layer.out_features * t];
     out.par_chunks_mut(ROWS_PER_TASK * t)
         .enumerate()
-        .for_each(|(ci, chunk)| forward_task(layer, &xu, t, ci * ROWS_PER_TASK, chunk));
+        .for_each(|(ci, chunk)| forward_task(layer, xu, t, ci * ROWS_PER_TASK, chunk));
     from_feature_major(&out, t, layer.out_features)
 }
 
@@ -319,7 +323,8 @@ fn forward_rows<S: Lanes16>(
     let units = layer.in_groups().div_ceil(2);
     let rows = chunk.len() / t;
     let per_block = (X_BLOCK_BYTES / (t * L * 4)).max(1);
-    let mut lanes = vec![[0f32; L]; rows * t];
+    let mut lanes_store = AlignedF32::zeroed(rows * t * L);
+    let lanes = lanes_store.as_mut_slice().as_chunks_mut::<L>().0;
     for u0 in (0..units).step_by(per_block) {
         let u1 = (u0 + per_block).min(units);
         for (r, lr) in lanes.chunks_exact_mut(t).enumerate() {
@@ -414,8 +419,9 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     let t = dy.nrows();
     let sdy = feature_major_scaled(dy, &layer.scales, 1);
     let units = layer.in_groups().div_ceil(2);
-    // Lanes `[unit][t]`, cut to `in_features` at the end.
-    let mut out = vec![[0f32; L]; units * t];
+    // Lanes `[unit][t]`, cut to `in_features` at the end; on a cache-line boundary.
+    let mut out_store = AlignedF32::zeroed(units * t * L);
+    let out = out_store.as_mut_slice().as_chunks_mut::<L>().0;
     out.par_chunks_mut(UNITS_PER_TASK * t)
         .enumerate()
         .for_each(|(ci, chunk)| backward_task(layer, &sdy, t, ci * UNITS_PER_TASK, chunk));
@@ -500,7 +506,8 @@ fn backward_units<S: Lanes16>(
     // One block of tokens: decode in registers. Several: decode a block of rows once into `buf`
     // (L1) and run every block of tokens over it; the same operations in the same order.
     let rows_per_pass = if t <= tb_max { n_og } else { ROWS_PER_DECODE };
-    let mut buf = vec![[0f32; L]; if t <= tb_max { 0 } else { ROWS_PER_DECODE }];
+    let mut buf_store = AlignedF32::zeroed(if t <= tb_max { 0 } else { ROWS_PER_DECODE * L });
+    let buf = buf_store.as_mut_slice().as_chunks_mut::<L>().0;
     for (du, dst) in chunk.chunks_exact_mut(t).enumerate() {
         let u = u0 + du;
         for o0 in (0..n_og).step_by(rows_per_pass) {
@@ -522,7 +529,7 @@ fn backward_units<S: Lanes16>(
                 }
                 let f = AxpyRows {
                     s,
-                    tiles: &Decoded { buf: &buf, o0 },
+                    tiles: &Decoded { buf, o0 },
                     u,
                     o0,
                     o1,

@@ -14,6 +14,7 @@
 //! - [`Kernel::TiledGemm`] and [`Kernel::Reference`]: the exactly decoded `W` (bit-identical to
 //!   [`AqlmLayer::decode`]) times `x` with faer's sequential GEMM.
 
+mod aligned;
 mod decode_dot;
 mod decode_fma;
 mod lanes16;
