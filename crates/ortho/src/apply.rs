@@ -5,8 +5,9 @@
 //! (one task per column block, [`par_col_blocks_uninit`]); each block is one sequential product
 //! of the hand-written kernels ([`gemm_uninit`] for `x_j·R_j`, `dy_j·R_jᵀ`; for `x_jᵀ·dy_j`
 //! [`gemm_tn_uninit`] up to [`TN_MAX_BLOCK`], above it [`gemm_tn_panel_uninit`] for `f32` with
-//! AVX-512 and faer's sequential product otherwise), so results do not depend on the thread count. The kernels write straight into the uninitialised outputs: no zero-fill of
-//! `y` and `dx` (it cost ~10% of a 512 × 4096 forward + backward).
+//! AVX-512 and faer's sequential product otherwise), so results do not depend on the thread
+//! count. The kernels write straight into the uninitialised outputs: no zero-fill of `y` and `dx`
+//! (it cost ~10% of a 512 × 4096 forward + backward).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
