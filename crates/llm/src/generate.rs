@@ -183,7 +183,7 @@ pub fn generate(
             .reshape((b, t, ()))?
             .narrow(1, t - 1, 1)?
             .squeeze(1)?;
-        let rows = model.head(&last)?.to_vec2::<f32>()?;
+        let rows = model.head_logits(&last)?.to_vec2::<f32>()?;
         let next: Vec<u32> = rows
             .par_iter()
             .zip(rngs.par_iter_mut())

@@ -161,8 +161,33 @@ fn logits_match_a_plain_reference_from_gguf_and_hf() {
     // Q8_0 tensors dequantize to close values.
     let q8 = dir.path().join("q8.gguf");
     tiny::write_gguf(&q8, &c, &w, GgmlDType::Q8_0).unwrap();
-    let err = max_rel(&Llama::load(&q8).unwrap().logits(&ids).unwrap(), &reference);
+    let m = Llama::load(&q8).unwrap();
+    let err = max_rel(&m.logits(&ids).unwrap(), &reference);
     assert!(err > 0.0 && err < 0.05, "{err}");
+    // Its head is recovered as 8-bit codes, without loss: the few-row logits agree with the f32
+    // head's to rounding (sums in another order). An f32 head has no such copy and falls back.
+    assert!(m.head_is_8bit());
+    assert!(!Llama::load(&dir.path().join("hf")).unwrap().head_is_8bit());
+    let h = m
+        .forward_hidden(
+            &Tensor::from_slice(&ids[..4], (1, 4), &Device::Cpu).unwrap(),
+            None,
+            false,
+        )
+        .unwrap();
+    let (fast, f32_head) = (m.head_logits(&h).unwrap(), m.head(&h).unwrap());
+    let scale = f32_head
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&fast, &f32_head).unwrap();
+    assert!(
+        d <= 1e-5 * scale && fast.dims() == f32_head.dims(),
+        "{d} of {scale}"
+    );
 }
 
 #[test]

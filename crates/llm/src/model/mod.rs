@@ -8,13 +8,14 @@
 
 mod attention;
 mod dense;
+mod head_q8;
 pub mod ops;
 mod projection;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use oftq_candle::candle_core::{DType, Device, Tensor};
+use oftq_candle::candle_core::{DType, Device, Storage, Tensor};
 use oftq_candle::candle_nn::VarMap;
 use oftq_candle::layer::OftConfig;
 
@@ -22,6 +23,7 @@ use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{ModelWeights, PROJECTIONS, projection_path};
+use head_q8::Q8Rows;
 
 pub use attention::causal_attention;
 pub use dense::dense_product;
@@ -118,6 +120,17 @@ pub struct Step {
     pub train: bool,
 }
 
+/// The lossless 8-bit copy of a head `[vocab, hidden]`, if its values allow one (`None` for
+/// anything else, a tensor that is not a contiguous `f32` matrix on the CPU included).
+fn recover_q8(w: &Tensor) -> Option<Q8Rows> {
+    let (rows, cols) = w.dims2().ok()?;
+    let (storage, layout) = w.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(c) => Q8Rows::recover(ops::slice(c, layout, "head").ok()?, rows, cols),
+        _ => None,
+    }
+}
+
 /// A Llama-family decoder.
 #[derive(Debug)]
 pub struct Llama {
@@ -126,6 +139,9 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     head: Option<Tensor>,
+    /// The head as 8-bit codes when its values allow it exactly (see [`head_q8`]), made on the
+    /// first call of [`head_logits`](Self::head_logits) (training and evaluation never hold it).
+    head_q8: OnceLock<Option<Q8Rows>>,
     rope: Arc<RopeTables>,
     tokenizer: Tokenizer,
     source: PathBuf,
@@ -195,6 +211,7 @@ impl Llama {
             blocks,
             norm,
             head,
+            head_q8: OnceLock::new(),
             rope,
             tokenizer,
             source,
@@ -404,6 +421,48 @@ impl Llama {
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
         let x = rms_norm(h, &self.norm, self.config.rms_norm_eps)?;
         Ok(dense_product(&x, self.head_weight())?)
+    }
+
+    /// Logits `[rows, vocab]` of the same weights as [`head`](Self::head), without a backward:
+    /// for at most four rows (a generated token of each sequence) by the head's lossless 8-bit
+    /// copy when it has one — the same weight values at a quarter of the memory traffic, which
+    /// bounds this product (see [`head_q8`]); the sums run in another order than `head`'s, so
+    /// results agree to rounding, not bit for bit.
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let rows = h.dim(0)?;
+        match self.head_q8() {
+            Some(q8) if rows <= head_q8::MAX_ROWS => {
+                let x = rms_norm(&h.detach(), &self.norm, self.config.rms_norm_eps)?;
+                let (vocab, hidden) = q8.shape();
+                let xv = x.flatten_all()?.to_vec1::<f32>()?;
+                if xv.len() != rows * hidden {
+                    return Err(LlmError::Invalid(format!(
+                        "head input of {} values for {rows} rows of {hidden}",
+                        xv.len()
+                    )));
+                }
+                let mut y = vec![0f32; rows * vocab];
+                q8.product_t(&mut y, &xv, rows);
+                Ok(Tensor::from_vec(y, (rows, vocab), h.device())?)
+            }
+            _ => self.head(&h.detach()),
+        }
+    }
+
+    /// Whether the head has the lossless 8-bit copy [`head_logits`](Self::head_logits) uses
+    /// (its values are 8-bit integers times one scale per 32, as a GGUF `Q8_0` head's are).
+    pub fn head_is_8bit(&self) -> bool {
+        self.head_q8().is_some()
+    }
+
+    /// The 8-bit copy of the head, made on first use.
+    fn head_q8(&self) -> Option<&Q8Rows> {
+        self.head_q8
+            .get_or_init(|| recover_q8(self.head_weight()))
+            .as_ref()
     }
 
     /// The output head `[vocab, hidden]` (the embedding when tied).
