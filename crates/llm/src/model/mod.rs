@@ -7,6 +7,7 @@
 //! backward, so with OFT `Var`s in the projections the logits are differentiable in them.
 
 mod attention;
+mod cached_attention;
 mod dense;
 mod head_q8;
 pub mod ops;
@@ -26,6 +27,7 @@ use crate::weights::{ModelWeights, PROJECTIONS, projection_path};
 use head_q8::Q8Rows;
 
 pub use attention::causal_attention;
+use cached_attention::cached_attention;
 pub use dense::dense_product;
 pub(crate) use dense::{after_parallel_product, product_t};
 pub use ops::{Causal, RopeTables, rms_norm, rope, softmax, swiglu};
@@ -400,13 +402,18 @@ impl Llama {
         };
         // The `rep` query heads of one key/value head are stacked as rows of one matrix.
         let q = q.reshape((bsz, kv_heads, rep * t, d))?;
-        let scores = q.matmul(&k.t()?)?;
         let causal = Causal {
             offset: step.start,
             period: t,
         };
-        let p = softmax(&scores, Some(causal))?;
-        let o = p.matmul(&v)?; // [b, kv, rep·t, d]
+        // [b, kv, rep·t, d]; one op without a backward when nothing asks for gradients.
+        let o = if q.track_op() || k.track_op() || v.track_op() {
+            let scores = q.matmul(&k.t()?)?;
+            let p = softmax(&scores, Some(causal))?;
+            p.matmul(&v)?
+        } else {
+            cached_attention(&q, &k, &v, causal)?
+        };
         Ok(o.reshape((bsz, heads, t, d))?
             .transpose(1, 2)?
             .contiguous()?
