@@ -7,6 +7,12 @@ use crate::layer::AqlmLayer;
 
 /// `x [T, n]` → `v[k·T + t] = x[t, k]` (feature-major: the tokens of one feature contiguous).
 pub(crate) fn feature_major(x: MatRef<'_, f32>) -> Vec<f32> {
+    // One contiguous token (generation): a plain copy.
+    if x.nrows() == 1
+        && let Some(row) = x.row(0).try_as_row_major()
+    {
+        return row.as_slice().to_vec();
+    }
     let mut v = Vec::with_capacity(x.nrows() * x.ncols());
     for k in 0..x.ncols() {
         v.extend(x.col(k).iter().copied());
