@@ -7,7 +7,9 @@
 //! AVX-512F/VL + AVX2 + FMA. The bodies never call `mul_add` and Rust never contracts `a * b + c`
 //! on its own, so every build of a body gives identical bits; only the speed differs. (The
 //! few-token decode-and-FMA kernel uses [`lanes16`](super::lanes16) instead: explicit registers,
-//! fused multiply-adds in every backend, the same bits too.)
+//! fused multiply-adds in every backend, the same bits too. The one-token table build calls
+//! `mul_add` on purpose: fused in hardware in the SIMD builds and by software in the portable
+//! one, so its builds agree bit for bit as well.)
 
 /// Clears the upper halves of the AVX vector registers of the calling thread (`vzeroupper`) when
 /// the CPU has AVX; nothing otherwise.
