@@ -102,6 +102,8 @@ struct Ctx {
     text: PathBuf,
     max_tokens: usize,
     fresh: bool,
+    /// The commit of this run, recorded in every stage summary it writes.
+    commit: String,
     results: BTreeMap<String, Value>,
 }
 
@@ -155,7 +157,21 @@ impl Ctx {
         let summary = out.with_extension("json");
         if !self.fresh && out.is_dir() && summary.is_file() {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
-            self.results.insert(key.into(), v.clone());
+            // Reported as reused, with the commit that produced it when the summary records one.
+            let from = v.get("commit").and_then(Value::as_str).map_or_else(
+                || "an earlier commit".to_string(),
+                |c| format!("commit {c}"),
+            );
+            let reused = format!(
+                "reused from an earlier run of this command at {from} (its output existed; \
+                 `--fresh` reruns it), so its times were measured with that code"
+            );
+            let mut shown = v.clone();
+            shown["note"] = json!(match v.get("note").and_then(Value::as_str) {
+                Some(note) => format!("{note}; {reused}"),
+                None => reused,
+            });
+            self.results.insert(key.into(), shown);
             return Ok(v);
         }
         if out.exists() {
@@ -164,6 +180,7 @@ impl Ctx {
         let (secs, so, _) = run_timed(&mut cmd)?;
         let mut v = last_json(&so)?;
         v["wall_s"] = json!(secs);
+        v["commit"] = json!(self.commit);
         fsutil::write_atomic(&summary, v.to_string().as_bytes())?;
         self.results.insert(key.into(), v.clone());
         Ok(v)
@@ -217,6 +234,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> Result<()> {
         text: opts.text.clone(),
         max_tokens: opts.max_tokens,
         fresh: opts.fresh,
+        commit: machine.commit.clone(),
         results: BTreeMap::new(),
     };
     std::fs::create_dir_all(&ctx.work)?;
