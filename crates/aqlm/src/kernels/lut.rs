@@ -4,7 +4,7 @@
 //! (for one token in fused multiply-adds, see [`build_t1`]),
 //! then `acc[o·og + a][t] += lut[m][a][codes[o][j][m]][t]` for `j` ascending, `m` ascending, and
 //! finally `y = acc · s_o`. The tables are built one block of input groups at a time (block
-//! ≤ 256 KiB, so it stays in L2), each block shared by all output-row tasks.
+//! ≤ 1 MiB, so it stays in L2), each block shared by all output-row tasks.
 //!
 //! Input gradient: for input group `j`, the scaled upstream gradient is scattered by code,
 //! `acc[m][c][a][t] = Σ_{o asc, codes[o][j][m] = c} s_o · dy[t, o·og + a]`, then

@@ -246,8 +246,9 @@ impl AqlmLayer {
     /// forward or input-gradient with `kernel` on `tokens` rows, with `threads` tasks running
     /// concurrently (e.g. `rayon::current_num_threads()`).
     ///
-    /// - Lut forward: one block of tables (≤ 256 KiB, at least one input group) + the
-    ///   `[out, tokens]` accumulator + a feature-major copy of `x`;
+    /// - Lut forward: one block of tables (≤ 1 MiB, at least one input group; a per-thread
+    ///   scratch kept between calls, so it stays allocated at the largest block a thread used)
+    ///   + the `[out, tokens]` accumulator + a feature-major copy of `x`;
     /// - Lut backward: the scaled `dy` + `threads ×` per-group accumulators (`M·2^B·og·tokens`);
     /// - DecodeDot: a copy of `x` (or scaled `dy`) + one tile per thread; for `og = 1`, `ig = 8`
     ///   from two tokens on (input gradient: from one) the decode-and-FMA kernel's padded copy,

@@ -168,6 +168,7 @@ mod tests {
 
     use super::*;
     use crate::model::softmax;
+    use crate::tiny::max_abs_diff;
 
     fn values(dims: &[usize], seed: u32) -> Tensor {
         let n: usize = dims.iter().product();
@@ -200,14 +201,7 @@ mod tests {
             .unwrap();
         let got = cached_attention(&q, &k, &v, causal).unwrap();
         assert_eq!(got.dims(), want.dims());
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want).unwrap();
         assert!(diff < 1e-6, "{diff}");
         // Queries past the cached keys, a cache whose rows are not contiguous: errors.
         let late = Causal {

@@ -134,6 +134,12 @@ fn dot(x: &[f32], q: &[i8], s: &[f32]) -> f32 {
     for (l, (xv, qv)) in rx.iter().zip(rq).enumerate() {
         p[l] += xv * (rs[l / BLOCK] * f32::from(*qv));
     }
+    combine(p)
+}
+
+/// The partial sums combined pairwise: `p[l] += p[l + 32]`, then `+ 16`, … down to `p[0]`.
+#[inline(always)]
+fn combine(mut p: [f32; LANES]) -> f32 {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
@@ -199,14 +205,7 @@ mod tests {
         for (c, (a, b)) in x.iter().zip(w).enumerate() {
             p[c % LANES] += a * b;
         }
-        let mut width = LANES / 2;
-        while width > 0 {
-            for l in 0..width {
-                p[l] += p[l + width];
-            }
-            width /= 2;
-        }
-        p[0]
+        combine(p)
     }
 
     fn uniform(len: usize, seed: u32) -> Vec<f32> {

@@ -440,8 +440,13 @@ impl Llama {
     /// Shape errors.
     pub fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
         let rows = h.dim(0)?;
-        match self.head_q8() {
-            Some(q8) if rows <= head_q8::MAX_ROWS => {
+        let q8 = if rows <= head_q8::MAX_ROWS {
+            self.head_q8()
+        } else {
+            None
+        };
+        match q8 {
+            Some(q8) => {
                 let x = rms_norm(&h.detach(), &self.norm, self.config.rms_norm_eps)?;
                 let (vocab, hidden) = q8.shape();
                 let xv = x.flatten_all()?.to_vec1::<f32>()?;
@@ -455,7 +460,7 @@ impl Llama {
                 q8.product_t(&mut y, &xv, rows);
                 Ok(Tensor::from_vec(y, (rows, vocab), h.device())?)
             }
-            _ => self.head(&h.detach()),
+            None => self.head(&h.detach()),
         }
     }
 
