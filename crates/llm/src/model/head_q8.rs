@@ -32,12 +32,22 @@ const LANES: usize = 64;
 
 /// A `[rows, cols]` row-major weight as `i8` codes and one `f32` scale per [`BLOCK`] values of
 /// a row: `W[i, c] = scales[(i·cols + c) / 32] · codes[i·cols + c]`, exactly.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Q8Rows {
     rows: usize,
     cols: usize,
     codes: Vec<i8>,
     scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for Q8Rows {
+    /// The shape only (the codes are tens of MB for a real head).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q8Rows")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The codes of one block of values if they are exactly `d·q` for integers `|q| ≤ 127` with
