@@ -433,8 +433,8 @@ impl Llama {
     /// Logits `[rows, vocab]` of the same weights as [`head`](Self::head), without a backward:
     /// for at most four rows (a generated token of each sequence) by the head's lossless 8-bit
     /// copy when it has one — the same weight values at a quarter of the memory traffic, which
-    /// bounds this product (see [`head_q8`]); the sums run in another order than `head`'s, so
-    /// results agree to rounding, not bit for bit.
+    /// bounds this product; the sums run in another order than `head`'s, so results agree to
+    /// rounding, not bit for bit.
     ///
     /// # Errors
     /// Shape errors.
