@@ -15,7 +15,10 @@
 //! written once and compiled for AVX-512, AVX2 and the baseline; it never calls `mul_add` and Rust
 //! does not contract `a·b + c`, so every build gives the same bits.
 
+use oftq_candle::candle_core::{Storage, Tensor};
 use rayon::prelude::*;
+
+use super::ops::slice;
 
 /// Values per scale (GGUF's `Q8_0` block).
 pub(crate) const BLOCK: usize = 32;
@@ -87,6 +90,17 @@ impl Q8Rows {
             codes,
             scales,
         })
+    }
+
+    /// [`Q8Rows::recover`] of a `[rows, cols]` tensor; `None` for anything else, a tensor that is
+    /// not a contiguous `f32` matrix on the CPU included.
+    pub(crate) fn from_tensor(w: &Tensor) -> Option<Self> {
+        let (rows, cols) = w.dims2().ok()?;
+        let (storage, layout) = w.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(c) => Self::recover(slice(c, layout, "head").ok()?, rows, cols),
+            _ => None,
+        }
     }
 
     /// `(rows, cols)`.

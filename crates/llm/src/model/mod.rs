@@ -16,7 +16,7 @@ mod projection;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use oftq_candle::candle_core::{DType, Device, Storage, Tensor};
+use oftq_candle::candle_core::{DType, Device, Tensor};
 use oftq_candle::candle_nn::VarMap;
 use oftq_candle::layer::OftConfig;
 
@@ -120,17 +120,6 @@ pub struct Step {
     pub start: usize,
     /// Training forward (module dropout in the OFT adapters).
     pub train: bool,
-}
-
-/// The lossless 8-bit copy of a head `[vocab, hidden]`, if its values allow one (`None` for
-/// anything else, a tensor that is not a contiguous `f32` matrix on the CPU included).
-fn recover_q8(w: &Tensor) -> Option<Q8Rows> {
-    let (rows, cols) = w.dims2().ok()?;
-    let (storage, layout) = w.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(c) => Q8Rows::recover(ops::slice(c, layout, "head").ok()?, rows, cols),
-        _ => None,
-    }
 }
 
 /// A Llama-family decoder.
@@ -473,7 +462,7 @@ impl Llama {
     /// The 8-bit copy of the head, made on first use.
     fn head_q8(&self) -> Option<&Q8Rows> {
         self.head_q8
-            .get_or_init(|| recover_q8(self.head_weight()))
+            .get_or_init(|| Q8Rows::from_tensor(self.head_weight()))
             .as_ref()
     }
 
