@@ -160,7 +160,11 @@ fn decode_block_g8(
 }
 
 /// [`decode_block_g8`] with `M` known at compile time: per tile `acc = 0`, `+= cb_m[c]` for
-/// `m` ascending, then `· scale`.
+/// `m` ascending, then `· scale`. Codebooks of 256 entries are read as byte-indexed tables (a
+/// layer's codes are below its codebook size, [`AqlmLayer::new`] checks), and each row's codes
+/// as an iterator: no bounds check or index arithmetic per tile. Measured on 4096² 2x8 at 64
+/// tokens (2 threads, medians of 5 alternating runs): the input gradient 10.03 → 9.71 ms; the
+/// forward, whose decode is 14% of its time, did not move.
 #[inline(always)]
 fn decode_block_g8_m<const M: usize>(
     layer: &AqlmLayer,
@@ -183,21 +187,39 @@ fn decode_block_g8_m<const M: usize>(
     };
     let (out8, _) = out.as_chunks_mut::<8>();
     let width = j1 - j0;
+    let (tables, _) = cb.as_chunks::<256>();
+    let bytes = k == 256 && tables.len() >= M;
     for (o, row) in (o0..o1).zip(out8.chunks_exact_mut(width)) {
         let scale = layer.scales[o];
-        for (d, j) in row.iter_mut().zip(j0..j1) {
-            let c = match order {
-                CodeOrder::ByRow => &codes[o * n_ig + j],
-                CodeOrder::ByInput => &codes[j * n_og + o],
-            };
-            let mut acc = [0f32; 8];
-            for (mm, &code) in c.iter().enumerate() {
-                let e = &cb[mm * k + usize::from(code)];
-                for b in 0..8 {
-                    acc[b] += e[b];
+        // The codes of row `o`, input groups `j0..j1`.
+        let (first, step) = match order {
+            CodeOrder::ByRow => (o * n_ig + j0, 1),
+            CodeOrder::ByInput => (j0 * n_og + o, n_og),
+        };
+        let row_codes = codes[first..].iter().step_by(step);
+        if bytes {
+            for (d, c) in row.iter_mut().zip(row_codes) {
+                let mut acc = [0f32; 8];
+                for (t, &code) in tables.iter().zip(c) {
+                    // The code is below 256, so its low byte is the code.
+                    let e = &t[usize::from(code as u8)];
+                    for b in 0..8 {
+                        acc[b] += e[b];
+                    }
                 }
+                *d = acc.map(|v| v * scale);
             }
-            *d = acc.map(|v| v * scale);
+        } else {
+            for (d, c) in row.iter_mut().zip(row_codes) {
+                let mut acc = [0f32; 8];
+                for (mm, &code) in c.iter().enumerate() {
+                    let e = &cb[mm * k + usize::from(code)];
+                    for b in 0..8 {
+                        acc[b] += e[b];
+                    }
+                }
+                *d = acc.map(|v| v * scale);
+            }
         }
     }
 }
@@ -232,13 +254,20 @@ mod tests {
     use crate::kernels::tests::random_layer;
     use crate::{AqlmLayer, AqlmScheme};
 
-    /// The block decoders (row blocks, column blocks, the `ig = 8` fast paths for `M = 1, 2`
+    /// The block decoders (row blocks, column blocks, the `ig = 8` fast paths for `M = 1, 2`,
+    /// with byte-indexed 256-entry codebooks and without,
     /// and the generic one) give exactly the bits of the corresponding part of the whole-weight
     /// decode, written by an independent loop over [`AqlmLayer::group_sum`].
     #[test]
     fn block_decoders_match_the_tile_rule_bit_for_bit() {
         let mut rng = StdRng::seed_from_u64(11);
-        for (m, nbits, ig, og) in [(1, 8, 8, 1), (2, 8, 8, 1), (3, 4, 8, 1), (2, 3, 4, 2)] {
+        for (m, nbits, ig, og) in [
+            (1, 8, 8, 1),
+            (2, 8, 8, 1),
+            (2, 4, 8, 1),
+            (3, 4, 8, 1),
+            (2, 3, 4, 2),
+        ] {
             let layer = random_layer(&mut rng, m, nbits, ig, og, 6, 5, false);
             let (rows, cols) = (layer.out_features, layer.in_features);
             let mut want = vec![0f32; rows * cols];
