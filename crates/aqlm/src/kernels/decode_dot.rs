@@ -131,7 +131,9 @@ fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f
 
 /// The `M`-codebook `og = 1`, `ig = 8` one-token case of [`forward_task`] (1x16, 1x8, 2x8, 4x8),
 /// four rows interleaved (four independent chains of multiply-adds); the tile is the sum of
-/// [`AqlmLayer::group_sum_fixed`] (codebooks ascending): same arithmetic, same order.
+/// [`AqlmLayer::group_sum_fixed`] (codebooks ascending): same arithmetic, same order. Codebooks
+/// of 256 entries are read as byte-indexed tables, without bounds checks: SmolLM2's 576 → 192
+/// projection in 2x8, one token, one thread, 13.1 → 10.3 µs (medians of 3 alternating runs).
 #[inline(always)]
 fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, chunk: &mut [f32]) {
     const R: usize = 4;
@@ -147,7 +149,20 @@ fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, ch
     };
     // Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of
     // a zero, which no sum below can tell) and spares `M = 1` an addition.
+    let (tables, _) = cb.as_chunks::<256>();
+    let tables = tables.first_chunk::<M>().filter(|_| k == 256);
     let tile = |c: &[u16; M]| {
+        if let Some(tables) = tables {
+            // The codes are below 256 (`AqlmLayer::new` checks): the low byte is the code.
+            let mut w = tables[0][usize::from(c[0] as u8)];
+            for mm in 1..M {
+                let e = &tables[mm][usize::from(c[mm] as u8)];
+                for b in 0..8 {
+                    w[b] += e[b];
+                }
+            }
+            return w;
+        }
         let mut w = cb[usize::from(c[0])];
         for (mm, &cm) in c.iter().enumerate().skip(1) {
             let e = &cb[mm * k + usize::from(cm)];
