@@ -254,10 +254,10 @@ mod tests {
     use crate::kernels::tests::random_layer;
     use crate::{AqlmLayer, AqlmScheme};
 
-    /// The block decoders (row blocks, column blocks, the `ig = 8` fast paths for `M = 1, 2`,
-    /// with byte-indexed 256-entry codebooks and without,
-    /// and the generic one) give exactly the bits of the corresponding part of the whole-weight
-    /// decode, written by an independent loop over [`AqlmLayer::group_sum`].
+    /// The block decoders (row blocks, column blocks, the `ig = 8` fast paths for `M = 1, 2`
+    /// with byte-indexed 256-entry codebooks and without, and the generic one) give exactly the
+    /// bits of the corresponding part of the whole-weight decode, written by an independent loop
+    /// over [`AqlmLayer::group_sum`].
     #[test]
     fn block_decoders_match_the_tile_rule_bit_for_bit() {
         let mut rng = StdRng::seed_from_u64(11);

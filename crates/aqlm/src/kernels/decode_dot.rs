@@ -147,10 +147,10 @@ fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, ch
             .as_chunks::<M>()
             .0
     };
-    // Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of
-    // a zero, which no sum below can tell) and spares `M = 1` an addition.
     let (tables, _) = cb.as_chunks::<256>();
     let tables = tables.first_chunk::<M>().filter(|_| k == 256);
+    // Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of
+    // a zero, which no sum below can tell) and spares `M = 1` an addition.
     let tile = |c: &[u16; M]| {
         if let Some(tables) = tables {
             // The codes are below 256 (`AqlmLayer::new` checks): the low byte is the code.

@@ -18,12 +18,13 @@
 //!
 //! The forward's inner loop walks a row's codes and the block of `x` by chunks (no index
 //! arithmetic or bounds checks per unit), and codebooks of 256 entries are byte-indexed tables.
-//! Each unit then costs about 18 cycles at 16 tokens (16 multiply-adds with a 64-byte load each,
-//! plus the decode's four look-ups, two additions and a join); measured on 4096², 2x8, 16 tokens,
-//! 2 threads (medians of 3 alternating runs): 3.59 → 3.19 ms. With AVX-512 and at most 8 tokens,
-//! two rows run together, so each load of `x` serves two multiply-adds: 2.0 → 1.58 ms at 8
-//! tokens, 1.32 → 1.07 at 4, 0.94 → 0.88 at 2 (medians of 3). At 16 tokens two rows would need
-//! two register blocks of 8 tokens, each decoding both rows again: no faster.
+//! A unit then costs about 21 cycles at 16 tokens in place, 18 in a synthetic loop with all its
+//! data in L1 (16 multiply-adds with a 64-byte load each, plus the decode's four look-ups, two
+//! additions and a join; timings point at the loads as the bound). Measured on 4096², 2x8, 16
+//! tokens, 2 threads (medians of 3 alternating runs): 3.59 → 3.19 ms. With AVX-512 and at most
+//! 8 tokens, two rows run together, so each load of `x` serves two multiply-adds: 2.0 → 1.58 ms
+//! at 8 tokens, 1.32 → 1.07 at 4, 0.94 → 0.88 at 2 (medians of 3). At 16 tokens two rows would
+//! need two register blocks of 8 tokens, each decoding both rows again: no faster.
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
