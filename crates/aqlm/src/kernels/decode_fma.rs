@@ -64,18 +64,19 @@ macro_rules! unroll {
     };
 }
 
-/// `$body` with the constant `$M` set to the codebook count `$m` for 1, 2 and 4 codebooks (the
-/// loops over codebooks unrolled), and to 0 (read at run time) otherwise; and the constant `$B8`
-/// set when the codebooks have 256 entries (`$k`) and `$M ≥ 1` (byte-indexed tables).
+/// `$body` with the constant `$M` set to the codebook count of `$layer` for 1, 2 and 4 codebooks
+/// (the loops over codebooks unrolled), and to 0 (read at run time) otherwise; and the constant
+/// `$B8` set exactly when the layer has byte-indexed tables ([`AqlmLayer::byte_tables`] for
+/// `$M ≥ 1`).
 macro_rules! by_codebooks {
-    ($m:expr, $k:expr, $M:ident, $B8:ident => $body:expr) => {
-        match ($m, $k == 256) {
-            (1, true) => by_codebooks!(@ 1, true, $M, $B8 => $body),
-            (2, true) => by_codebooks!(@ 2, true, $M, $B8 => $body),
-            (4, true) => by_codebooks!(@ 4, true, $M, $B8 => $body),
-            (1, false) => by_codebooks!(@ 1, false, $M, $B8 => $body),
-            (2, false) => by_codebooks!(@ 2, false, $M, $B8 => $body),
-            (4, false) => by_codebooks!(@ 4, false, $M, $B8 => $body),
+    ($layer:expr, $M:ident, $B8:ident => $body:expr) => {
+        match $layer.scheme.num_codebooks {
+            1 if $layer.byte_tables::<1>().is_some() => by_codebooks!(@ 1, true, $M, $B8 => $body),
+            2 if $layer.byte_tables::<2>().is_some() => by_codebooks!(@ 2, true, $M, $B8 => $body),
+            4 if $layer.byte_tables::<4>().is_some() => by_codebooks!(@ 4, true, $M, $B8 => $body),
+            1 => by_codebooks!(@ 1, false, $M, $B8 => $body),
+            2 => by_codebooks!(@ 2, false, $M, $B8 => $body),
+            4 => by_codebooks!(@ 4, false, $M, $B8 => $body),
             _ => by_codebooks!(@ 0, false, $M, $B8 => $body),
         }
     };
@@ -102,10 +103,9 @@ trait Units {
     fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V;
 }
 
-/// The codebooks, `M` of them (`M = 0`: `m` read at run time). With `B8` (codebooks of 256
-/// entries, `1 ≤ M ≤ 4`) each codebook is a fixed-size table indexed by a byte, so the look-ups
-/// need no bounds checks: a layer's codes are below its codebook size ([`AqlmLayer::new`]
-/// checks), so the byte is the code.
+/// The codebooks, `M` of them (`M = 0`: `m` read at run time). With `B8` (set by
+/// `by_codebooks!` exactly when [`AqlmLayer::byte_tables`] has them, `1 ≤ M ≤ 4`) each codebook is a fixed-size table indexed by the code's byte
+/// ([`AqlmLayer::byte_tables`]), so the look-ups need no bounds checks.
 #[derive(Clone, Copy)]
 struct Books<'a, const M: usize, const B8: bool> {
     cb: &'a [[f32; 8]],
@@ -122,8 +122,8 @@ impl<const M: usize, const B8: bool> Books<'_, M, B8> {
     fn new(layer: &AqlmLayer) -> Books<'_, M, B8> {
         let cb = layer.codebooks.as_chunks::<8>().0;
         let mut tables = [&NO_TABLE; 4];
-        if B8 {
-            for (t, c) in tables.iter_mut().zip(cb.as_chunks::<256>().0) {
+        if let Some(books) = layer.byte_tables::<M>().filter(|_| B8) {
+            for (t, c) in tables.iter_mut().zip(books) {
                 *t = c;
             }
         }
@@ -146,7 +146,7 @@ impl<const M: usize, const B8: bool> Books<'_, M, B8> {
     fn group<S: Lanes16>(&self, s: S, c: &[u16]) -> S::H {
         if B8 && M >= 1 && M <= 4 {
             let c = &c[..M];
-            // The codes are below 256 (`B8`), so `c as u8` is the code.
+            // The low byte is the code (see `AqlmLayer::byte_tables`).
             let mut w = s.load_h(&self.tables[0][usize::from(c[0] as u8)]);
             for mm in 1..M {
                 w = s.add_h(w, s.load_h(&self.tables[mm][usize::from(c[mm] as u8)]));
@@ -332,7 +332,7 @@ fn forward_m<S: Lanes16>(
     o0: usize,
     chunk: &mut [f32],
 ) {
-    by_codebooks!(layer.scheme.num_codebooks, layer.scheme.codebook_size(), M, B8 => {
+    by_codebooks!(layer, M, B8 => {
         forward_rows(s, tb_max, &ByRow::<M, B8>::new(layer), layer, xu, t, o0, chunk)
     })
 }
@@ -610,7 +610,7 @@ fn backward_m<S: Lanes16>(
     chunk: &mut [[f32; L]],
 ) {
     let n_og = layer.out_groups();
-    by_codebooks!(layer.scheme.num_codebooks, layer.scheme.codebook_size(), M, B8 => {
+    by_codebooks!(layer, M, B8 => {
         let tiles = ByInput::<M, B8>::new(layer);
         backward_units(s, tb_max, &tiles, n_og, sdy, t, u0, chunk)
     })
