@@ -30,6 +30,12 @@ pub(crate) const MAX_ROWS: usize = 4;
 /// Rows of `W` per task (288 KiB of SmolLM2's head): enough tasks for the threads to balance.
 const ROWS_PER_TASK: usize = 512;
 
+/// Rows of `W` ahead of the current one whose codes and scales [`Q8Rows::product_t`] prefetches.
+/// Without it the product waited on each row's codes (the conversion after their load held
+/// over half of its samples): SmolLM2-135M, 128 greedy tokens on 2 threads, alternating runs,
+/// 50.5–53.8 tokens/s without, 54.9–55.3 four rows ahead, 53.7–55.2 sixteen.
+const PREFETCH_ROWS: usize = 4;
+
 /// Partial sums per dot product (four 512-bit vectors).
 const LANES: usize = 64;
 
@@ -179,10 +185,35 @@ fn combine(mut p: [f32; LANES]) -> f32 {
 fn dots_imp(yt: &mut [f32], x: &[f32], q: &[i8], s: &[f32], n: usize, k: usize) {
     let rows = yt.chunks_exact_mut(n).zip(q.chunks_exact(k));
     for ((out, qi), si) in rows.zip(s.chunks_exact(k / BLOCK)) {
+        // The codes and scales of the row `PREFETCH_ROWS` ahead (past the task's rows too: a
+        // hint never faults).
+        let ahead = qi.as_ptr().wrapping_add(PREFETCH_ROWS * k).cast::<u8>();
+        for off in (0..k).step_by(64) {
+            prefetch(ahead.wrapping_add(off));
+        }
+        let ahead = si
+            .as_ptr()
+            .wrapping_add(PREFETCH_ROWS * k / BLOCK)
+            .cast::<u8>();
+        for off in (0..k / BLOCK * size_of::<f32>()).step_by(64) {
+            prefetch(ahead.wrapping_add(off));
+        }
         for (o, xr) in out.iter_mut().zip(x.chunks_exact(k)) {
             *o = dot(xr, qi, si);
         }
     }
+}
+
+/// A hint to bring the line at `p` into the caches (never faults, whatever `p` is).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it does not access memory architecturally and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// [`dots_imp`] compiled for AVX-512F/VL (with AVX2 and FMA).
