@@ -543,6 +543,42 @@ mod tests {
     }
 
     #[test]
+    fn a_row_gets_the_same_bits_alone_or_among_many() {
+        // One and two rows take the row-by-row path, 40 the tiled kernel.
+        for (d, b, shared) in [
+            (96, 32, false),
+            (64, 16, true),
+            (30, 3, false),
+            (128, 64, false),
+        ] {
+            let spec = RotationSpec::new(d, b, shared, Parameterization::default()).unwrap();
+            let (rows, cols) = spec.param_shape();
+            let w = random(rows, cols, 0.3, d as u64);
+            let w = Mat::<f32>::from_fn(rows, cols, |i, j| w[(i, j)] as f32);
+            let rot = BlockRotation::build(&spec, w.as_ref()).unwrap();
+            let x = random(40, d, 1.0, b as u64);
+            let x = Mat::<f32>::from_fn(40, d, |i, j| x[(i, j)] as f32);
+            let keep: Vec<bool> = (0..d / b).map(|j| j % 3 != 1).collect();
+            for mask in [None, Some(&keep[..])] {
+                let all = rot.forward_masked(x.as_ref(), mask).unwrap();
+                for (i, n) in [(0, 1), (7, 2), (38, 2), (39, 1)] {
+                    let some = rot.forward_masked(x.subrows(i, n), mask).unwrap();
+                    for r in 0..n {
+                        for f in 0..d {
+                            assert_eq!(
+                                some[(r, f)].to_bits(),
+                                all[(i + r, f)].to_bits(),
+                                "d {d}, b {b}, rows {i}+{r}, feature {f}, mask {}",
+                                mask.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn zero_parameters_give_identity_bit_for_bit() {
         for p in all_params() {
             let spec = RotationSpec::new(16, 4, false, p).unwrap();

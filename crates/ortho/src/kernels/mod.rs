@@ -13,6 +13,7 @@
 pub(crate) mod block_gemm;
 pub(crate) mod gauss_jordan;
 pub(crate) mod isa;
+pub(crate) mod row_product;
 pub(crate) mod transpose;
 
 pub(crate) use isa::{Isa, Level};

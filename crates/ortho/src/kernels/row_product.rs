@@ -1,0 +1,132 @@
+//! `y = x·B` for a single row `x`, with `B` given by rows: the few-token path of a rotation.
+//!
+//! While generating, each projection rotates one token: per block a `1 × b` by `b × b` product,
+//! about a thousand multiply-adds. The tiled kernel ([`gemm_uninit`](super::block_gemm::gemm_uninit))
+//! computes whole tiles of 32 rows, so here the row is multiplied directly: `B`'s rows are
+//! contiguous (the caller transposes a column-major block once), and each step adds `x[p]`
+//! times row `p` to all `n` sums, which vectorizes over the columns.
+//!
+//! Rounding: `y_j = (…((x_0·b_0j) + x_1·b_1j) + …) + x_{k−1}·b_{k−1,j}`, one fused multiply-add
+//! per term in ascending `p` starting from 0 (a product and a sum with the portable build) — the
+//! chain of [`gemm_uninit`](super::block_gemm::gemm_uninit) with `α = 1`, so a token gets the
+//! same bits whether it is rotated alone or among many.
+
+use super::{Isa, Level, madd};
+use crate::real::Real;
+
+/// `y[j] = Σ_p x[p]·rows[p·n + j]` for `j < n`, `p < x.len()`, in the chain of the module notes
+/// (`rows`: `B` row-major, `x.len()` rows of `n`).
+///
+/// # Panics
+/// If `rows` is shorter than `x.len()·n` or `y` than `n`.
+pub(crate) fn row_times_rows<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
+    let k = x.len();
+    assert!(
+        rows.len() >= k * n && y.len() >= n,
+        "row product: {} elements of B for {k} × {n}, {} of y",
+        rows.len(),
+        y.len()
+    );
+    let (rows, y) = (&rows[..k * n], &mut y[..n]);
+    match Isa::detect().level() {
+        // SAFETY: the detected level proves the CPU supports the features.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { row_avx512(x, rows, n, y) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { row_avx2(x, rows, n, y) },
+        _ => row_imp::<T, false>(x, rows, n, y),
+    }
+}
+
+/// The body: `y` cleared, then `y[j] ← madd(x[p], rows[p·n + j], y[j])` for `p` ascending.
+#[inline(always)]
+fn row_imp<T: Real, const FMA: bool>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
+    y.fill(T::zero());
+    if n == 0 {
+        return;
+    }
+    for (&xp, row) in x.iter().zip(rows.chunks_exact(n)) {
+        for (acc, &b) in y.iter_mut().zip(row) {
+            *acc = madd::<T, FMA>(xp, b, *acc);
+        }
+    }
+}
+
+/// [`row_imp`] compiled for AVX-512 (fused multiply-adds).
+///
+/// # Safety
+/// The CPU supports AVX-512F/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn row_avx512<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
+    row_imp::<T, true>(x, rows, n, y);
+}
+
+/// [`row_imp`] compiled for AVX2 (fused multiply-adds).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
+    row_imp::<T, true>(x, rows, n, y);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::MaybeUninit;
+
+    use faer::Mat;
+
+    use super::*;
+    use crate::kernels::block_gemm::gemm_uninit;
+
+    fn filled(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        Mat::from_fn(rows, cols, |_, _| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+    }
+
+    #[test]
+    fn gives_the_bits_of_the_tiled_kernel() {
+        for (k, n) in [
+            (32, 32),
+            (16, 16),
+            (64, 64),
+            (7, 13),
+            (1, 1),
+            (0, 5),
+            (5, 0),
+        ] {
+            let x = filled(1, k, 1 + k as u64);
+            let b = filled(k, n, 2 + n as u64);
+            let rows: Vec<f32> = (0..k * n)
+                .map(|i| b[(i / n.max(1), i % n.max(1))])
+                .collect();
+            let xr: Vec<f32> = (0..k).map(|p| x[(0, p)]).collect();
+            let mut y = vec![f32::NAN; n];
+            row_times_rows(&xr, &rows, n, &mut y);
+            let mut want = vec![MaybeUninit::new(0.0f32); n];
+            gemm_uninit(1.0, x.as_ref(), b.as_ref(), &mut want, 1);
+            for (j, (got, want)) in y.iter().zip(&want).enumerate() {
+                // SAFETY: initialised above.
+                let want = unsafe { want.assume_init() };
+                assert_eq!(got.to_bits(), want.to_bits(), "{k} × {n}, column {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_operands_panic() {
+        let r = std::panic::catch_unwind(|| {
+            let mut y = [0.0f32; 4];
+            row_times_rows(&[1.0f32; 3], &[0.0; 11], 4, &mut y);
+        });
+        assert!(r.is_err());
+    }
+}
