@@ -87,7 +87,8 @@ pub(crate) const FEW_ROWS: usize = 2;
 /// position's block is prefetched meanwhile: while generating, the blocks (19 MB for adapters on
 /// all of SmolLM2's projections) come from memory once per token and bound this loop. SmolLM2
 /// 2x8 with OFT adapters, 64 greedy tokens, 3 alternating runs: 44.9–47.4 → 48.8–50.0 tokens/s
-/// against dot products of `x_j` with the columns of `R_j`, as this was before (18% of a token).
+/// against dot products of `x_j` with the columns of `R_j`, as this was before (those took 18%
+/// of the time per generated token).
 fn apply_blocks_few_rows<T: Real>(
     x: MatRef<'_, T>,
     blocks: &BlockStack<T>,
@@ -100,20 +101,12 @@ fn apply_blocks_few_rows<T: Real>(
     if b == 0 {
         return y;
     }
+    debug_assert_eq!((blocks.nrows(), blocks.ncols()), (b, b), "blocks of b × b");
     let (mut xb, mut yb) = (vec![T::zero(); b], vec![T::zero(); b]);
     let mut r_rows = vec![T::zero(); b * b];
     let mut transposed = None;
     for j in 0..d / b {
         let cols = j * b..(j + 1) * b;
-        if dropped(keep, j) {
-            for row in 0..rows {
-                for c in cols.clone() {
-                    y[(row, c)] = x[(row, c)];
-                }
-            }
-            continue;
-        }
-        let i = if shared { 0 } else { j };
         if !shared && j + 1 < blocks.len() {
             // The next block, while this one is transposed and used: the blocks of a model's
             // adapters come from memory once per generated token.
@@ -124,6 +117,15 @@ fn apply_blocks_few_rows<T: Real>(
                 prefetch(base.wrapping_add(off));
             }
         }
+        if dropped(keep, j) {
+            for row in 0..rows {
+                for c in cols.clone() {
+                    y[(row, c)] = x[(row, c)];
+                }
+            }
+            continue;
+        }
+        let i = if shared { 0 } else { j };
         if transposed != Some(i) {
             // `r_rows[k·b + c] = R_i[k, c]`.
             transpose_into(blocks.block(i), &mut r_rows, b);

@@ -16,8 +16,9 @@
 //! - input gradient: `dx[t, 16u + l] = fma(tile_{o,u}[l], s_o·dy[t, o], ·)` over `o` ascending
 //!   from zero.
 //!
-//! The forward's inner loop walks a row's codes and the block of `x` by chunks (no index
-//! arithmetic or bounds checks per unit), and codebooks of 256 entries are byte-indexed tables.
+//! The forward's inner loop walks a row's codes by chunks and the block of `x` by a pointer
+//! stepped per unit (no index arithmetic or bounds checks per unit), and codebooks of 256 entries
+//! are byte-indexed tables.
 //! A unit then costs about 21 cycles at 16 tokens in place, 18 in a synthetic loop with all its
 //! data in L1 (16 multiply-adds with a 64-byte load each, plus the decode's four look-ups, two
 //! additions and a join; timings point at the loads as the bound). Measured on 4096², 2x8, 16

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::layout::{by_input_groups, feature_major, from_feature_major};
 use super::simd::multiversion;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Isa, Level, prefetch};
+use super::simd::{Isa, Level, prefetch_range};
 use crate::layer::{AqlmLayer, ROW_INTERLEAVE};
 
 /// Target size of one block of tables, in `f32` (1 MiB, half an L2).
@@ -303,11 +303,8 @@ fn gather_t1_avx512(
                 // end of the codes too: a hint never faults).
                 let ahead = c8
                     .as_ptr()
-                    .wrapping_add((ob + 4 * T1_PREFETCH_GROUPS + q) * n_tab + first)
-                    .cast::<u8>();
-                for off in (0..tabs.len() * R).step_by(64) {
-                    prefetch(ahead.wrapping_add(off));
-                }
+                    .wrapping_add((ob + 4 * T1_PREFETCH_GROUPS + q) * n_tab + first);
+                prefetch_range(ahead.cast(), tabs.len() * R);
             }
             // SAFETY: `accr` holds 32 f32; every index is a byte, so `< 256 = tab.len()`.
             unsafe {

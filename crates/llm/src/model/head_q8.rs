@@ -30,7 +30,8 @@ pub(crate) const MAX_ROWS: usize = 4;
 /// Rows of `W` per task (288 KiB of SmolLM2's head): enough tasks for the threads to balance.
 const ROWS_PER_TASK: usize = 512;
 
-/// Rows of `W` ahead of the current one whose codes and scales [`Q8Rows::product_t`] prefetches.
+/// How far ahead, in rows of `W`, [`Q8Rows::product_t`] prefetches: with row `i` it prefetches
+/// the codes and scales of row `i + PREFETCH_ROWS`.
 /// Without it the product waited on each row's codes (the conversion after their load held
 /// over half of its samples): SmolLM2-135M, 128 greedy tokens on 2 threads, alternating runs,
 /// 50.5–53.8 tokens/s without, 54.9–55.3 four rows ahead, 53.7–55.2 sixteen.
@@ -187,33 +188,37 @@ fn dots_imp(yt: &mut [f32], x: &[f32], q: &[i8], s: &[f32], n: usize, k: usize) 
     for ((out, qi), si) in rows.zip(s.chunks_exact(k / BLOCK)) {
         // The codes and scales of the row `PREFETCH_ROWS` ahead (past the task's rows too: a
         // hint never faults).
-        let ahead = qi.as_ptr().wrapping_add(PREFETCH_ROWS * k).cast::<u8>();
-        for off in (0..k).step_by(64) {
-            prefetch(ahead.wrapping_add(off));
-        }
-        let ahead = si
-            .as_ptr()
-            .wrapping_add(PREFETCH_ROWS * k / BLOCK)
-            .cast::<u8>();
-        for off in (0..k / BLOCK * size_of::<f32>()).step_by(64) {
-            prefetch(ahead.wrapping_add(off));
-        }
+        prefetch_range(qi.as_ptr().wrapping_add(PREFETCH_ROWS * k).cast(), k);
+        prefetch_range(
+            si.as_ptr().wrapping_add(PREFETCH_ROWS * k / BLOCK).cast(),
+            k / BLOCK * size_of::<f32>(),
+        );
         for (o, xr) in out.iter_mut().zip(x.chunks_exact(k)) {
             *o = dot(xr, qi, si);
         }
     }
 }
 
-/// A hint to bring the line at `p` into the caches (never faults, whatever `p` is).
+/// Hints the CPU to bring every cache line holding one of the `len` bytes from `p` into L1 (a
+/// no-op off x86-64). Never faults, whatever the range: a prefetch is only a hint. (oftq-aqlm
+/// and oftq-ortho have their own copies, crate-private as this one.)
 #[inline(always)]
-fn prefetch(p: *const u8) {
+fn prefetch_range(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it does not access memory architecturally and never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    {
+        let first = p.wrapping_sub(p as usize % 64);
+        for line in 0..(p as usize % 64 + len).div_ceil(64) {
+            // SAFETY: a prefetch does not access memory architecturally and never faults, for any
+            // address; SSE is part of the x86-64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    first.wrapping_add(64 * line).cast(),
+                );
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = (p, len);
 }
 
 /// [`dots_imp`] compiled for AVX-512F/VL (with AVX2 and FMA).

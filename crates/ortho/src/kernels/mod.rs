@@ -37,7 +37,7 @@ pub(crate) fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
 }
 
 /// Hints the CPU to bring the cache line holding `p` into L1 (a no-op off x86-64). Never faults,
-/// whatever `p` is.
+/// whatever `p` is. (oftq-aqlm has its own copy: the two crates share no code by design.)
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]

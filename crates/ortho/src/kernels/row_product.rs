@@ -2,7 +2,8 @@
 //!
 //! While generating, each projection rotates one token: per block a `1 × b` by `b × b` product,
 //! about a thousand multiply-adds. The tiled kernel ([`gemm_uninit`](super::block_gemm::gemm_uninit))
-//! computes whole tiles of 32 rows, so here the row is multiplied directly: `B`'s rows are
+//! computes whole tiles of rows (32 for `f32` with AVX-512), so here the row is multiplied
+//! directly: `B`'s rows are
 //! contiguous (the caller transposes a column-major block once), and each step adds `x[p]`
 //! times row `p` to all `n` sums, which vectorizes over the columns.
 //!
@@ -20,6 +21,15 @@ use crate::real::Real;
 /// # Panics
 /// If `rows` is shorter than `x.len()·n` or `y` than `n`.
 pub(crate) fn row_times_rows<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
+    row_times_rows_with(Isa::detect(), x, rows, n, y);
+}
+
+/// [`row_times_rows`] with an explicit instruction set (tests compare them with the tiled
+/// kernel's; any [`Isa`] is one this CPU supports).
+///
+/// # Panics
+/// As [`row_times_rows`].
+pub(crate) fn row_times_rows_with<T: Real>(isa: Isa, x: &[T], rows: &[T], n: usize, y: &mut [T]) {
     let k = x.len();
     assert!(
         rows.len() >= k * n && y.len() >= n,
@@ -28,8 +38,8 @@ pub(crate) fn row_times_rows<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]
         y.len()
     );
     let (rows, y) = (&rows[..k * n], &mut y[..n]);
-    match Isa::detect().level() {
-        // SAFETY: the detected level proves the CPU supports the features.
+    match isa.level() {
+        // SAFETY: an `Isa` proves the CPU supports its level's features.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { row_avx512(x, rows, n, y) },
         // SAFETY: as above.
@@ -77,48 +87,65 @@ unsafe fn row_avx2<T: Real>(x: &[T], rows: &[T], n: usize, y: &mut [T]) {
 mod tests {
     use std::mem::MaybeUninit;
 
-    use faer::Mat;
+    use faer::{Mat, MatRef};
 
     use super::*;
-    use crate::kernels::block_gemm::gemm_uninit;
+    use crate::kernels::block_gemm::gemm_uninit_with;
 
-    fn filled(rows: usize, cols: usize, seed: u64) -> Mat<f32> {
+    fn filled<T: Real>(rows: usize, cols: usize, seed: u64) -> Mat<T> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
         Mat::from_fn(rows, cols, |_, _| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            T::c(((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
         })
     }
 
-    #[test]
-    fn gives_the_bits_of_the_tiled_kernel() {
-        for (k, n) in [
-            (32, 32),
-            (16, 16),
-            (64, 64),
-            (7, 13),
-            (1, 1),
-            (0, 5),
-            (5, 0),
-        ] {
-            let x = filled(1, k, 1 + k as u64);
-            let b = filled(k, n, 2 + n as u64);
-            let rows: Vec<f32> = (0..k * n)
-                .map(|i| b[(i / n.max(1), i % n.max(1))])
-                .collect();
-            let xr: Vec<f32> = (0..k).map(|p| x[(0, p)]).collect();
-            let mut y = vec![f32::NAN; n];
-            row_times_rows(&xr, &rows, n, &mut y);
-            let mut want = vec![MaybeUninit::new(0.0f32); n];
-            gemm_uninit(1.0, x.as_ref(), b.as_ref(), &mut want, 1);
+    /// `row_times_rows_with` against `gemm_uninit_with` (α = 1, one row) at every instruction
+    /// set, bit for bit.
+    fn check<T: Real>(x: MatRef<'_, T>, b: MatRef<'_, T>, what: &str) {
+        let (k, n) = (b.nrows(), b.ncols());
+        let rows: Vec<T> = (0..k * n).map(|i| b[(i / n, i % n)]).collect();
+        let xr: Vec<T> = (0..k).map(|p| x[(0, p)]).collect();
+        for isa in Isa::available() {
+            let mut y = vec![T::c(f64::NAN); n];
+            row_times_rows_with(isa, &xr, &rows, n, &mut y);
+            let mut want = vec![MaybeUninit::new(T::zero()); n];
+            gemm_uninit_with(isa, T::one(), x, b, &mut want, 1);
             for (j, (got, want)) in y.iter().zip(&want).enumerate() {
                 // SAFETY: initialised above.
                 let want = unsafe { want.assume_init() };
-                assert_eq!(got.to_bits(), want.to_bits(), "{k} × {n}, column {j}");
+                assert!(
+                    got.f64().to_bits() == want.f64().to_bits(),
+                    "{what}, {isa:?}, column {j}: {got:?} vs {want:?}"
+                );
             }
         }
+    }
+
+    fn shapes<T: Real>() {
+        for (k, n) in [(32, 32), (16, 16), (64, 64), (7, 13), (1, 1), (0, 5)] {
+            let (x, b) = (
+                filled::<T>(1, k, 1 + k as u64),
+                filled::<T>(k, n, 2 + n as u64),
+            );
+            check(x.as_ref(), b.as_ref(), &format!("{k} × {n}"));
+        }
+        // Signed zeros (every product −0, the sum +0) and an exact cancellation.
+        let x = Mat::<T>::from_fn(1, 4, |_, _| T::c(-0.0));
+        check(x.as_ref(), filled::<T>(4, 8, 3).as_ref(), "−0 row");
+        let x = Mat::<T>::from_fn(1, 2, |_, _| T::one());
+        let b = Mat::<T>::from_fn(2, 16, |p, j| {
+            T::c(if p == 0 { 0.25 } else { -0.25 } * j as f64)
+        });
+        check(x.as_ref(), b.as_ref(), "cancellation");
+    }
+
+    #[test]
+    fn gives_the_bits_of_the_tiled_kernel_at_every_instruction_set() {
+        shapes::<f32>();
+        shapes::<f64>();
     }
 
     #[test]
