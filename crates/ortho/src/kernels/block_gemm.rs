@@ -763,4 +763,4 @@ pub(crate) fn copy_uninit<T: Real>(src: MatRef<'_, T>, dst: &mut [MaybeUninit<T>
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

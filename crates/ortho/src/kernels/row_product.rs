@@ -91,16 +91,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::block_gemm::gemm_uninit_with;
-
-    fn filled<T: Real>(rows: usize, cols: usize, seed: u64) -> Mat<T> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-        Mat::from_fn(rows, cols, |_, _| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            T::c(((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        })
-    }
+    use crate::kernels::block_gemm::tests::filled;
 
     /// `row_times_rows_with` against `gemm_uninit_with` (α = 1, one row) at every instruction
     /// set, bit for bit.

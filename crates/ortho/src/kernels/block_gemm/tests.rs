@@ -5,7 +5,8 @@ use faer::Mat;
 const MS: [usize; 6] = [1, 7, 16, 33, 64, 515];
 const KNS: [usize; 6] = [1, 3, 8, 17, 32, 64];
 
-fn filled<T: Real>(rows: usize, cols: usize, seed: u64) -> Mat<T> {
+/// A `rows × cols` matrix of pseudo-random values in `[−1, 1)` (xorshift from `seed`).
+pub(crate) fn filled<T: Real>(rows: usize, cols: usize, seed: u64) -> Mat<T> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
     Mat::from_fn(rows, cols, |_, _| {
         s ^= s << 13;
