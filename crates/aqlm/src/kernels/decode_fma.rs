@@ -25,7 +25,9 @@
 //! tokens, 2 threads (medians of 3 alternating runs): 3.59 → 3.19 ms. With AVX-512 and at most
 //! 8 tokens, two rows run together, so each load of `x` serves two multiply-adds: 2.0 → 1.58 ms
 //! at 8 tokens, 1.32 → 1.07 at 4, 0.94 → 0.88 at 2 (medians of 3). At 16 tokens two rows would
-//! need two register blocks of 8 tokens, each decoding both rows again: no faster.
+//! need two register blocks of 8 tokens, each decoding both rows again: no faster. Decoding
+//! each unit one unit ahead of its multiply-adds (software pipelining) was slower: 3.39 → 3.86 ms
+//! at 16 tokens (3 alternating runs); the out-of-order core already overlaps the decode.
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
@@ -45,7 +47,8 @@ const ROWS_PER_TASK: usize = 64;
 const UNITS_PER_TASK: usize = 4;
 /// Rows decoded at once by the input gradient when it runs several blocks of tokens (4 KiB).
 const ROWS_PER_DECODE: usize = 64;
-/// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1).
+/// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1; 16 and 24
+/// KiB were slower at 16 tokens: 3.4 → 3.5–4.1 ms, 2 threads, 3 alternating runs).
 const X_BLOCK_BYTES: usize = 32 << 10;
 
 /// `body` for `tt = 0 … T − 1` (`T ≤ 16`), written out with constant indices: an array of
