@@ -14,10 +14,9 @@
 //!   11.3–11.4.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
-use super::layout::from_feature_major;
 use super::simd::clear_upper_simd_state;
 use crate::layer::AqlmLayer;
 
@@ -62,49 +61,45 @@ pub(crate) fn col_tile_floats(layer: &AqlmLayer) -> usize {
     col_groups(layer) * layer.scheme.in_group_size * layer.out_features
 }
 
-/// `x·Wᵀ` (no bias), blocks of output rows.
+/// `x·Wᵀ` (no bias), blocks of output rows, each task writing its columns of the result.
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
-    let t = x.nrows();
     let (og, n_in) = (layer.scheme.out_group_size, layer.in_features);
     let groups = row_groups(layer);
-    let mut out = vec![0f32; layer.out_features * t];
-    out.par_chunks_mut(groups * og * t)
+    let mut y = Mat::<f32>::zeros(x.nrows(), layer.out_features);
+    y.as_mut()
+        .par_col_chunks_mut(groups * og)
         .enumerate()
-        .for_each_init(Vec::new, |w, (ci, chunk)| {
+        .for_each_init(Vec::new, |w, (ci, dst)| {
             let o0 = ci * groups;
-            let rows = chunk.len() / t;
-            let o1 = o0 + rows / og;
+            let rows = dst.ncols();
             // Every element is overwritten by the decode: no zeroing beyond the first growth.
             w.resize(rows * n_in, 0.0);
-            layer.decode_rows_into(o0, o1, w);
+            layer.decode_rows_into(o0, o0 + rows / og, w);
             let w = MatRef::from_row_major_slice(w, rows, n_in);
-            let dst = MatMut::from_column_major_slice_mut(chunk, t, rows);
             matmul(dst, Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
             clear_upper_simd_state();
         });
-    from_feature_major(&out, t, layer.out_features)
+    y
 }
 
-/// `dy·W`, blocks of input columns.
+/// `dy·W`, blocks of input columns, each task writing its columns of the result.
 pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
-    let t = dy.nrows();
     let (ig, n_out) = (layer.scheme.in_group_size, layer.out_features);
     let groups = col_groups(layer);
-    let mut out = vec![0f32; layer.in_features * t];
-    out.par_chunks_mut(groups * ig * t)
+    let mut dx = Mat::<f32>::zeros(dy.nrows(), layer.in_features);
+    dx.as_mut()
+        .par_col_chunks_mut(groups * ig)
         .enumerate()
-        .for_each_init(Vec::new, |w, (ci, chunk)| {
+        .for_each_init(Vec::new, |w, (ci, dst)| {
             let j0 = ci * groups;
-            let cols = chunk.len() / t;
-            let j1 = j0 + cols / ig;
+            let cols = dst.ncols();
             w.resize(n_out * cols, 0.0);
-            layer.decode_cols_into(j0, j1, w);
+            layer.decode_cols_into(j0, j0 + cols / ig, w);
             let w = MatRef::from_row_major_slice(w, n_out, cols);
-            let dst = MatMut::from_column_major_slice_mut(chunk, t, cols);
             matmul(dst, Accum::Replace, dy, w, 1.0, Par::Seq);
             clear_upper_simd_state();
         });
-    from_feature_major(&out, t, layer.in_features)
+    dx
 }
 
 #[cfg(test)]
