@@ -24,7 +24,9 @@ pub struct Sequential {
 /// Per-layer state kept by [`Sequential::forward_cached`].
 #[derive(Debug, Clone)]
 pub struct SeqCache {
-    layers: Vec<(Option<OftCache>, Mat<f32>)>,
+    /// Per layer: the adapter's cache, and the pre-activation `z` unless the activation is the
+    /// identity.
+    layers: Vec<(Option<OftCache>, Option<Mat<f32>>)>,
 }
 
 /// Gradients of [`Sequential::backward`].
@@ -86,14 +88,24 @@ impl Sequential {
         x: MatRef<'_, f32>,
         mut rng: Option<&mut StdRng>,
     ) -> Result<(Mat<f32>, SeqCache)> {
-        let mut cur = x.to_owned();
+        // The running activation: `None` until the first layer, which reads `x` in place.
+        let mut cur: Option<Mat<f32>> = None;
         let mut layers = Vec::with_capacity(self.layers.len());
         for (name, m, act) in &self.layers {
-            let (z, cache) = module_forward(m, cur.as_ref(), rng.as_deref_mut())
+            let input = cur.as_ref().map_or(x, Mat::as_ref);
+            let (z, cache) = module_forward(m, input, rng.as_deref_mut())
                 .map_err(|e| LayerError::Config(format!("layer {name}: {e}")))?;
-            cur = act.forward(z.as_ref());
-            layers.push((cache, z));
+            // The identity keeps no pre-activation (its backward does not read it) and passes
+            // `z` on without a copy.
+            if *act == Activation::Identity {
+                cur = Some(z);
+                layers.push((cache, None));
+            } else {
+                cur = Some(act.forward(z.as_ref()));
+                layers.push((cache, Some(z)));
+            }
         }
+        let cur = cur.unwrap_or_else(|| x.to_owned());
         Ok((cur, SeqCache { layers }))
     }
 
@@ -110,24 +122,28 @@ impl Sequential {
                 format!("{} layers", cache.layers.len()),
             ));
         }
-        let mut g = dy.to_owned();
+        // The running gradient: `None` until the last layer, which reads `dy` in place.
+        let mut g: Option<Mat<f32>> = None;
         let mut params = BTreeMap::new();
         for ((name, m, act), (c, z)) in self.layers.iter().zip(&cache.layers).rev() {
-            let gz = act.backward(z.as_ref(), g.as_ref());
             let missing =
                 || LayerError::Config(format!("layer {name}: cache does not match the module"));
-            g = match (m, c) {
-                (Module::Aqlm(b), _) => BaseLinear::backward_input(b, gz.as_ref())?,
-                (Module::Dense(b), _) => BaseLinear::backward_input(b, gz.as_ref())?,
-                (Module::OftAqlm(l), Some(c)) => {
-                    collect(name, l.backward(c, gz.as_ref())?, &mut params)
-                }
-                (Module::OftDense(l), Some(c)) => {
-                    collect(name, l.backward(c, gz.as_ref())?, &mut params)
-                }
-                _ => return Err(missing()),
+            let g_out = g.as_ref().map_or(dy, Mat::as_ref);
+            let gz_owned = match (act, z) {
+                (Activation::Identity, _) => None,
+                (_, Some(z)) => Some(act.backward(z.as_ref(), g_out)),
+                (_, None) => return Err(missing()),
             };
+            let gz = gz_owned.as_ref().map_or(g_out, Mat::as_ref);
+            g = Some(match (m, c) {
+                (Module::Aqlm(b), _) => BaseLinear::backward_input(b, gz)?,
+                (Module::Dense(b), _) => BaseLinear::backward_input(b, gz)?,
+                (Module::OftAqlm(l), Some(c)) => collect(name, l.backward(c, gz)?, &mut params),
+                (Module::OftDense(l), Some(c)) => collect(name, l.backward(c, gz)?, &mut params),
+                _ => return Err(missing()),
+            });
         }
+        let g = g.unwrap_or_else(|| dy.to_owned());
         Ok(SeqGrad { input: g, params })
     }
 
