@@ -190,3 +190,67 @@ fn collect(
     }
     g.input
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dense::DenseLinear;
+
+    fn dense(rows: usize, cols: usize, seed: f32) -> DenseLinear {
+        DenseLinear::new(
+            Mat::from_fn(rows, cols, |i, j| ((i * cols + j) as f32 * seed).sin()),
+            Some(vec![0.1; rows]),
+            false,
+        )
+        .unwrap()
+    }
+
+    /// No layers: the output is the input and the input gradient is `dy` (the in-place reads of
+    /// `x` and `dy` fall back to copies).
+    #[test]
+    fn an_empty_model_passes_input_and_gradient_through() {
+        let m = Sequential::new();
+        let x = Mat::<f32>::from_fn(3, 5, |t, f| (t * 5 + f) as f32);
+        let (y, cache) = m.forward_cached(x.as_ref(), None).unwrap();
+        assert_eq!(y, x);
+        let g = m.backward(&cache, x.as_ref()).unwrap();
+        assert_eq!(g.input, x);
+        assert!(g.params.is_empty());
+    }
+
+    /// Identity layers pass `z` and its gradient on by move, ReLU layers keep `z`: the output
+    /// and the input gradient are the chain computed layer by layer, bit for bit.
+    #[test]
+    fn identity_and_relu_chains_match_the_layer_by_layer_chain() {
+        let (a, b, c) = (dense(6, 4, 0.7), dense(5, 6, 1.3), dense(3, 5, 0.4));
+        for acts in [
+            [Activation::Identity, Activation::Relu, Activation::Identity],
+            [Activation::Relu, Activation::Identity, Activation::Relu],
+        ] {
+            let m = Sequential::new()
+                .push("a", Module::Dense(a.clone()), acts[0])
+                .push("b", Module::Dense(b.clone()), acts[1])
+                .push("c", Module::Dense(c.clone()), acts[2]);
+            let x = Mat::<f32>::from_fn(7, 4, |t, f| ((t * 4 + f) as f32 * 0.9).cos());
+            let dy = Mat::<f32>::from_fn(7, 3, |t, o| ((t * 3 + o) as f32 * 0.5).sin());
+            let (y, cache) = m.forward_cached(x.as_ref(), None).unwrap();
+            let g = m.backward(&cache, dy.as_ref()).unwrap();
+
+            let layers = [&a, &b, &c];
+            let mut zs = Vec::new();
+            let mut cur = x.clone();
+            for (l, act) in layers.iter().zip(acts) {
+                let z = BaseLinear::forward(*l, cur.as_ref()).unwrap();
+                cur = act.forward(z.as_ref());
+                zs.push(z);
+            }
+            assert_eq!(y, cur, "{acts:?}");
+            let mut grad = dy.clone();
+            for ((l, act), z) in layers.iter().zip(acts).zip(&zs).rev() {
+                let gz = act.backward(z.as_ref(), grad.as_ref());
+                grad = BaseLinear::backward_input(*l, gz.as_ref()).unwrap();
+            }
+            assert_eq!(g.input, grad, "{acts:?}");
+        }
+    }
+}
