@@ -19,6 +19,7 @@ use oftq_candle::layer::faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::ops::{RopeTables, slice};
+use super::vector_math::softmax_in_place;
 
 /// The geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -128,18 +129,9 @@ fn gemm(
 /// Causal softmax of the rows of `s [t, t]` in place (row `i` sees columns `0..=i`).
 fn causal_softmax(s: &mut [f32], t: usize) {
     for i in 0..t {
-        let row = &mut s[i * t..(i + 1) * t];
-        let m = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in &mut row[..=i] {
-            // Flushed below e^-60, as in the loss: no subnormal results.
-            let x = *v - m;
-            *v = if x < -60.0 { 0.0 } else { x.exp() };
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row[..=i].iter_mut().for_each(|v| *v *= inv);
-        row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+        let (seen, masked) = s[i * t..(i + 1) * t].split_at_mut(i + 1);
+        softmax_in_place(seen);
+        masked.fill(0.0);
     }
 }
 

@@ -14,6 +14,7 @@
 use oftq_candle::candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 use super::ops::Causal;
+use super::vector_math::softmax_in_place;
 
 /// The op (see the module notes).
 struct CachedAttention {
@@ -127,15 +128,8 @@ impl CustomOp3 for CachedAttention {
                 for (pj, kj) in p.iter_mut().zip(km.chunks_exact(d.max(1))) {
                     *pj = dot(qr, kj);
                 }
-                let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for pj in p.iter_mut() {
-                    *pj = (*pj - max).exp();
-                    sum += *pj;
-                }
-                let inv = 1.0 / sum;
-                for (pj, vj) in p.iter().zip(vm.chunks_exact(d.max(1))) {
-                    let w = pj * inv;
+                softmax_in_place(p);
+                for (&w, vj) in p.iter().zip(vm.chunks_exact(d.max(1))) {
                     for (ov, vv) in orow.iter_mut().zip(vj) {
                         *ov += w * vv;
                     }

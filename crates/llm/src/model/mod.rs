@@ -12,6 +12,7 @@ mod dense;
 mod head_q8;
 pub mod ops;
 mod projection;
+pub(crate) mod vector_math;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -6,6 +6,8 @@ use oftq_candle::candle_core::{
     CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor, bail,
 };
 use rayon::prelude::*;
+
+use super::vector_math::{softmax_in_place, swiglu_backward, swiglu_forward};
 use std::sync::Arc;
 
 /// Rows per rayon task (enough work per task to amortise the scheduling).
@@ -277,19 +279,9 @@ impl CustomOp1 for Softmax {
                         Some(m) => (row % m.period.max(1) + m.offset + 1).min(n),
                         None => n,
                     };
-                    let max = xr[..visible]
-                        .iter()
-                        .copied()
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (yv, xv) in yr[..visible].iter_mut().zip(&xr[..visible]) {
-                        *yv = (xv - max).exp();
-                        sum += *yv;
-                    }
-                    let inv = 1.0 / sum;
-                    for yv in &mut yr[..visible] {
-                        *yv *= inv;
-                    }
+                    let yr = &mut yr[..visible];
+                    yr.copy_from_slice(&xr[..visible]);
+                    softmax_in_place(yr);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -315,10 +307,6 @@ pub fn softmax(x: &Tensor, causal: Option<Causal>) -> Result<Tensor> {
 /// `dg = dy ⊙ u ⊙ σ(g)·(1 + g·(1 − σ(g)))`.
 struct SwiGlu;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "oftq-swiglu"
@@ -339,9 +327,7 @@ impl CustomOp2 for SwiGlu {
         y.par_chunks_mut(16_384)
             .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
             .for_each(|(yc, (gc, uc))| {
-                for ((y, &g), &u) in yc.iter_mut().zip(gc).zip(uc) {
-                    *y = g * sigmoid(g) * u;
-                }
+                swiglu_forward(yc, gc, uc);
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -360,13 +346,8 @@ impl CustomOp2 for SwiGlu {
             .zip(du.par_chunks_mut(16_384))
             .enumerate()
             .for_each(|(c, (dgc, duc))| {
-                let o = c * 16_384;
-                for (i, (dg, du)) in dgc.iter_mut().zip(duc.iter_mut()).enumerate() {
-                    let (x, up, d) = (gv[o + i], uv[o + i], dy[o + i]);
-                    let s = sigmoid(x);
-                    *du = d * x * s;
-                    *dg = d * up * s * (1.0 + x * (1.0 - s));
-                }
+                let r = c * 16_384..c * 16_384 + dgc.len();
+                swiglu_backward(dgc, duc, &gv[r.clone()], &uv[r.clone()], &dy[r]);
             });
         let t = |x: Vec<f32>| Tensor::from_vec(x, g.shape(), g.device());
         Ok((Some(t(dg)?), Some(t(du)?)))
