@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use oftq_candle::candle_core::{D, DType, Device, Tensor};
+use oftq_candle::candle_core::{DType, Device, Storage, Tensor};
+use oftq_candle::storage_slice;
+use rayon::prelude::*;
 
 use crate::error::{LlmError, Result};
 use crate::model::Llama;
+use crate::model::vector_math::log_sum_exp;
 
 /// The result of [`perplexity`].
 #[derive(Debug, Clone)]
@@ -28,11 +31,39 @@ pub struct Perplexity {
 }
 
 /// The `[t, vocab]` logits' log-probabilities of `targets` (row `i` scores `targets[i]`), summed in
-/// `f64`.
+/// `f64`: `Σᵢ (zᵢ[targets[i]] − log Σⱼ e^zᵢⱼ)`, each row's log-sum-exp by
+/// [`log_sum_exp`](crate::model::vector_math::log_sum_exp) (terms in `f32`, summed in `f64`), rows
+/// in parallel and their results added in row order, so the value does not depend on the thread
+/// count.
+///
+/// # Errors
+/// [`LlmError::Invalid`] unless `logits` is a matrix with one row per target and every target
+/// is below the vocabulary size.
 pub fn log_likelihood(logits: &Tensor, targets: &[u32]) -> Result<f64> {
-    let lp = oftq_candle::candle_nn::ops::log_softmax(&logits.to_dtype(DType::F64)?, D::Minus1)?;
-    let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
-    Ok(lp.gather(&idx, 1)?.sum_all()?.to_scalar::<f64>()?)
+    let (rows, vocab) = logits.dims2()?;
+    if rows != targets.len() {
+        return Err(LlmError::Invalid(format!(
+            "{rows} rows of logits for {} targets",
+            targets.len()
+        )));
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(LlmError::Invalid(format!(
+            "target token {t} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let z = logits.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = z.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(LlmError::Invalid("logits are not on the CPU".into()));
+    };
+    let data = storage_slice::<f32>(cpu, layout, "logits")?;
+    let per_row: Vec<f64> = data
+        .par_chunks(vocab.max(1))
+        .zip(targets.par_iter())
+        .map(|(row, &t)| f64::from(row[t as usize]) - log_sum_exp(row))
+        .collect();
+    Ok(per_row.iter().sum())
 }
 
 /// Perplexity of `model` on `ids` (see the module docs): `ids.len().min(max_tokens) / context`
@@ -99,4 +130,36 @@ pub fn write_logits(path: &Path, input_ids: &[u32], logits: &Tensor) -> Result<(
         ),
     ]);
     crate::atomic::save_tensors(path, &map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_likelihood_sums_the_targets_log_probabilities() {
+        let z = [[1.0f32, 2.0, 3.0], [0.5, -1.0, 0.0]];
+        let logits = Tensor::new(&z, &Device::Cpu).unwrap();
+        let lse = |r: &[f32; 3]| r.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+        let want = (f64::from(z[0][2]) - lse(&z[0])) + (f64::from(z[1][0]) - lse(&z[1]));
+        let got = log_likelihood(&logits, &[2, 0]).unwrap();
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // A narrowed (row-sliced) view and f64 logits give the same.
+        let wide = Tensor::new(&[z[0], z[1], [9.0, 9.0, 9.0]], &Device::Cpu).unwrap();
+        let narrowed = log_likelihood(&wide.narrow(0, 0, 2).unwrap(), &[2, 0]).unwrap();
+        assert_eq!(narrowed, got);
+        let f64_logits = logits.to_dtype(DType::F64).unwrap();
+        assert_eq!(log_likelihood(&f64_logits, &[2, 0]).unwrap(), got);
+    }
+
+    #[test]
+    fn log_likelihood_rejects_mismatched_targets() {
+        let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = log_likelihood(&logits, &[0]).unwrap_err().to_string();
+        assert!(err.contains("2 rows of logits for 1 targets"), "{err}");
+        let err = log_likelihood(&logits, &[0, 3]).unwrap_err().to_string();
+        assert!(err.contains("outside the vocabulary of 3"), "{err}");
+        let not_a_matrix = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        assert!(log_likelihood(&not_a_matrix, &[0]).is_err());
+    }
 }
