@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use oftq_layer::BaseLinear;
-use oftq_layer::faer::{Mat, MatRef};
+use oftq_layer::faer::{Mat, MatMut, MatRef};
 
 use crate::tensor_io::{contiguous_slice, rows_of, storage_of, view};
 
@@ -30,11 +30,16 @@ fn apply_rows(
     let rows = rows_of(layout.shape(), n_in, what)?;
     let x = contiguous_slice::<f32>(storage, layout, what)?;
     let y = f(view(x, rows, n_in)).map_err(candle_core::Error::wrap)?;
+    Ok((storage_of(y.as_ref()), out_shape(layout, n_out)))
+}
+
+/// The input's shape with the last dimension replaced by `n_out`.
+fn out_shape(layout: &Layout, n_out: usize) -> Shape {
     let mut dims = layout.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = n_out;
     }
-    Ok((storage_of(y.as_ref()), Shape::from(dims)))
+    Shape::from(dims)
 }
 
 impl<B: BaseLinear + 'static> CustomOp1 for BaseForward<B> {
@@ -42,10 +47,21 @@ impl<B: BaseLinear + 'static> CustomOp1 for BaseForward<B> {
         "oftq-base-linear"
     }
 
+    /// Writes straight into the row-major storage of the new tensor ([`BaseLinear::forward_into`]):
+    /// no column-major result and no transposing copy.
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let b = &self.0;
-        let (i, o) = (b.in_features(), b.out_features());
-        apply_rows(storage, layout, i, o, "base layer input", |x| b.forward(x))
+        let (n_in, n_out) = (b.in_features(), b.out_features());
+        let what = "base layer input";
+        let rows = rows_of(layout.shape(), n_in, what)?;
+        let x = contiguous_slice::<f32>(storage, layout, what)?;
+        let mut y = vec![0f32; rows * n_out];
+        b.forward_into(
+            view(x, rows, n_in),
+            MatMut::from_row_major_slice_mut(&mut y, rows, n_out),
+        )
+        .map_err(candle_core::Error::wrap)?;
+        Ok((CpuStorage::F32(y), out_shape(layout, n_out)))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

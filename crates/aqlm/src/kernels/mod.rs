@@ -26,7 +26,7 @@ pub(crate) mod simd;
 pub use simd::clear_upper_simd_state;
 mod tiled_gemm;
 
-use faer::{Mat, MatRef};
+use faer::{Mat, MatMut, MatRef};
 
 use crate::error::AqlmError;
 use crate::layer::AqlmLayer;
@@ -178,6 +178,69 @@ impl AqlmLayer {
     /// # Errors
     /// [`AqlmError::InputShape`] if `x.ncols() != in_features`.
     pub fn forward_with(&self, x: MatRef<'_, f32>, kernel: Kernel) -> Result<Mat<f32>, AqlmError> {
+        self.check_forward_input(x)?;
+        if x.nrows() == 0 {
+            return Ok(Mat::zeros(0, self.out_features));
+        }
+        let mut y = match kernel {
+            Kernel::Reference => reference::forward(self, x),
+            Kernel::Lut => lut::forward(self, x),
+            Kernel::DecodeDot => decode_dot::forward(self, x),
+            Kernel::TiledGemm => {
+                let mut y = Mat::zeros(x.nrows(), self.out_features);
+                tiled_gemm::forward_into(self, x, y.as_mut());
+                y
+            }
+        };
+        self.add_bias(y.as_mut());
+        Ok(y)
+    }
+
+    /// Forward `y = x·Wᵀ + bias` written into `y` (`[tokens, out]`, any strides, every element
+    /// overwritten) with the kernel chosen by [`AqlmLayer::auto_kernel`]: the caller picks the
+    /// output's layout (a row-major `y` needs no transposing copy afterwards). The values are
+    /// those of [`AqlmLayer::forward`].
+    ///
+    /// # Errors
+    /// [`AqlmError::InputShape`] if `x.ncols() != in_features`; [`AqlmError::Shape`] unless `y`
+    /// is `[x.nrows(), out_features]`.
+    pub fn forward_into(&self, x: MatRef<'_, f32>, y: MatMut<'_, f32>) -> Result<(), AqlmError> {
+        self.forward_into_with(x, y, self.auto_kernel(x.nrows()))
+    }
+
+    /// [`AqlmLayer::forward_into`] with an explicit kernel. The tiled product writes into `y`
+    /// directly; the other kernels compute their result and copy it.
+    ///
+    /// # Errors
+    /// As [`AqlmLayer::forward_into`].
+    pub fn forward_into_with(
+        &self,
+        x: MatRef<'_, f32>,
+        mut y: MatMut<'_, f32>,
+        kernel: Kernel,
+    ) -> Result<(), AqlmError> {
+        self.check_forward_input(x)?;
+        if y.nrows() != x.nrows() || y.ncols() != self.out_features {
+            return Err(AqlmError::Shape {
+                what: "forward output".into(),
+                expected: format!("[{}, {}]", x.nrows(), self.out_features),
+                got: format!("[{}, {}]", y.nrows(), y.ncols()),
+            });
+        }
+        if x.nrows() == 0 {
+            return Ok(());
+        }
+        if kernel == Kernel::TiledGemm {
+            tiled_gemm::forward_into(self, x, y.as_mut());
+            self.add_bias(y);
+        } else {
+            y.copy_from(self.forward_with(x, kernel)?);
+        }
+        Ok(())
+    }
+
+    /// Errors unless `x` has `in_features` columns.
+    fn check_forward_input(&self, x: MatRef<'_, f32>) -> Result<(), AqlmError> {
         if x.ncols() != self.in_features {
             return Err(AqlmError::InputShape {
                 op: "forward",
@@ -186,23 +249,18 @@ impl AqlmLayer {
                 got: x.ncols(),
             });
         }
-        if x.nrows() == 0 {
-            return Ok(Mat::zeros(0, self.out_features));
-        }
-        let mut y = match kernel {
-            Kernel::Reference => reference::forward(self, x),
-            Kernel::Lut => lut::forward(self, x),
-            Kernel::DecodeDot => decode_dot::forward(self, x),
-            Kernel::TiledGemm => tiled_gemm::forward(self, x),
-        };
+        Ok(())
+    }
+
+    /// `y[:, r] += bias[r]` (nothing without a bias).
+    fn add_bias(&self, mut y: MatMut<'_, f32>) {
         if let Some(b) = &self.bias {
             for (r, &bv) in b.iter().enumerate() {
-                for v in y.col_mut(r).iter_mut() {
+                for v in y.as_mut().col_mut(r).iter_mut() {
                     *v += bv;
                 }
             }
         }
-        Ok(y)
     }
 
     /// Input gradient `dx = dy·W` (`dy [tokens, out]` → `dx [tokens, in]`) with the kernel

@@ -143,6 +143,42 @@ fn strided_inputs_and_shape_errors() {
     );
 }
 
+/// `forward_into` gives `forward`'s bits into column-major, row-major and strided outputs, for
+/// every kernel, with and without a bias; it checks the output's shape.
+#[test]
+fn forward_into_any_layout_matches_forward() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (bias, tokens) in [(true, 40), (false, 33), (true, 1), (false, 0)] {
+        let layer = random_layer(&mut rng, 2, 8, 8, 1, 6, 24, bias);
+        let x = random_mat(&mut rng, tokens, 48);
+        for kernel in Kernel::ALL {
+            let want = layer.forward_with(x.as_ref(), kernel).unwrap();
+            let mut col = Mat::<f32>::from_fn(tokens, 24, |_, _| f32::NAN);
+            layer
+                .forward_into_with(x.as_ref(), col.as_mut(), kernel)
+                .unwrap();
+            assert!(same_bits(&col, &want), "{kernel:?}, column-major");
+            let mut rows = vec![f32::NAN; tokens * 24];
+            let y = faer::MatMut::from_row_major_slice_mut(&mut rows, tokens, 24);
+            layer.forward_into_with(x.as_ref(), y, kernel).unwrap();
+            let got = Mat::from_fn(tokens, 24, |i, j| rows[i * 24 + j]);
+            assert!(same_bits(&got, &want), "{kernel:?}, row-major");
+            // A window of a larger matrix (column stride ≠ rows), the rest untouched.
+            let mut big = Mat::<f32>::from_fn(tokens + 3, 30, |_, _| f32::NAN);
+            let y = big.as_mut().submatrix_mut(1, 2, tokens, 24);
+            layer.forward_into_with(x.as_ref(), y, kernel).unwrap();
+            let got = Mat::from_fn(tokens, 24, |i, j| big[(i + 1, j + 2)]);
+            assert!(same_bits(&got, &want), "{kernel:?}, window");
+            assert!(big.col(0).iter().all(|v| v.is_nan()) && big.row(0).iter().all(|v| v.is_nan()));
+        }
+        let mut wrong = Mat::<f32>::zeros(tokens + 1, 24);
+        assert!(matches!(
+            layer.forward_into(x.as_ref(), wrong.as_mut()),
+            Err(crate::AqlmError::Shape { .. })
+        ));
+    }
+}
+
 #[test]
 fn identical_bits_for_1_2_4_threads() {
     let mut rng = StdRng::seed_from_u64(11);

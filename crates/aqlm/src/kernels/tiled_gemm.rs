@@ -14,7 +14,7 @@
 //!   11.3–11.4.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::simd::clear_upper_simd_state;
@@ -61,13 +61,12 @@ pub(crate) fn col_tile_floats(layer: &AqlmLayer) -> usize {
     col_groups(layer) * layer.scheme.in_group_size * layer.out_features
 }
 
-/// `x·Wᵀ` (no bias), blocks of output rows, each task writing its columns of the result.
-pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
+/// `y = x·Wᵀ` (no bias) for `y [tokens, out]` of any strides, blocks of output rows, each task
+/// writing its columns of `y`.
+pub(crate) fn forward_into(layer: &AqlmLayer, x: MatRef<'_, f32>, y: MatMut<'_, f32>) {
     let (og, n_in) = (layer.scheme.out_group_size, layer.in_features);
     let groups = row_groups(layer);
-    let mut y = Mat::<f32>::zeros(x.nrows(), layer.out_features);
-    y.as_mut()
-        .par_col_chunks_mut(groups * og)
+    y.par_col_chunks_mut(groups * og)
         .enumerate()
         .for_each_init(Vec::new, |w, (ci, dst)| {
             let o0 = ci * groups;
@@ -79,7 +78,6 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             matmul(dst, Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
             clear_upper_simd_state();
         });
-    y
 }
 
 /// `dy·W`, blocks of input columns, each task writing its columns of the result.
