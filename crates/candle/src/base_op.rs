@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use oftq_layer::BaseLinear;
 use oftq_layer::faer::{Mat, MatMut, MatRef};
 
-use crate::tensor_io::{contiguous_slice, rows_of, storage_of, view};
+use crate::tensor_io::{contiguous_slice, out_shape, rows_of, storage_of, view};
 
 /// `y = base(x)` for `x [..., in]` (contiguous `f32`) → `y [..., out]`.
 pub(crate) struct BaseForward<B>(pub(crate) Arc<B>);
@@ -31,15 +31,6 @@ fn apply_rows(
     let x = contiguous_slice::<f32>(storage, layout, what)?;
     let y = f(view(x, rows, n_in)).map_err(candle_core::Error::wrap)?;
     Ok((storage_of(y.as_ref()), out_shape(layout, n_out)))
-}
-
-/// The input's shape with the last dimension replaced by `n_out`.
-fn out_shape(layout: &Layout, n_out: usize) -> Shape {
-    let mut dims = layout.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n_out;
-    }
-    Shape::from(dims)
 }
 
 impl<B: BaseLinear + 'static> CustomOp1 for BaseForward<B> {

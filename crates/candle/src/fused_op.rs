@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use oftq_layer::BaseLinear;
+use oftq_layer::faer::MatMut;
 
 use crate::rotation_op::RotationOp;
 use crate::tensor_io::{
-    col_major, col_view, contiguous_slice, rows_of, storage_of, tensor_of, view, with_slice,
+    col_major, col_view, contiguous_slice, out_shape, rows_of, tensor_of, view, with_slice,
 };
 
 /// `y = base(x·R̃_bd)` for `x [..., in]` and the adapter's packed parameters, `f32`.
@@ -42,15 +43,16 @@ impl<B: BaseLinear + 'static> CustomOp2 for RotatedBase<B> {
         let xr = rot
             .forward_masked(view(x, rows, d), self.rotation.keep.as_deref())
             .map_err(candle_core::Error::wrap)?;
-        let y = self
-            .base
-            .forward(xr.as_ref())
+        // The base writes straight into the new tensor's row-major storage.
+        let o = self.base.out_features();
+        let mut y = vec![0f32; rows * o];
+        self.base
+            .forward_into(
+                xr.as_ref(),
+                MatMut::from_row_major_slice_mut(&mut y, rows, o),
+            )
             .map_err(candle_core::Error::wrap)?;
-        let mut dims = l1.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.base.out_features();
-        }
-        Ok((storage_of(y.as_ref()), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), out_shape(l1, o)))
     }
 
     /// `g = ∂L/∂y·W` through the base, then the rotation's VJP at `x` gives `∂L/∂x` and the

@@ -59,6 +59,16 @@ pub(crate) fn rows_of(shape: &Shape, n: usize, what: &str) -> Result<usize> {
     }
 }
 
+/// `layout`'s shape with its last dimension replaced by `n`: the shape of a linear layer's output
+/// `[..., n]` for an input `[..., in]`.
+pub(crate) fn out_shape(layout: &Layout, n: usize) -> Shape {
+    let mut dims = layout.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
+}
+
 /// A row-major `[rows, cols]` view of a contiguous slice.
 pub(crate) fn view<T>(data: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(data, rows, cols)
