@@ -1,9 +1,10 @@
 //! Moving activations between candle's row-major storage and faer matrix views.
 //!
 //! candle stores a contiguous tensor `[..., n]` row-major; oftq's kernels take `faer` views of
-//! `[tokens, n]` with any strides. A contiguous slice is viewed in place (no copy); results, which
-//! oftq returns column-major, are copied once into a row-major `Vec` that becomes the new tensor's
-//! storage.
+//! `[tokens, n]` with any strides. A contiguous slice is viewed in place (no copy). The base
+//! layers' forward writes straight into a row-major `Vec` that becomes the new tensor's storage
+//! (`BaseLinear::forward_into`); other results, which oftq returns column-major, are copied once
+//! into one ([`row_major`]).
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 use oftq_layer::faer::{Mat, MatMut, MatRef};

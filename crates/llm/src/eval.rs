@@ -31,10 +31,10 @@ pub struct Perplexity {
 }
 
 /// The `[t, vocab]` logits' log-probabilities of `targets` (row `i` scores `targets[i]`), summed in
-/// `f64`: `Σᵢ (zᵢ[targets[i]] − log Σⱼ e^zᵢⱼ)`, each row's log-sum-exp by
-/// [`log_sum_exp`](crate::model::vector_math::log_sum_exp) (terms in `f32`, summed in `f64`), rows
-/// in parallel and their results added in row order, so the value does not depend on the thread
-/// count.
+/// `f64`: `Σᵢ (zᵢ[targets[i]] − log Σⱼ e^zᵢⱼ)`, each row's log-sum-exp in one vectorized pass
+/// (`m + log Σⱼ e^(zᵢⱼ − m)` with `m` the row's maximum; terms in `f32` within 2 ulp, summed in
+/// `f64`), rows in parallel and their results added in row order, so the value does not depend
+/// on the thread count.
 ///
 /// # Errors
 /// [`LlmError::Invalid`] unless `logits` is a matrix with one row per target and every target
