@@ -19,6 +19,7 @@ use oftq_candle::candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use super::ops::slice;
+use super::vector_math::combine_pairwise;
 
 /// Values per scale (GGUF's `Q8_0` block).
 pub(crate) const BLOCK: usize = 32;
@@ -165,20 +166,7 @@ fn dot(x: &[f32], q: &[i8], s: &[f32]) -> f32 {
     for (l, (xv, qv)) in rx.iter().zip(rq).enumerate() {
         p[l] += xv * (rs[l / BLOCK] * f32::from(*qv));
     }
-    combine(p)
-}
-
-/// The partial sums combined pairwise: `p[l] += p[l + 32]`, then `+ 16`, … down to `p[0]`.
-#[inline(always)]
-fn combine(mut p: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            p[l] += p[l + width];
-        }
-        width /= 2;
-    }
-    p[0]
+    combine_pairwise(p)
 }
 
 /// `yt[i·n + r] = ⟨x_r, W_i⟩` for the rows `W_i` (codes `q`, scales `s`) of one task.
@@ -265,7 +253,7 @@ mod tests {
         for (c, (a, b)) in x.iter().zip(w).enumerate() {
             p[c % LANES] += a * b;
         }
-        combine(p)
+        combine_pairwise(p)
     }
 
     fn uniform(len: usize, seed: u32) -> Vec<f32> {

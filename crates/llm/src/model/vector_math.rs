@@ -56,45 +56,49 @@ use multiversion::multiversion;
 /// Lanes of the reductions: one AVX-512 register of `f32`.
 const LANES: usize = 16;
 
-/// The largest element of `xs` (`−∞` for an empty slice), NaN-ignoring as [`f32::max`]. Lane `l`
-/// takes elements `l, l + 16, …`; the lanes are then combined in a fixed order.
+/// `f` folded over `xs` in [`LANES`] lanes: lane `l` folds elements `l, l + 16, …` in ascending
+/// order, starting from `init`. Written so that the compiler keeps the lanes in one register.
 #[inline(always)]
-fn max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
+fn fold_lanes<A: Copy>(xs: &[f32], init: A, f: impl Fn(A, f32) -> A) -> [A; LANES] {
+    let mut acc = [init; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.max(v);
+            *a = f(*a, v);
         }
     }
     for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = a.max(v);
+        *a = f(*a, v);
     }
-    acc.into_iter().fold(f32::NEG_INFINITY, f32::max)
+    acc
 }
 
-/// `Σ xs`: lane `l` sums elements `l, l + 16, …` in ascending order, then the lanes are added
-/// pairwise (`l` and `l + 8`, then `l + 4`, `l + 2`, `l + 1`).
+/// The partial sums `p` combined pairwise: `p[l] += p[l + N/2]` for `l < N/2`, then `N/4`, … down
+/// to `p[0]` (`N` a power of two).
 #[inline(always)]
-fn sum(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += v;
-    }
-    let mut half = LANES / 2;
+pub(crate) fn combine_pairwise<const N: usize>(mut p: [f32; N]) -> f32 {
+    let mut half = N / 2;
     while half > 0 {
         for l in 0..half {
-            acc[l] += acc[l + half];
+            p[l] += p[l + half];
         }
         half /= 2;
     }
-    acc[0]
+    p[0]
+}
+
+/// The largest element of `xs` (`−∞` for an empty slice), NaN-ignoring as [`f32::max`], by
+/// [`fold_lanes`].
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let lanes = fold_lanes(xs, f32::NEG_INFINITY, f32::max);
+    lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ xs`: lane sums by [`fold_lanes`], combined by [`combine_pairwise`].
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    combine_pairwise(fold_lanes(xs, 0f32, |a, v| a + v))
 }
 
 /// Exponents below which [`exp_shifted`] flushes to 0: `e^−60 ≈ 8.8·10⁻²⁷`, far below any
@@ -142,18 +146,9 @@ pub(crate) fn log_sum_exp(xs: &[f32]) -> f64 {
         // Empty or all −∞: −∞; some +∞: +∞.
         return f64::from(m);
     }
-    let mut acc = [0f64; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f64::from(exp(v - m));
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += f64::from(exp(v - m));
-    }
+    let lanes = fold_lanes(xs, 0f64, |a, v| a + f64::from(exp(v - m)));
     // A NaN element makes its term, hence the sum, NaN.
-    let s = acc.iter().fold(0.0, |s, &a| s + a);
+    let s = lanes.iter().fold(0.0, |s, &a| s + a);
     f64::from(m) + s.ln()
 }
 
