@@ -41,6 +41,7 @@ use serde_json::json;
 use crate::error::{LlmError, Result};
 use crate::kl_head::kl_head_loss;
 use crate::model::Llama;
+use crate::model::vector_math::log_sum_exp;
 use crate::weights::PROJECTIONS;
 
 /// The teacher's next-token distributions of a set of sequences, kept as the top `k` tokens of
@@ -83,7 +84,8 @@ impl TeacherTargets {
         }
     }
 
-    /// Top-`k` targets of `logits [rows, vocab]` (probabilities from a softmax in `f64`).
+    /// Top-`k` targets of `logits [rows, vocab]`: probabilities `e^(z_i − lse)` in `f64`, with each
+    /// row's log-sum-exp in one vectorized pass (`f32` terms within 2 ulp, summed in `f64`).
     pub fn from_logits(logits: &Tensor, k: usize) -> Result<Self> {
         let (rows, vocab) = logits.dims2()?;
         let k = k.clamp(1, vocab);
@@ -91,8 +93,7 @@ impl TeacherTargets {
         let per_row: Vec<(Vec<u32>, Vec<f32>, f32)> = v
             .par_chunks(vocab)
             .map(|z| {
-                let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = z.iter().map(|&x| f64::from(x - m).exp()).sum();
+                let lse = log_sum_exp(z);
                 let mut idx: Vec<u32> = (0..vocab as u32).collect();
                 idx.select_nth_unstable_by(k - 1, |&a, &b| {
                     z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b))
@@ -103,7 +104,7 @@ impl TeacherTargets {
                 });
                 let p: Vec<f32> = idx
                     .iter()
-                    .map(|&i| (f64::from(z[i as usize] - m).exp() / sum) as f32)
+                    .map(|&i| (f64::from(z[i as usize]) - lse).exp() as f32)
                     .collect();
                 let kept: f64 = p.iter().map(|&x| f64::from(x)).sum();
                 (idx, p, (1.0 - kept).max(0.0) as f32)
