@@ -141,29 +141,30 @@ fn gemm(
     clear_upper_simd_state();
 }
 
-/// Causal softmax of the rows of `s [t, t]` in place (row `i` sees columns `0..=i`).
-fn causal_softmax(s: &mut [f32], t: usize) {
-    for i in 0..t {
-        let (seen, masked) = s[i * t..(i + 1) * t].split_at_mut(i + 1);
+/// The probabilities `P [rows, keys]` of query positions `first..first + rows` of one head
+/// (`q̃`: their rotated rows, `rows·d` values) against the first `keys = first + rows` rotated
+/// keys `k̃`: `S = q̃·k̃ᵀ/√d`, then a softmax of each row over the keys its position sees
+/// (row `i` sees `0..=first + i`; the others are 0). `first = 0` with all `t` rows gives the
+/// whole `[t, t]` matrix.
+fn probabilities(q: &[f32], k: &[f32], g: &Geometry, first: usize) -> Vec<f32> {
+    let rows = q.len() / g.d.max(1);
+    let keys = first + rows;
+    let mut s = vec![0f32; rows * keys];
+    let scale = 1.0 / (g.d as f32).sqrt();
+    gemm(
+        &mut s,
+        (rows, keys),
+        (q, false),
+        g.d,
+        (&k[..keys * g.d], true),
+        scale,
+        false,
+    );
+    for (i, row) in s.chunks_exact_mut(keys.max(1)).enumerate() {
+        let (seen, masked) = row.split_at_mut(first + i + 1);
         softmax_in_place(seen);
         masked.fill(0.0);
     }
-}
-
-/// The probabilities `P [t, t]` of one head from its rotated `q̃`, `k̃`.
-fn probabilities(q: &[f32], k: &[f32], g: &Geometry) -> Vec<f32> {
-    let t = g.time;
-    let mut s = vec![0f32; t * t];
-    gemm(
-        &mut s,
-        (t, t),
-        (q, false),
-        g.d,
-        (k, true),
-        1.0 / (g.d as f32).sqrt(),
-        false,
-    );
-    causal_softmax(&mut s, t);
     s
 }
 
@@ -234,7 +235,6 @@ impl CustomOp3 for Attention {
         // so the masked part of `S` and of `P·V` is never computed (about 3/8 of both at 512
         // positions), and the tasks (36 for SmolLM2's 9 heads) keep both threads busy.
         let blocks = t.div_ceil(ROW_BLOCK);
-        let scale = 1.0 / (d as f32).sqrt();
         let parts: Vec<(usize, usize, usize, Vec<f32>)> = (0..g.batch * g.heads * blocks)
             .into_par_iter()
             .map(|task| {
@@ -243,30 +243,14 @@ impl CustomOp3 for Attention {
                 let (i0, i1) = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(t));
                 let (kr, vv) = &kvs[b * g.kv_heads + h / g.rep()];
                 let qr = gather_rows(q, &g, g.heads, (b, h), i0..i1, rope);
-                let (rows, keys) = (i1 - i0, i1);
-                let mut s = vec![0f32; rows * keys];
-                let kr = &kr[..keys * d];
-                gemm(
-                    &mut s,
-                    (rows, keys),
-                    (&qr, false),
-                    d,
-                    (kr, true),
-                    scale,
-                    false,
-                );
-                for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                    let (seen, masked) = row.split_at_mut(i0 + i + 1);
-                    softmax_in_place(seen);
-                    masked.fill(0.0);
-                }
-                let mut o = vec![0f32; rows * d];
-                let vv = &vv[..keys * d];
+                let p = probabilities(&qr, kr, &g, i0);
+                let mut o = vec![0f32; (i1 - i0) * d];
+                let vv = &vv[..i1 * d];
                 gemm(
                     &mut o,
-                    (rows, d),
-                    (&s, false),
-                    keys,
+                    (i1 - i0, d),
+                    (&p, false),
+                    i1,
                     (vv, false),
                     1.0,
                     false,
@@ -311,7 +295,7 @@ impl CustomOp3 for Attention {
                     let h = kvh * g.rep() + r;
                     let qr = gather(&qv, &g, g.heads, b, h, rope);
                     let dout = gather(&dov, &g, g.heads, b, h, None);
-                    let p = probabilities(&qr, &kr, &g);
+                    let p = probabilities(&qr, &kr, &g, 0);
                     // dV += Pᵀ·dO
                     gemm(&mut dv, (t, d), (&p, true), t, (&dout, false), 1.0, true);
                     // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
