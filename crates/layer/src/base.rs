@@ -81,8 +81,25 @@ mod tests {
     use super::*;
     use crate::dense::DenseLinear;
 
-    /// The default `forward_into` (dense) and the AQLM one write `forward`'s values into a
-    /// row-major output and reject an output of the wrong shape.
+    /// `forward_into` of `layer` into a row-major output has `forward`'s bits; an output of the
+    /// wrong width is a shape error naming the expected shape.
+    fn check_forward_into(layer: &dyn BaseLinear, x: MatRef<'_, f32>) {
+        let (t, o) = (x.nrows(), layer.out_features());
+        let want = layer.forward(x).unwrap();
+        let mut rows = vec![f32::NAN; t * o];
+        let y = MatMut::from_row_major_slice_mut(&mut rows, t, o);
+        layer.forward_into(x, y).unwrap();
+        for i in 0..t {
+            for j in 0..o {
+                assert_eq!(rows[i * o + j].to_bits(), want[(i, j)].to_bits());
+            }
+        }
+        let mut wrong = Mat::<f32>::zeros(t, o + 1);
+        let err = layer.forward_into(x, wrong.as_mut()).unwrap_err();
+        assert!(err.to_string().contains(&format!("[{t}, {o}]")), "{err}");
+    }
+
+    /// The default `forward_into` (dense) and the AQLM one.
     #[test]
     fn forward_into_writes_forward_into_any_layout() {
         let dense = DenseLinear::new(
@@ -92,18 +109,7 @@ mod tests {
         )
         .unwrap();
         let x = Mat::from_fn(3, 7, |i, j| ((i + 2 * j) as f32 * 0.7).cos());
-        let want = dense.forward(x.as_ref()).unwrap();
-        let mut rows = vec![f32::NAN; 15];
-        let y = MatMut::from_row_major_slice_mut(&mut rows, 3, 5);
-        BaseLinear::forward_into(&dense, x.as_ref(), y).unwrap();
-        for i in 0..3 {
-            for j in 0..5 {
-                assert_eq!(rows[i * 5 + j].to_bits(), want[(i, j)].to_bits());
-            }
-        }
-        let mut wrong = Mat::<f32>::zeros(3, 4);
-        let err = BaseLinear::forward_into(&dense, x.as_ref(), wrong.as_mut()).unwrap_err();
-        assert!(err.to_string().contains("[3, 5]"), "{err}");
+        check_forward_into(&dense, x.as_ref());
 
         let scheme = oftq_aqlm::AqlmScheme::new(1, 4, 8, 1).unwrap();
         let aqlm = AqlmLayer::new(
@@ -117,16 +123,6 @@ mod tests {
         )
         .unwrap();
         let x = Mat::from_fn(4, 8, |i, j| (i as f32 - j as f32) * 0.2);
-        let want = BaseLinear::forward(&aqlm, x.as_ref()).unwrap();
-        let mut rows = vec![f32::NAN; 20];
-        let y = MatMut::from_row_major_slice_mut(&mut rows, 4, 5);
-        BaseLinear::forward_into(&aqlm, x.as_ref(), y).unwrap();
-        for i in 0..4 {
-            for j in 0..5 {
-                assert_eq!(rows[i * 5 + j].to_bits(), want[(i, j)].to_bits());
-            }
-        }
-        let mut wrong = Mat::<f32>::zeros(4, 6);
-        assert!(BaseLinear::forward_into(&aqlm, x.as_ref(), wrong.as_mut()).is_err());
+        check_forward_into(&aqlm, x.as_ref());
     }
 }
