@@ -487,8 +487,9 @@ fn run_here(cmd: LlmCommand, quiet: bool) -> Result<()> {
             } else {
                 println!("perplexity {:.4} over {} tokens", r.perplexity, r.tokens);
                 if !quiet {
+                    let plural = if r.windows == 1 { "" } else { "s" };
                     eprintln!(
-                        "{} windows of {context}, {:.2} s per window",
+                        "{} window{plural} of {context}, {:.2} s per window (median forward)",
                         r.windows, r.forward_s
                     );
                 }
