@@ -129,6 +129,41 @@ fn forward_g8(layer: &AqlmLayer, xt: &[f32], t: usize, o0: usize, chunk: &mut [f
     }
 }
 
+/// The tile of codes `c`: `Σ_{m ascending} cb_m[c_m]`, read from the byte-indexed `tables`
+/// when the layer has them ([`AqlmLayer::byte_tables`]), else from the codebooks `cb` (`k`
+/// entries each). A function, not a closure, so that it is always inlined: as a closure it was
+/// compiled out of line, one call per tile (see [`forward_mx_g8_t1`]).
+///
+/// Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of a
+/// zero, which no sum in the kernels can tell) and spares `M = 1` an addition.
+#[inline(always)]
+fn tile_sum<const M: usize>(
+    tables: Option<&[[[f32; 8]; 256]; M]>,
+    cb: &[[f32; 8]],
+    k: usize,
+    c: &[u16; M],
+) -> [f32; 8] {
+    if let Some(tables) = tables {
+        // The low byte is the code (see `AqlmLayer::byte_tables`).
+        let mut w = tables[0][usize::from(c[0] as u8)];
+        for mm in 1..M {
+            let e = &tables[mm][usize::from(c[mm] as u8)];
+            for b in 0..8 {
+                w[b] += e[b];
+            }
+        }
+        return w;
+    }
+    let mut w = cb[usize::from(c[0])];
+    for (mm, &cm) in c.iter().enumerate().skip(1) {
+        let e = &cb[mm * k + usize::from(cm)];
+        for b in 0..8 {
+            w[b] += e[b];
+        }
+    }
+    w
+}
+
 /// The `M`-codebook `og = 1`, `ig = 8` one-token case of [`forward_task`] (1x16, 1x8, 2x8, 4x8),
 /// four rows interleaved (four independent chains of multiply-adds); the tile is the sum of
 /// [`AqlmLayer::group_sum_fixed`] (codebooks ascending): same arithmetic, same order. Codebooks
@@ -148,29 +183,7 @@ fn forward_mx_g8_t1<const M: usize>(layer: &AqlmLayer, xt: &[f32], o0: usize, ch
             .0
     };
     let tables = layer.byte_tables::<M>();
-    // Starting from the first entry instead of 0 changes no bit (`0 + e = e`, up to the sign of
-    // a zero, which no sum below can tell) and spares `M = 1` an addition.
-    let tile = |c: &[u16; M]| {
-        if let Some(tables) = tables {
-            // The low byte is the code (see `AqlmLayer::byte_tables`).
-            let mut w = tables[0][usize::from(c[0] as u8)];
-            for mm in 1..M {
-                let e = &tables[mm][usize::from(c[mm] as u8)];
-                for b in 0..8 {
-                    w[b] += e[b];
-                }
-            }
-            return w;
-        }
-        let mut w = cb[usize::from(c[0])];
-        for (mm, &cm) in c.iter().enumerate().skip(1) {
-            let e = &cb[mm * k + usize::from(cm)];
-            for b in 0..8 {
-                w[b] += e[b];
-            }
-        }
-        w
-    };
+    let tile = |c: &[u16; M]| tile_sum(tables, cb, k, c);
     let mut o = o0;
     let mut chunks = chunk.chunks_exact_mut(R);
     for dst in &mut chunks {
