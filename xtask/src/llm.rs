@@ -512,10 +512,21 @@ fn report(machine: &Machine, opts: &Options, r: &BTreeMap<String, Value>) -> Str
         fmt(get(&format!("{first}.calibrated.512"), "forward_s"), 2),
         fmt(get(&format!("python.{first}.calibrated.512"), "forward_s"), 1)
     ));
+    // Every scheme's generation speed, alone and with its adapters.
+    let generation: Vec<String> = opts
+        .schemes
+        .iter()
+        .map(|sc| {
+            format!(
+                "{} tokens/s ({sc}), {} tokens/s ({sc} + OFT)",
+                fmt(get(&format!("{sc}.generate"), "tokens_per_s"), 1),
+                fmt(get(&format!("{sc}.oft.generate"), "tokens_per_s"), 1)
+            )
+        })
+        .collect();
     s.push_str(&format!(
-        "| generation, batch 1 | {} tokens/s ({first}), {} tokens/s ({first} + OFT) | {} tokens/s (transformers, source) |\n",
-        fmt(get(&format!("{first}.generate"), "tokens_per_s"), 1),
-        fmt(get(&format!("{first}.oft.generate"), "tokens_per_s"), 1),
+        "| generation, batch 1 | {} | {} tokens/s (transformers, source) |\n",
+        generation.join("; "),
         fmt(get("python.source", "generate_tokens_per_s"), 1)
     ));
     s.push_str(&format!(
