@@ -110,27 +110,35 @@ pub(crate) fn floats_to_bytes(d: FloatDtype, v: &[f32]) -> Vec<u8> {
 
 /// Reads stored codes and unpacks them (aqlm `unpack_int_data`). On a value aqlm could not
 /// have written, returns `Err((flat index, stored value))`.
+///
+/// One pass into a vector of the exact size. (It used to collect every value as an `i64`
+/// first, then the codes into a growing vector: 16% of the samples of a 512-token
+/// `oftq llm eval` of a 4x8 SmolLM2 folder.)
 pub(crate) fn codes_from_bytes(
     d: CodeDtype,
     bytes: &[u8],
     nbits: u32,
 ) -> Result<Vec<u16>, (usize, i64)> {
-    let stored: Vec<i64> = match d {
-        CodeDtype::I8 => bytes.iter().map(|&b| i64::from(b as i8)).collect(),
-        CodeDtype::I16 => bytes
-            .chunks_exact(2)
-            .map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        CodeDtype::I32 => bytes
-            .chunks_exact(4)
-            .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-    };
-    stored
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| unpack_code(s, nbits).ok_or((i, s)))
-        .collect()
+    match d {
+        CodeDtype::I8 => unpack_all::<1>(bytes, nbits, |[b]| i64::from(b as i8)),
+        CodeDtype::I16 => unpack_all::<2>(bytes, nbits, |c| i64::from(i16::from_le_bytes(c))),
+        CodeDtype::I32 => unpack_all::<4>(bytes, nbits, |c| i64::from(i32::from_le_bytes(c))),
+    }
+}
+
+/// [`codes_from_bytes`] for values of `W` bytes, read by `read`.
+fn unpack_all<const W: usize>(
+    bytes: &[u8],
+    nbits: u32,
+    read: impl Fn([u8; W]) -> i64,
+) -> Result<Vec<u16>, (usize, i64)> {
+    let (values, _) = bytes.as_chunks::<W>();
+    let mut codes = Vec::with_capacity(values.len());
+    for (i, &v) in values.iter().enumerate() {
+        let s = read(v);
+        codes.push(unpack_code(s, nbits).ok_or((i, s))?);
+    }
+    Ok(codes)
 }
 
 /// Packs unsigned codes the aqlm way into little-endian dtype `d` (caller checked the width).
@@ -165,5 +173,9 @@ mod tests {
         let b = codes_to_bytes(CodeDtype::I32, &[5, 40], 6);
         assert_eq!(codes_from_bytes(CodeDtype::I32, &b, 6).unwrap(), [5, 40]);
         assert_eq!(codes_from_bytes(CodeDtype::I8, &[100], 6), Err((0, 100)));
+        // The first bad value is reported with its index.
+        let b = [1i16, 2, 300, 400].map(i16::to_le_bytes).concat();
+        assert_eq!(codes_from_bytes(CodeDtype::I16, &b, 8), Err((2, 300)));
+        assert_eq!(codes_from_bytes(CodeDtype::I16, &b[..4], 8), Ok(vec![1, 2]));
     }
 }
