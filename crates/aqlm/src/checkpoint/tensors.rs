@@ -111,18 +111,27 @@ pub(crate) fn floats_to_bytes(d: FloatDtype, v: &[f32]) -> Vec<u8> {
 /// Reads stored codes and unpacks them (aqlm `unpack_int_data`). On a value aqlm could not
 /// have written, returns `Err((flat index, stored value))`.
 ///
-/// One pass into a vector of the exact size. (It used to collect every value as an `i64`
-/// first, then the codes into a growing vector: 16% of the samples of a 512-token
-/// `oftq llm eval` of a 4x8 SmolLM2 folder.)
+/// One pass into a vector of the exact size, with no check when the codes fill their storage.
+/// (It used to collect every value as an `i64` first, then the codes into a growing vector:
+/// 16% of the samples of a 512-token `oftq llm eval` of a 4x8 SmolLM2 folder.)
 pub(crate) fn codes_from_bytes(
     d: CodeDtype,
     bytes: &[u8],
     nbits: u32,
 ) -> Result<Vec<u16>, (usize, i64)> {
-    match d {
-        CodeDtype::I8 => unpack_all::<1>(bytes, nbits, |[b]| i64::from(b as i8)),
-        CodeDtype::I16 => unpack_all::<2>(bytes, nbits, |c| i64::from(i16::from_le_bytes(c))),
-        CodeDtype::I32 => unpack_all::<4>(bytes, nbits, |c| i64::from(i32::from_le_bytes(c))),
+    match (d, nbits) {
+        // Codes as wide as their storage (2x8 and 4x8 in int8): every stored value is valid,
+        // and the code is its two's-complement bits read as unsigned (`rem_euclid(2^nbits)`).
+        (CodeDtype::I8, 8) => Ok(bytes.iter().map(|&b| u16::from(b)).collect()),
+        (CodeDtype::I16, 16) => Ok(bytes
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|&c| u16::from_le_bytes(c))
+            .collect()),
+        (CodeDtype::I8, _) => unpack_all::<1>(bytes, nbits, |[b]| i64::from(b as i8)),
+        (CodeDtype::I16, _) => unpack_all::<2>(bytes, nbits, |c| i64::from(i16::from_le_bytes(c))),
+        (CodeDtype::I32, _) => unpack_all::<4>(bytes, nbits, |c| i64::from(i32::from_le_bytes(c))),
     }
 }
 
@@ -173,6 +182,22 @@ mod tests {
         let b = codes_to_bytes(CodeDtype::I32, &[5, 40], 6);
         assert_eq!(codes_from_bytes(CodeDtype::I32, &b, 6).unwrap(), [5, 40]);
         assert_eq!(codes_from_bytes(CodeDtype::I8, &[100], 6), Err((0, 100)));
+        // Full-width storage (no check) agrees with the general rule on every value.
+        let all8: Vec<u8> = (0..=255).collect();
+        let want: Vec<u16> = all8
+            .iter()
+            .map(|&b| crate::storage::unpack_code(i64::from(b as i8), 8).unwrap())
+            .collect();
+        assert_eq!(codes_from_bytes(CodeDtype::I8, &all8, 8).unwrap(), want);
+        let all16: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let got = codes_from_bytes(CodeDtype::I16, &all16, 16).unwrap();
+        let want: Vec<u16> = all16
+            .as_chunks::<2>()
+            .0
+            .iter()
+            .map(|&c| crate::storage::unpack_code(i64::from(i16::from_le_bytes(c)), 16).unwrap())
+            .collect();
+        assert_eq!(got, want);
         // The first bad value is reported with its index.
         let b = [1i16, 2, 300, 400].map(i16::to_le_bytes).concat();
         assert_eq!(codes_from_bytes(CodeDtype::I16, &b, 8), Err((2, 300)));
