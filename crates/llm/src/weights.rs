@@ -173,30 +173,14 @@ impl ModelWeights {
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| LlmError::malformed(&cfg_path, format!("not valid JSON: {e}")))?;
         let config = LlamaConfig::from_hf_json(&json, &cfg_path)?;
-        let tokenizer = Tokenizer::from_hf_dir(dir, config.bos_token_id, config.eos_token_id)?;
         let weights_path = dir.join(checkpoint::WEIGHTS_FILE);
-        let (dense, aqlm) = if json.get("quantization_config").is_some() {
-            let ckpt = AqlmCheckpoint::load(dir)?;
-            let dense = ckpt
-                .tensors()
-                .iter()
-                .map(|(n, t)| Ok((n.clone(), raw_to_tensor(t, n, &weights_path)?)))
-                .collect::<Result<BTreeMap<_, _>>>()?;
-            (dense, ckpt.into_layers())
-        } else {
-            if !weights_path.is_file() {
-                return Err(LlmError::malformed(
-                    &weights_path,
-                    "missing (sharded checkpoints are not supported)",
-                ));
-            }
-            let dense = oftq_candle::candle_core::safetensors::load(&weights_path, &Device::Cpu)
-                .map_err(|e| LlmError::malformed(&weights_path, e.to_string()))?
-                .into_iter()
-                .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
-                .collect::<Result<BTreeMap<_, _>>>()?;
-            (dense, BTreeMap::new())
-        };
+        // The tokenizer (parsing its merges takes about a tenth of loading a 2x8 folder) is read
+        // on another thread while the weights load.
+        let (tokenizer, weights) = rayon::join(
+            || Tokenizer::from_hf_dir(dir, config.bos_token_id, config.eos_token_id),
+            || Self::read_hf_tensors(dir, &json, &weights_path),
+        );
+        let (tokenizer, (dense, aqlm)) = (tokenizer?, weights?);
         let w = Self {
             config,
             dense,
@@ -206,6 +190,36 @@ impl ModelWeights {
         };
         w.check(&weights_path)?;
         Ok(w)
+    }
+
+    /// The tensors of a Hugging Face folder: dense ones by name, and the AQLM projections when
+    /// the config has a `quantization_config` (see [`ModelWeights::from_hf_dir`]).
+    fn read_hf_tensors(
+        dir: &Path,
+        json: &serde_json::Value,
+        weights_path: &Path,
+    ) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, AqlmLayer>)> {
+        if json.get("quantization_config").is_some() {
+            let ckpt = AqlmCheckpoint::load(dir)?;
+            let dense = ckpt
+                .tensors()
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), raw_to_tensor(t, n, weights_path)?)))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+            return Ok((dense, ckpt.into_layers()));
+        }
+        if !weights_path.is_file() {
+            return Err(LlmError::malformed(
+                weights_path,
+                "missing (sharded checkpoints are not supported)",
+            ));
+        }
+        let dense = oftq_candle::candle_core::safetensors::load(weights_path, &Device::Cpu)
+            .map_err(|e| LlmError::malformed(weights_path, e.to_string()))?
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok((dense, BTreeMap::new()))
     }
 
     /// Checks every tensor against the config: each projection present once (dense or AQLM) with
