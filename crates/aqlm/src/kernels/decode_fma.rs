@@ -28,6 +28,15 @@
 //! need two register blocks of 8 tokens, each decoding both rows again: no faster. Decoding
 //! each unit one unit ahead of its multiply-adds (software pipelining) was slower: 3.39 → 3.86 ms
 //! at 16 tokens (3 alternating runs); the out-of-order core already overlaps the decode.
+//!
+//! Measured but not built yet: lanes of eight inputs of two tokens (`x` regrouped as
+//! `[group][token pair][16]`, blocks of 32 groups, 16 KiB), two rows at a time, each decoded
+//! group duplicated into both halves, so a register tile of two rows × eight token pairs holds
+//! sixteen accumulators and each 64-byte load of `x` serves two multiply-adds. A prototype
+//! (AVX-512 only, 2x8, 16 tokens, 4096², 2 threads, 3 alternating runs): 3.85–4.10 → 3.11–3.16
+//! ms, still about 17 cycles per sixteen multiply-adds. It sums each lane over all groups in one
+//! chain, not in the two chains of even and odd groups above, so its bits differ: building it
+//! means that order in the portable and AVX2 backends too.
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
