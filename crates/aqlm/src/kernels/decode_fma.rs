@@ -1,42 +1,43 @@
 //! Decode-and-multiply-add for a few tokens, `og = 1`, `ig = 8`: the several-token path of
-//! [`Kernel::DecodeDot`](super::Kernel::DecodeDot) (chosen from 2 to 16 tokens for the forward
+//! [`Kernel::DecodeDot`](super::Kernel::DecodeDot) (chosen from 2 to 32 tokens for the forward
 //! and below 33 for the input gradient; decode-then-GEMM wins above).
 //!
-//! The weights are decoded sixteen at a time (two input groups: `Σ_m cb_m[c]` per group, codebooks
-//! ascending) straight into registers and multiply-added into the inputs of a block of tokens;
-//! nothing decoded is written to memory. Every multiply-add is a fused `mul_add` (one rounding),
-//! with sixteen lanes in every build, so the portable, AVX2 and AVX-512 builds give identical
-//! bits; the block sizes only decide what stays in registers, never the order of a sum.
+//! The weights are decoded straight into registers (`Σ_m cb_m[c]` per input group, codebooks
+//! ascending) and multiply-added into the inputs of a block of tokens; nothing decoded is written
+//! to memory. Every multiply-add is a fused `mul_add` (one rounding), with sixteen lanes in every
+//! build, so the portable, AVX2 and AVX-512 builds give identical bits; the block sizes only
+//! decide what stays in registers, never the order of a sum.
 //!
-//! With `u` the units of sixteen inputs (`lane l` of unit `u` is input `16u + l`; a last half unit
-//! when the input groups are odd has zeros in lanes 8–15):
-//! - forward: `lane[l] = fma(tile_u[l], x[t, 16u + l], lane[l])` for `u` ascending from zero, then
-//!   `y[t, o] = s_o · Σ16(lane)`, where `Σ16` adds the halves pairwise (`l` with `l + 8`, then
-//!   `+ 4`, `+ 2`, `+ 1`);
-//! - input gradient: `dx[t, 16u + l] = fma(tile_{o,u}[l], s_o·dy[t, o], ·)` over `o` ascending
-//!   from zero.
+//! - Forward: per row `o` and token `t`, eight lanes `lane[l] = fma(w_{o,j}[l], x[t, 8j + l],
+//!   lane[l])` for the input groups `j` ascending from zero, then `y[t, o] = s_o · Σ8(lane)`, where
+//!   `Σ8` adds pairwise (`l` with `l + 4`, then `+ 2`, `+ 1`). A vector holds the lanes of a
+//!   token pair (`2p` in lanes 0–7, `2p + 1` in 8–15; a last odd token pairs with zeros), and a
+//!   decoded group is loaded into both halves, so a register block of up to three rows × eight
+//!   pairs decodes each group once per row for sixteen tokens and serves each 64-byte load of
+//!   `x` to every row of the block. `x` is regrouped `[group][pair][16]` and walked in blocks of
+//!   32 KiB (L1); the lanes carry over between blocks in memory.
+//! - Input gradient: with `u` the units of sixteen inputs (two groups; a last half unit when the
+//!   groups are odd has zeros in lanes 8–15), `dx[t, 16u + l] = fma(tile_{o,u}[l], s_o·dy[t, o],
+//!   ·)` over `o` ascending from zero.
 //!
-//! The forward's inner loop walks a row's codes by chunks and the block of `x` by a pointer
-//! stepped per unit (no index arithmetic or bounds checks per unit), and codebooks of 256 entries
-//! are byte-indexed tables.
-//! A unit then costs about 21 cycles at 16 tokens in place, 18 in a synthetic loop with all its
-//! data in L1 (16 multiply-adds with a 64-byte load each, plus the decode's four look-ups, two
-//! additions and a join; timings point at the loads as the bound). Measured on 4096², 2x8, 16
-//! tokens, 2 threads (medians of 3 alternating runs): 3.59 → 3.19 ms. With AVX-512 and at most
-//! 8 tokens, two rows run together, so each load of `x` serves two multiply-adds: 2.0 → 1.58 ms
-//! at 8 tokens, 1.32 → 1.07 at 4, 0.94 → 0.88 at 2 (medians of 3). At 16 tokens two rows would
-//! need two register blocks of 8 tokens, each decoding both rows again: no faster. Decoding
-//! each unit one unit ahead of its multiply-adds (software pipelining) was slower: 3.39 → 3.86 ms
-//! at 16 tokens (3 alternating runs); the out-of-order core already overlaps the decode.
+//! Measured on 4096², 2x8, 2 threads, criterion medians of alternating runs against the previous
+//! forward (lanes of sixteen inputs of one token, two groups per vector, even and odd groups in
+//! separate chains, one row per block at 16 tokens): 3.87–3.90 → 2.85–2.90 ms at 16 tokens,
+//! 1.96–2.01 → 1.59–1.76 at 8, 1.34–1.44 → 1.18–1.24 at 4, 0.98–1.23 → 1.02 at 2, 19.8–20.0 →
+//! 15.4–16.8 at 64 (`Kernel::DecodeDot` forced); 1x16: 5.05–5.50 → 4.50–4.61 at 16, 3.23 → 2.93
+//! at 8; on AVX2 (the AVX-512 build switched off) equal or faster within this machine's noise. In steps, at 16
+//! tokens: the token-pair lanes with two rows per block 3.6–3.9 → 2.8–3.2; three rows 2.80 →
+//! 2.67–2.71 (24 accumulators, no spills); each row's codes read through a pointer instead of
+//! checked indices 2.71–2.90 → 2.59–2.60. The blocks of `x`: 8, 16, 32, 64 KiB gave 3.68,
+//! 2.89–3.10, 2.83–2.94, 3.82 ms. LLVM turns two broadcast loads and a 512-bit addition into a
+//! 256-bit addition and one `vinsertf64x4`; forcing the broadcast loads (inline assembly) was no
+//! faster (2.72–2.85 against 2.66–2.72 ms), as it adds an address addition per look-up. The loop
+//! then runs at about 16 cycles per group and block of three rows (24 multiply-adds, 8 loads of
+//! `x`, 6 look-ups with their shifts, 3 additions, 3 joins).
 //!
-//! Measured but not built yet: lanes of eight inputs of two tokens (`x` regrouped as
-//! `[group][token pair][16]`, blocks of 32 groups, 16 KiB), two rows at a time, each decoded
-//! group duplicated into both halves, so a register tile of two rows × eight token pairs holds
-//! sixteen accumulators and each 64-byte load of `x` serves two multiply-adds. A prototype
-//! (AVX-512 only, 2x8, 16 tokens, 4096², 2 threads, 3 alternating runs): 3.85–4.10 → 3.11–3.16
-//! ms, still about 17 cycles per sixteen multiply-adds. It sums each lane over all groups in one
-//! chain, not in the two chains of even and odd groups above, so its bits differ: building it
-//! means that order in the portable and AVX2 backends too.
+//! Measured before and not kept: software pipelining of the decode (one group ahead: slower,
+//! 3.39 → 3.86 ms at 16 tokens with the previous lanes; the out-of-order core already overlaps
+//! the decode), and look-up tables at 16 tokens ([`lut`](super::lut)'s notes).
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
@@ -48,7 +49,8 @@ use super::lanes16::{Lanes16, Portable};
 use super::layout::{feature_major_scaled, from_feature_major};
 use crate::layer::AqlmLayer;
 
-/// Lanes of one unit: two input groups of eight.
+/// Lanes of a vector: two input groups of one token (input gradient), or one input group of two
+/// tokens (forward).
 const L: usize = 16;
 /// Output rows per forward task.
 const ROWS_PER_TASK: usize = 64;
@@ -56,8 +58,8 @@ const ROWS_PER_TASK: usize = 64;
 const UNITS_PER_TASK: usize = 4;
 /// Rows decoded at once by the input gradient when it runs several blocks of tokens (4 KiB).
 const ROWS_PER_DECODE: usize = 64;
-/// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1; 16 and 24
-/// KiB were slower at 16 tokens: 3.4 → 3.5–4.1 ms, 2 threads, 3 alternating runs).
+/// Bytes of the block of `x` that one pass over the task's rows reads (sized for L1; 8, 16 and 64
+/// KiB measured slower: the module notes).
 const X_BLOCK_BYTES: usize = 32 << 10;
 
 /// `body` for `tt = 0 … T − 1` (`T ≤ 16`), written out with constant indices: an array of
@@ -98,14 +100,6 @@ macro_rules! by_codebooks {
         const $B8: bool = $bv;
         $body
     }};
-}
-
-/// `Σ16(v)`: the halves added pairwise (`v[l] + v[l + 8]`, then `+ 4`, `+ 2`, `+ 1`).
-fn sum16(v: &[f32; L]) -> f32 {
-    let a: [f32; 8] = std::array::from_fn(|i| v[i] + v[i + 8]);
-    let b: [f32; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
-    let c: [f32; 2] = std::array::from_fn(|i| b[i] + b[i + 2]);
-    c[0] + c[1]
 }
 
 /// Where the codes of unit `u` of row `o` are, and its decoder.
@@ -154,22 +148,35 @@ impl<const M: usize, const B8: bool> Books<'_, M, B8> {
         if M == 0 { self.m } else { M }
     }
 
-    /// `Σ_m cb_m[c_m]` for the `m` codes `c`.
+    /// The entry of codebook `mm` for code `c`.
+    #[inline(always)]
+    fn entry(&self, mm: usize, c: u16) -> &[f32; 8] {
+        if B8 && M >= 1 && M <= 4 {
+            // The low byte is the code (see `AqlmLayer::byte_tables`).
+            &self.tables[mm][usize::from(c as u8)]
+        } else {
+            &self.cb[mm * self.k + usize::from(c)]
+        }
+    }
+
+    /// `Σ_m cb_m[c_m]` for the `m` codes `c` (ascending `m`), eight lanes.
     #[inline(always)]
     fn group<S: Lanes16>(&self, s: S, c: &[u16]) -> S::H {
-        if B8 && M >= 1 && M <= 4 {
-            let c = &c[..M];
-            // The low byte is the code (see `AqlmLayer::byte_tables`).
-            let mut w = s.load_h(&self.tables[0][usize::from(c[0] as u8)]);
-            for mm in 1..M {
-                w = s.add_h(w, s.load_h(&self.tables[mm][usize::from(c[mm] as u8)]));
-            }
-            return w;
-        }
         let c = &c[..self.m()];
-        let mut w = s.load_h(&self.cb[usize::from(c[0])]);
+        let mut w = s.load_h(self.entry(0, c[0]));
         for (mm, &cm) in c.iter().enumerate().skip(1) {
-            w = s.add_h(w, s.load_h(&self.cb[mm * self.k + usize::from(cm)]));
+            w = s.add_h(w, s.load_h(self.entry(mm, cm)));
+        }
+        w
+    }
+
+    /// [`Books::group`] in lanes `0..8` and again in `8..16` (the same bits in both halves).
+    #[inline(always)]
+    fn group_dup<S: Lanes16>(&self, s: S, c: &[u16]) -> S::V {
+        let c = &c[..self.m()];
+        let mut w = s.load_dup(self.entry(0, c[0]));
+        for (mm, &cm) in c.iter().enumerate().skip(1) {
+            w = s.add(w, s.load_dup(self.entry(mm, cm)));
         }
         w
     }
@@ -180,21 +187,6 @@ struct ByRow<'a, const M: usize, const B8: bool> {
     books: Books<'a, M, B8>,
     n_ig: usize,
     codes: &'a [u16],
-}
-
-impl<const M: usize, const B8: bool> Units for ByRow<'_, M, B8> {
-    #[inline(always)]
-    fn tile<S: Lanes16>(&self, s: S, o: usize, u: usize) -> S::V {
-        let m = self.books.m();
-        let c = &self.codes[(o * self.n_ig + 2 * u) * m..];
-        let lo = self.books.group(s, c);
-        let hi = if 2 * u + 1 < self.n_ig {
-            self.books.group(s, &c[m..])
-        } else {
-            s.zero_h()
-        };
-        s.join(lo, hi)
-    }
 }
 
 /// Codes by input group `[j][o][m]` (the input gradient's order).
@@ -243,14 +235,25 @@ impl<'a, const M: usize, const B8: bool> ByInput<'a, M, B8> {
     }
 }
 
-/// Tokens held in registers at once, at most: sixteen 512-bit accumulators (of 32 registers)
-/// with AVX-512, four pairs of 256-bit ones (of 16) with AVX2, four arrays otherwise.
+/// Tokens held in registers at once by the input gradient, at most: sixteen 512-bit
+/// accumulators (of 32 registers) with AVX-512, four pairs of 256-bit ones (of 16) with AVX2,
+/// four arrays otherwise.
 const TOKENS_AVX512: usize = 16;
 /// See [`TOKENS_AVX512`].
 const TOKENS_AVX2: usize = 4;
+/// Token pairs held in registers at once by the forward (for each of two rows), at most:
+/// sixteen 512-bit accumulators with AVX-512, four pairs of 256-bit ones with AVX2, four arrays
+/// otherwise.
+const PAIRS_AVX512: usize = 8;
+/// See [`PAIRS_AVX512`].
+const PAIRS_AVX2: usize = 2;
+/// Rows of the forward's register blocks, at most.
+const ROWS_AVX512: usize = 3;
+/// See [`ROWS_AVX512`].
+const ROWS_AVX2: usize = 2;
 
 /// Peak extra floats of a forward (`backward = false`) or input gradient on `t` tokens with
-/// `threads` tasks at once: the padded copy of `x` (or the scaled `dy`), the unpadded output
+/// `threads` tasks at once: the regrouped copy of `x` (or the padded, scaled `dy`), the output
 /// buffer, and per task the lanes of its rows (forward) or its decoded rows (input gradient).
 pub(crate) fn workspace_floats(
     layer: &AqlmLayer,
@@ -258,52 +261,58 @@ pub(crate) fn workspace_floats(
     threads: usize,
     backward: bool,
 ) -> usize {
-    let padded = layer.in_groups().div_ceil(2) * L * t;
     let out = layer.out_features * t;
     if backward {
+        let padded = layer.in_groups().div_ceil(2) * L * t;
         out + padded + threads * ROWS_PER_DECODE * L
     } else {
-        padded + out + threads * ROWS_PER_TASK * t * L
+        let regrouped = layer.in_groups() * t.div_ceil(2) * L;
+        regrouped + out + threads * ROWS_PER_TASK * t.div_ceil(2) * L
     }
 }
 
 /// `x·Wᵀ` (no bias).
 pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let t = x.nrows();
-    let units = layer.in_groups().div_ceil(2);
-    // Unit-major `[unit][token]` (zeros past `in_features`): the tokens of a block of units are
-    // contiguous. (Token-major rows put the sixteen token streams a whole row apart, which maps
-    // them to the same few L1 sets: 5× slower at 64 tokens.)
-    // On a cache-line boundary: each unit of a token is one 64-byte load.
-    let mut xu_store = AlignedF32::zeroed(units * t * L);
-    let xu = xu_store.as_mut_slice().as_chunks_mut::<L>().0;
-    for tt in 0..t {
-        for (i, &v) in x.row(tt).iter().enumerate() {
-            xu[(i / L) * t + tt][i % L] = v;
-        }
-    }
-    let xu = &*xu;
+    let mut xg_store = by_group_and_pair(x);
+    let xg = &*xg_store.as_mut_slice().as_chunks_mut::<L>().0;
     let mut out = vec![0f32; layer.out_features * t];
     out.par_chunks_mut(ROWS_PER_TASK * t)
         .enumerate()
-        .for_each(|(ci, chunk)| forward_task(layer, xu, t, ci * ROWS_PER_TASK, chunk));
+        .for_each(|(ci, chunk)| forward_task(layer, xg, t, ci * ROWS_PER_TASK, chunk));
     from_feature_major(&out, t, layer.out_features)
 }
 
+/// `x [T, 8·n_ig]` group-major, `[j][pair][lane]`: lanes `0..8` of pair `p` hold inputs `8j..8j + 8`
+/// of token `2p`, lanes `8..16` those of token `2p + 1` (zeros past the last token). The token
+/// pairs of a block of groups are contiguous, and each pair of one group is one 64-byte load.
+fn by_group_and_pair(x: MatRef<'_, f32>) -> AlignedF32 {
+    let pairs = x.nrows().div_ceil(2);
+    let mut store = AlignedF32::zeroed(x.ncols().div_ceil(8) * pairs * L);
+    let xg = store.as_mut_slice().as_chunks_mut::<L>().0;
+    for tt in 0..x.nrows() {
+        let (p, h) = (tt / 2, 8 * (tt % 2));
+        for (i, &v) in x.row(tt).iter().enumerate() {
+            xg[(i / 8) * pairs + p][h + i % 8] = v;
+        }
+    }
+    store
+}
+
 /// Rows `o0..` into `chunk` (`[o][t]`) with the best backend of this CPU.
-fn forward_task(layer: &AqlmLayer, xu: &[[f32; L]], t: usize, o0: usize, chunk: &mut [f32]) {
+fn forward_task(layer: &AqlmLayer, xg: &[[f32; L]], t: usize, o0: usize, chunk: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(s) = Avx512::detect() {
             // SAFETY: `s` exists, so the CPU has AVX-512F/VL, AVX2 and FMA.
-            return unsafe { forward_avx512(s, layer, xu, t, o0, chunk) };
+            return unsafe { forward_avx512(s, layer, xg, t, o0, chunk) };
         }
         if let Some(s) = Avx2::detect() {
             // SAFETY: `s` exists, so the CPU has AVX2 and FMA.
-            return unsafe { forward_avx2(s, layer, xu, t, o0, chunk) };
+            return unsafe { forward_avx2(s, layer, xg, t, o0, chunk) };
         }
     }
-    forward_m(Portable, TOKENS_AVX2, layer, xu, t, o0, chunk);
+    forward_m(Portable, ROWS_AVX2, PAIRS_AVX2, layer, xg, t, o0, chunk);
 }
 
 /// [`forward_task`] compiled for AVX-512.
@@ -312,12 +321,12 @@ fn forward_task(layer: &AqlmLayer, xu: &[[f32; L]], t: usize, o0: usize, chunk: 
 fn forward_avx512(
     s: Avx512,
     layer: &AqlmLayer,
-    xu: &[[f32; L]],
+    xg: &[[f32; L]],
     t: usize,
     o0: usize,
     chunk: &mut [f32],
 ) {
-    forward_m(s, TOKENS_AVX512, layer, xu, t, o0, chunk);
+    forward_m(s, ROWS_AVX512, PAIRS_AVX512, layer, xg, t, o0, chunk);
 }
 
 /// [`forward_task`] compiled for AVX2.
@@ -326,106 +335,109 @@ fn forward_avx512(
 fn forward_avx2(
     s: Avx2,
     layer: &AqlmLayer,
-    xu: &[[f32; L]],
+    xg: &[[f32; L]],
     t: usize,
     o0: usize,
     chunk: &mut [f32],
 ) {
-    forward_m(s, TOKENS_AVX2, layer, xu, t, o0, chunk);
+    forward_m(s, ROWS_AVX2, PAIRS_AVX2, layer, xg, t, o0, chunk);
 }
 
 /// [`forward_rows`] with `M` unrolled for 1, 2 and 4 codebooks.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_m<S: Lanes16>(
     s: S,
-    tb_max: usize,
+    rb_max: usize,
+    pb_max: usize,
     layer: &AqlmLayer,
-    xu: &[[f32; L]],
+    xg: &[[f32; L]],
     t: usize,
     o0: usize,
     chunk: &mut [f32],
 ) {
     by_codebooks!(layer, M, B8 => {
-        forward_rows(s, tb_max, &ByRow::<M, B8>::new(layer), layer, xu, t, o0, chunk)
+        forward_rows(s, rb_max, pb_max, &ByRow::<M, B8>::new(layer), layer, xg, t, o0, chunk)
     })
 }
 
-/// The forward loop nest: blocks of units whose `x` fits L1, then rows, then blocks of tokens
-/// held in registers; the lanes of every (row, token) carry over between unit blocks in memory,
-/// which keeps the order of each lane's sum.
+/// The forward loop nest: blocks of input groups whose `x` fits L1, then rows two at a time (a
+/// last one alone), then blocks of at most `pb_max` token pairs held in registers; the lanes of
+/// every (row, token pair) carry over between group blocks in memory, which keeps the order of
+/// each lane's sum.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_rows<S: Lanes16, const M: usize, const B8: bool>(
     s: S,
-    tb_max: usize,
+    rb_max: usize,
+    pb_max: usize,
     tiles: &ByRow<'_, M, B8>,
     layer: &AqlmLayer,
-    xu: &[[f32; L]],
+    xg: &[[f32; L]],
     t: usize,
     o0: usize,
     chunk: &mut [f32],
 ) {
-    let units = layer.in_groups().div_ceil(2);
+    let (n_ig, pairs) = (tiles.n_ig, t.div_ceil(2));
     let rows = chunk.len() / t;
-    let per_block = (X_BLOCK_BYTES / (t * L * 4)).max(1);
-    let mut lanes_store = AlignedF32::zeroed(rows * t * L);
+    let per_block = (X_BLOCK_BYTES / (pairs * L * 4)).max(1);
+    let mut lanes_store = AlignedF32::zeroed(rows * pairs * L);
     let lanes = lanes_store.as_mut_slice().as_chunks_mut::<L>().0;
-    // Rows in pairs with AVX-512 when one register block of half the tokens covers them all.
-    let pairs = if tb_max >= TOKENS_AVX512 && t <= tb_max / 2 {
-        rows / 2
-    } else {
-        0
-    };
-    for u0 in (0..units).step_by(per_block) {
-        let u1 = (u0 + per_block).min(units);
-        let (paired, single) = lanes.split_at_mut(2 * pairs * t);
-        for (p, lr) in paired.chunks_exact_mut(2 * t).enumerate() {
-            let (la, lb) = lr.split_at_mut(t);
+    for j0 in (0..n_ig).step_by(per_block) {
+        let j1 = (j0 + per_block).min(n_ig);
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = (rows - r0).min(rb_max);
+            let lr = &mut lanes[r0 * pairs..(r0 + nr) * pairs];
             let f = FmaRows {
                 s,
                 tiles,
-                o: o0 + 2 * p,
-                u0,
-                u1,
-                xu,
-                t,
+                o: o0 + r0,
+                j0,
+                j1,
+                xg,
+                pairs,
             };
-            let mut t0 = 0;
-            while t0 < t {
-                let n = token_block(t - t0, tb_max / 2);
-                let (a, b) = (&mut la[t0..t0 + n], &mut lb[t0..t0 + n]);
-                match n {
-                    8 => f.run_pair::<8>(t0, a, b),
-                    4 => f.run_pair::<4>(t0, a, b),
-                    2 => f.run_pair::<2>(t0, a, b),
-                    _ => f.run_pair::<1>(t0, a, b),
+            let mut p0 = 0;
+            while p0 < pairs {
+                let n = token_block(pairs - p0, pb_max);
+                match (nr, n) {
+                    (3, 8) => f.run::<3, 8>(p0, lr),
+                    (3, 4) => f.run::<3, 4>(p0, lr),
+                    (3, 2) => f.run::<3, 2>(p0, lr),
+                    (3, _) => f.run::<3, 1>(p0, lr),
+                    (2, 8) => f.run::<2, 8>(p0, lr),
+                    (2, 4) => f.run::<2, 4>(p0, lr),
+                    (2, 2) => f.run::<2, 2>(p0, lr),
+                    (2, _) => f.run::<2, 1>(p0, lr),
+                    (_, 8) => f.run::<1, 8>(p0, lr),
+                    (_, 4) => f.run::<1, 4>(p0, lr),
+                    (_, 2) => f.run::<1, 2>(p0, lr),
+                    (_, _) => f.run::<1, 1>(p0, lr),
                 }
-                t0 += n;
+                p0 += n;
             }
-        }
-        for (r, lr) in single.chunks_exact_mut(t).enumerate() {
-            let f = FmaRows {
-                s,
-                tiles,
-                o: o0 + 2 * pairs + r,
-                u0,
-                u1,
-                xu,
-                t,
-            };
-            by_token_blocks(t, tb_max, lr, &f);
+            r0 += nr;
         }
     }
     for (r, (dst, lr)) in chunk
         .chunks_exact_mut(t)
-        .zip(lanes.chunks_exact(t))
+        .zip(lanes.chunks_exact(pairs))
         .enumerate()
     {
         let sc = layer.scales[o0 + r];
-        for (d, l) in dst.iter_mut().zip(lr) {
-            *d = sum16(l) * sc;
+        for (tt, d) in dst.iter_mut().enumerate() {
+            let (lo, hi) = lr[tt / 2].split_at(8);
+            *d = sum8(if tt % 2 == 0 { lo } else { hi }) * sc;
         }
     }
+}
+
+/// `Σ8(v)` of `v[..8]`, added pairwise: `v[l] + v[l + 4]`, then `+ 2`, then `+ 1`.
+fn sum8(v: &[f32]) -> f32 {
+    let b: [f32; 4] = std::array::from_fn(|i| v[i] + v[i + 4]);
+    let c: [f32; 2] = std::array::from_fn(|i| b[i] + b[i + 2]);
+    c[0] + c[1]
 }
 
 /// The largest of 16, 8, 4, 2, 1 that is at most `left` and `max`.
@@ -442,8 +454,8 @@ trait TokenBlock {
     fn run<const T: usize>(&self, t0: usize, acc: &mut [[f32; L]]);
 }
 
-/// `f` over the lanes `dst` (`[t]`, of one row or one unit) by blocks of 16, 8, 4, 2 or 1
-/// tokens, at most `tb_max`.
+/// `f` over the lanes `dst` (`[t]`, of one unit) by blocks of 16, 8, 4, 2 or 1 tokens, at most
+/// `tb_max`.
 #[inline(always)]
 fn by_token_blocks(t: usize, tb_max: usize, dst: &mut [[f32; L]], f: &impl TokenBlock) {
     let mut t0 = 0;
@@ -461,109 +473,67 @@ fn by_token_blocks(t: usize, tb_max: usize, dst: &mut [[f32; L]], f: &impl Token
     }
 }
 
-/// The register blocks of the forward: row `o`, units `u0..u1` of `xu` (`[unit][token]`, `t`
-/// tokens).
+/// The register blocks of the forward: rows `o..o + R` (`R` of 1, 2), input groups `j0..j1` of
+/// `xg` (`[j][pair]`, `pairs` token pairs).
 struct FmaRows<'a, S, const M: usize, const B8: bool> {
     s: S,
     tiles: &'a ByRow<'a, M, B8>,
     o: usize,
-    u0: usize,
-    u1: usize,
-    xu: &'a [[f32; L]],
-    t: usize,
-}
-
-impl<S: Lanes16, const M: usize, const B8: bool> TokenBlock for FmaRows<'_, S, M, B8> {
-    /// `acc[tt][l] = fma(tile(o, u)[l], xu[u][t0 + tt][l], acc[tt][l])` for `u` in `u0..u1` ascending,
-    /// the `T` accumulators in registers.
-    #[inline(always)]
-    fn run<const T: usize>(&self, t0: usize, acc: &mut [[f32; L]]) {
-        let s = self.s;
-        let tiles = self.tiles;
-        let (m, n_ig, t) = (tiles.books.m(), tiles.n_ig, self.t);
-        let mut a = [s.load(&acc[0]); T];
-        unroll!(T, |tt| a[tt] = s.load(&acc[tt]));
-        // The units with two groups by chunks of codes and of `x` (no index arithmetic or bounds
-        // checks in the loop), then a last half unit if there is one.
-        let full = self.u1.min(n_ig / 2).max(self.u0);
-        let row = &tiles.codes[self.o * n_ig * m..][..n_ig * m];
-        let codes = &row[2 * self.u0 * m..2 * full * m];
-        let xs = &self.xu[self.u0 * t..full * t];
-        // `x` of unit `u` (counted from `u0`) and token `t0 + tt` is `xs[u·t + t0 + tt]`, read
-        // through a pointer stepped by `t` per unit: the multiply-adds then address `x` by base and
-        // offset, not base + scaled index, which Intel cores split into two micro-ops each (16
-        // tokens, 4096² 2x8, 2 threads, medians of 6 alternating runs: 3.54 → 3.39 ms; the pairs
-        // below showed no difference and keep their indexed loop).
-        let units = codes.len() / (2 * m);
-        assert!(
-            xs.len() >= units * t && t0 + T <= t,
-            "x block of the row's units"
-        );
-        let mut xp = xs.as_ptr().wrapping_add(t0);
-        for c in codes.chunks_exact(2 * m) {
-            let (c0, c1) = c.split_at(m);
-            let w = s.join(tiles.books.group(s, c0), tiles.books.group(s, c1));
-            // SAFETY: at unit `u < units`, `xp = xs + u·t + t0`, and `u·t + t0 + tt < (u + 1)·t ≤
-            // xs.len()` for `tt < T` (asserted), so the element is in `xs` and initialised.
-            unroll!(T, |tt| a[tt] =
-                s.fma(w, s.load(unsafe { &*xp.add(tt) }), a[tt]));
-            xp = xp.wrapping_add(t);
-        }
-        for u in full..self.u1 {
-            let w = tiles.tile(s, self.o, u);
-            let x = &self.xu[u * t + t0..][..T];
-            unroll!(T, |tt| a[tt] = s.fma(w, s.load(&x[tt]), a[tt]));
-        }
-        unroll!(T, |tt| s.store(a[tt], &mut acc[tt]));
-    }
+    j0: usize,
+    j1: usize,
+    xg: &'a [[f32; L]],
+    pairs: usize,
 }
 
 impl<S: Lanes16, const M: usize, const B8: bool> FmaRows<'_, S, M, B8> {
-    /// [`TokenBlock::run`] for rows `o` (into `acc_a`) and `o + 1` (into `acc_b`) at once: each
-    /// load of `x` serves two multiply-adds (a load per multiply-add bounded the one-row loop);
-    /// every lane's chain is the one-row chain.
+    /// `acc[r][q][l] = fma(dup(group(o + r, j))[l], xg[j][p0 + q][l], acc[r][q][l])` for `j` in
+    /// `j0..j1` ascending, where `acc[r][q]` is `lr[r·pairs + p0 + q]` and `dup` repeats the eight
+    /// decoded weights of a group in both halves; the `R × P` accumulators stay in registers, so
+    /// each decoded group serves `P` multiply-adds and each load of `x` serves `R`.
     #[inline(always)]
-    fn run_pair<const T: usize>(&self, t0: usize, acc_a: &mut [[f32; L]], acc_b: &mut [[f32; L]]) {
+    fn run<const R: usize, const P: usize>(&self, p0: usize, lr: &mut [[f32; L]]) {
         let s = self.s;
         let tiles = self.tiles;
-        let (m, n_ig, t) = (tiles.books.m(), tiles.n_ig, self.t);
-        let mut a = [s.load(&acc_a[0]); T];
-        let mut b = [s.load(&acc_b[0]); T];
-        unroll!(T, |tt| a[tt] = s.load(&acc_a[tt]));
-        unroll!(T, |tt| b[tt] = s.load(&acc_b[tt]));
-        let full = self.u1.min(n_ig / 2).max(self.u0);
-        let rows = &tiles.codes[self.o * n_ig * m..][..2 * n_ig * m];
-        let (row_a, row_b) = rows.split_at(n_ig * m);
-        let span = 2 * self.u0 * m..2 * full * m;
-        let xs = &self.xu[self.u0 * t..full * t];
-        for ((ca, cb), xt) in row_a[span.clone()]
-            .chunks_exact(2 * m)
-            .zip(row_b[span].chunks_exact(2 * m))
-            .zip(xs.chunks_exact(t))
-        {
-            let (ca0, ca1) = ca.split_at(m);
-            let (cb0, cb1) = cb.split_at(m);
-            let wa = s.join(tiles.books.group(s, ca0), tiles.books.group(s, ca1));
-            let wb = s.join(tiles.books.group(s, cb0), tiles.books.group(s, cb1));
-            let x = &xt[t0..t0 + T];
-            unroll!(T, |tt| {
-                let xv = s.load(&x[tt]);
-                a[tt] = s.fma(wa, xv, a[tt]);
-                b[tt] = s.fma(wb, xv, b[tt]);
+        let (m, n_ig, pairs) = (tiles.books.m(), tiles.n_ig, self.pairs);
+        assert!(
+            (1..=3).contains(&R) && lr.len() >= R * pairs && p0 + P <= pairs,
+            "register block of the rows' lanes"
+        );
+        let mut a = [[s.load(&lr[0]); P]; R];
+        unroll!(R, |r| unroll!(P, |q| a[r][q] =
+            s.load(&lr[r * pairs + p0 + q])));
+        let (stride, groups) = (n_ig * m, self.j1 - self.j0);
+        // Row `o + r`'s codes of groups `j0..j1`, read through a pointer stepped by `m` per group.
+        let mut cp: [*const u16; R] = std::array::from_fn(|r| {
+            let at = (self.o + r) * stride;
+            tiles.codes[at + self.j0 * m..at + self.j1 * m].as_ptr()
+        });
+        let xs = &self.xg[self.j0 * pairs..self.j1 * pairs];
+        assert!(xs.len() == groups * pairs, "x block of the rows' groups");
+        // `x` of group `g` (counted from `j0`) and pair `p0 + q` is `xs[g·pairs + p0 + q]`, read
+        // through a pointer stepped by `pairs` per group: base-and-offset addressing, which
+        // Intel cores keep in one micro-op (a scaled index splits it in two).
+        let mut xp = xs.as_ptr().wrapping_add(p0);
+        for _ in 0..groups {
+            // SAFETY: at group `g < groups`, `cp[r]` points at element `g·m` of row `o + r`'s
+            // slice of `groups·m` codes (bounds-checked above), so its `m` codes are in it.
+            let code = |r: usize| unsafe { std::slice::from_raw_parts(cp[r], m) };
+            let mut w = [tiles.books.group_dup(s, code(0)); R];
+            unroll!(R, |r| if r > 0 {
+                w[r] = tiles.books.group_dup(s, code(r));
             });
-        }
-        for u in full..self.u1 {
-            let wa = tiles.tile(s, self.o, u);
-            let wb = tiles.tile(s, self.o + 1, u);
-            let x = &self.xu[u * t + t0..][..T];
-            unroll!(T, |tt| {
-                let xv = s.load(&x[tt]);
-                a[tt] = s.fma(wa, xv, a[tt]);
-                b[tt] = s.fma(wb, xv, b[tt]);
+            unroll!(P, |q| {
+                // SAFETY: at group `g < xs.len() / pairs`, `xp = xs + g·pairs + p0`, and
+                // `g·pairs + p0 + q < (g + 1)·pairs ≤ xs.len()` for `q < P` (asserted), so the
+                // element is in `xs` and initialised.
+                let xv = s.load(unsafe { &*xp.add(q) });
+                unroll!(R, |r| a[r][q] = s.fma(w[r], xv, a[r][q]));
             });
+            xp = xp.wrapping_add(pairs);
+            unroll!(R, |r| cp[r] = cp[r].wrapping_add(m));
         }
-        unroll!(T, |tt| s.store(a[tt], &mut acc_a[tt]));
-        unroll!(T, |tt| s.store(b[tt], &mut acc_b[tt]));
+        unroll!(R, |r| unroll!(P, |q| s
+            .store(a[r][q], &mut lr[r * pairs + p0 + q])));
     }
 }
 
@@ -746,12 +716,33 @@ mod tests {
     use super::*;
     use crate::kernels::tests::random_layer;
 
-    /// The backend this CPU runs gives the portable backend's bits (fused multiply-adds in both),
+    /// The forward's documented order in scalar code: `lane[l]` chained over the groups `j`
+    /// ascending with fused multiply-adds of `Σ_m cb_m[c]` (codebooks ascending), then `s_o ·
+    /// Σ8(lane)`.
+    fn forward_scalar(layer: &AqlmLayer, x: MatRef<'_, f32>, tt: usize, o: usize) -> f32 {
+        let m = layer.scheme.num_codebooks;
+        let k = layer.scheme.codebook_size();
+        let mut lane = [0f32; 8];
+        for j in 0..layer.in_groups() {
+            let c = &layer.codes[(o * layer.in_groups() + j) * m..][..m];
+            for (l, v) in lane.iter_mut().enumerate() {
+                let mut w = layer.codebooks[usize::from(c[0]) * 8 + l];
+                for (mm, &cm) in c.iter().enumerate().skip(1) {
+                    w += layer.codebooks[(mm * k + usize::from(cm)) * 8 + l];
+                }
+                *v = w.mul_add(x[(tt, 8 * j + l)], *v);
+            }
+        }
+        sum8(&lane) * layer.scales[o]
+    }
+
+    /// The forward of the backend this CPU runs follows its documented order bit for bit
+    /// ([`forward_scalar`]), and its input gradient gives the portable backend's bits (fused multiply-adds in both),
     /// for odd input groups (a half last unit), every token-block size, rows in pairs and alone
     /// (an odd row count), `M = 1, 2, 3, 4` and codebooks of 2^4, 2^8 (byte-indexed tables) and
     /// 2^16 entries.
     #[test]
-    fn every_backend_gives_the_portable_bits() {
+    fn every_backend_gives_the_documented_bits() {
         let mut rng = StdRng::seed_from_u64(21);
         for ((m, nbits), rows) in [(1, 8), (2, 8), (3, 4), (4, 8), (1, 16), (2, 8)]
             .into_iter()
@@ -764,35 +755,45 @@ mod tests {
                 let dy = Mat::from_fn(t, layer.out_features, |_, _| rng.random_range(-1.0f32..1.0));
                 let y = forward(&layer, x.as_ref());
                 let dx = backward(&layer, dy.as_ref());
-                // The portable backend on the same layouts, one task for everything.
-                let mut xu = vec![[0f32; L]; units * t];
-                for tt in 0..t {
-                    for i in 0..layer.in_features {
-                        xu[(i / L) * t + tt][i % L] = x[(tt, i)];
+                // Each backend this CPU has, on one task for all rows.
+                let mut xg_store = by_group_and_pair(x.as_ref());
+                let xg = &*xg_store.as_mut_slice().as_chunks_mut::<L>().0;
+                let mut by_backend = vec![vec![0f32; layer.out_features * t]];
+                forward_m(
+                    Portable,
+                    ROWS_AVX2,
+                    PAIRS_AVX2,
+                    &layer,
+                    xg,
+                    t,
+                    0,
+                    &mut by_backend[0],
+                );
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if let Some(s) = Avx2::detect() {
+                        let mut out = vec![0f32; layer.out_features * t];
+                        // SAFETY: `s` exists, so the CPU has AVX2 and FMA.
+                        unsafe { forward_avx2(s, &layer, xg, t, 0, &mut out) };
+                        by_backend.push(out);
                     }
-                }
-                let mut out = vec![0f32; layer.out_features * t];
-                for (ci, chunk) in out.chunks_mut(ROWS_PER_TASK * t).enumerate() {
-                    forward_m(
-                        Portable,
-                        TOKENS_AVX2,
-                        &layer,
-                        &xu,
-                        t,
-                        ci * ROWS_PER_TASK,
-                        chunk,
-                    );
+                    if let Some(s) = Avx512::detect() {
+                        let mut out = vec![0f32; layer.out_features * t];
+                        // SAFETY: `s` exists, so the CPU has AVX-512F/VL, AVX2 and FMA.
+                        unsafe { forward_avx512(s, &layer, xg, t, 0, &mut out) };
+                        by_backend.push(out);
+                    }
                 }
                 let sdy = feature_major_scaled(dy.as_ref(), &layer.scales, 1);
                 let mut lanes = vec![[0f32; L]; units * t];
                 backward_m(Portable, TOKENS_AVX2, &layer, &sdy, t, 0, &mut lanes);
                 for tt in 0..t {
                     for o in 0..layer.out_features {
-                        assert_eq!(
-                            y[(tt, o)].to_bits(),
-                            out[o * t + tt].to_bits(),
-                            "M {m} t {t}"
-                        );
+                        let want = forward_scalar(&layer, x.as_ref(), tt, o).to_bits();
+                        assert_eq!(y[(tt, o)].to_bits(), want, "M {m} t {t}");
+                        for out in &by_backend {
+                            assert_eq!(out[o * t + tt].to_bits(), want, "M {m} t {t}");
+                        }
                     }
                     for i in 0..layer.in_features {
                         let want = lanes[(i / L) * t + tt][i % L];

@@ -24,6 +24,10 @@ pub(crate) trait Lanes16: Copy {
     fn zero_h(self) -> Self::H;
     /// `lo` in lanes `0..8`, `hi` in lanes `8..16`.
     fn join(self, lo: Self::H, hi: Self::H) -> Self::V;
+    /// `a` in lanes `0..8` and again in lanes `8..16`, read from memory.
+    fn load_dup(self, a: &[f32; 8]) -> Self::V;
+    /// `a + b` per lane (one rounding).
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// Sixteen lanes read from memory.
     fn load(self, p: &[f32; 16]) -> Self::V;
     /// Sixteen lanes written to memory.
@@ -58,6 +62,14 @@ impl Lanes16 for Portable {
         std::array::from_fn(|i| if i < 8 { lo[i] } else { hi[i - 8] })
     }
     #[inline(always)]
+    fn load_dup(self, a: &[f32; 8]) -> [f32; 16] {
+        self.join(*a, *a)
+    }
+    #[inline(always)]
+    fn add(self, a: [f32; 16], b: [f32; 16]) -> [f32; 16] {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
     fn load(self, p: &[f32; 16]) -> [f32; 16] {
         *p
     }
@@ -81,10 +93,10 @@ pub(crate) use x86::{Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m256, __m512, _mm256_add_ps, _mm256_castps_pd, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_castpd_ps, _mm512_castps_pd,
-        _mm512_castps256_ps512, _mm512_fmadd_ps, _mm512_insertf64x4, _mm512_loadu_ps,
-        _mm512_set1_ps, _mm512_storeu_ps,
+        __m256, __m512, _mm256_add_ps, _mm256_castps_pd, _mm256_fmadd_ps, _mm256_loadu_pd,
+        _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps,
+        _mm512_broadcast_f64x4, _mm512_castpd_ps, _mm512_castps_pd, _mm512_castps256_ps512,
+        _mm512_fmadd_ps, _mm512_insertf64x4, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
     };
 
     use super::{Isa, Lanes16, Level};
@@ -127,6 +139,15 @@ mod x86 {
         #[inline(always)]
         fn join(self, lo: __m256, hi: __m256) -> (__m256, __m256) {
             (lo, hi)
+        }
+        #[inline(always)]
+        fn load_dup(self, a: &[f32; 8]) -> (__m256, __m256) {
+            let h = self.load_h(a);
+            (h, h)
+        }
+        #[inline(always)]
+        fn add(self, a: (__m256, __m256), b: (__m256, __m256)) -> (__m256, __m256) {
+            unsafe { (_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1)) }
         }
         #[inline(always)]
         fn load(self, p: &[f32; 16]) -> (__m256, __m256) {
@@ -184,6 +205,16 @@ mod x86 {
                     _mm256_castps_pd(hi),
                 ))
             }
+        }
+        /// A `vbroadcastf64x4` from memory (LLVM may instead load 256 bits and shuffle once
+        /// after an addition of two of these, which is what it does in the forward's decode).
+        #[inline(always)]
+        fn load_dup(self, a: &[f32; 8]) -> __m512 {
+            unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(a.as_ptr().cast()))) }
+        }
+        #[inline(always)]
+        fn add(self, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
         }
         #[inline(always)]
         fn load(self, p: &[f32; 16]) -> __m512 {

@@ -8,9 +8,9 @@
 //! Summation orders (all in `f32`):
 //! - [`Kernel::Lut`] and [`Kernel::DecodeDot`]: `y[t, r] = s_o · Σ_{j ascending} Σ_{m ascending}
 //!   ⟨cb_m[c], x_j⟩` (or the dot of the summed tile), scale last, then `+ bias`;
-//! - [`Kernel::DecodeDot`] for `og = 1`, `ig = 8` from two tokens on (input gradient: always):
-//!   sixteen lanes of fused multiply-adds over the inputs ascending, halves added pairwise, scale
-//!   last (the input gradient: over the rows ascending, `dy` scaled first);
+//! - [`Kernel::DecodeDot`] for `og = 1`, `ig = 8` from two tokens on: eight lanes of fused
+//!   multiply-adds over the input groups ascending, added pairwise, scale last; its input gradient
+//!   (always): sixteen lanes of fused multiply-adds over the rows ascending, `dy` scaled first;
 //! - [`Kernel::TiledGemm`] and [`Kernel::Reference`]: the exactly decoded `W` (bit-identical to
 //!   [`AqlmLayer::decode`]) times `x` with faer's sequential GEMM.
 
@@ -69,11 +69,12 @@ pub const TILED_GEMM_MIN_TOKENS_FORWARD: usize = 12;
 
 /// For `og = 1`, `ig = 8` layers (vectorized decoder), [`AqlmLayer::forward`] uses
 /// [`Kernel::TiledGemm`] from this many tokens on, and [`Kernel::DecodeDot`] from 2 tokens up to
-/// it (one token: [`Kernel::Lut`] where it suits the layer). Measured on 4096×4096 2x8 (2 cores,
-/// best of 10), decode-dot against tiled: 1.7 against 3.8 ms at 2 tokens, 2.7 against 4.1 at 8,
-/// 3.8 against 4.0 at 16, 6.3 against 5.3 at 24 (1x16: 5.4 against 6.4 at 16, 9.3 against 7.6
-/// at 32).
-pub const TILED_GEMM_MIN_TOKENS_FORWARD_G8: usize = 17;
+/// it (one token: [`Kernel::Lut`] where it suits the layer). Measured on 4096×4096 (2 cores,
+/// criterion medians, two alternating runs), decode-dot against tiled: 2x8 2.7 against 4.8 ms
+/// at 16 tokens, 4.6–4.8 against 6.2–9.2 at 24, 5.8–6.3 against 6.0–6.4 at 32, 7.5 against
+/// 9.2–10.9 at 40, 9.0–9.4 against 7.8–7.9 at 48 (tiled is fastest at multiples of 16); 1x16
+/// 6.1–7.2 against 8.7–9.7 at 24, 7.5–8.5 against 8.5–10.5 at 32.
+pub const TILED_GEMM_MIN_TOKENS_FORWARD_G8: usize = 33;
 
 /// For `og = 1`, `ig = 8` layers, [`AqlmLayer::backward_input`] uses [`Kernel::TiledGemm`] from
 /// this many tokens on and [`Kernel::DecodeDot`] below: measured on 4096×4096 2x8, 1.3 against
