@@ -31,12 +31,15 @@
 //! of checked indices 2.71–2.90 → 2.59–2.60; the 64 rows of a task as 20 blocks of three and two of
 //! two instead of 21 and a row alone 2.70–2.79 → 2.64–2.73 (3 alternating runs). The blocks of `x`:
 //! 8, 16, 32, 64 KiB gave 3.68, 2.89–3.10, 2.83–2.94, 3.82 ms. LLVM turns two broadcast loads and a
-//! 512-bit addition into a 256-bit addition and one `vinsertf64x4`; forcing the broadcast loads
-//! (inline assembly) was no faster (2.72–2.85 against 2.66–2.72 ms), as it adds an address addition
-//! per look-up. The loop issues about 60 micro-ops per group and block of three rows (24
-//! multiply-adds, 8 loads of `x`, 6 look-ups with their index shifts, 3 additions, 3 joins, the
-//! pointer steps): at four per cycle, 15 cycles against 12 for the multiply-adds alone, so fewer
-//! micro-ops per look-up is where more speed would come from.
+//! 512-bit addition into a 256-bit addition (its indexed memory operand two micro-ops) and a
+//! `vinsertf64x4`; one broadcast in inline assembly, its address computed outside, was no faster
+//! (2.72–2.85 against 2.66–2.72 ms: an address addition per look-up instead); the whole decode of a
+//! group of 2x8 in assembly (two broadcasts with indexed addresses, one addition:
+//! `Lanes16::table_sum_dup`), one micro-op fewer per row and group, 2.58–2.78 → 2.47–2.80 ms
+//! (median 2.63 → 2.53, 9 alternating runs). The loop issues about 57 micro-ops per group and block
+//! of three rows (24 multiply-adds, 8 loads of `x`, 6 look-ups with their index shifts, 3
+//! additions, the pointer steps): at four per cycle, 14 cycles against 12 for the multiply-adds
+//! alone.
 //!
 //! Measured before and not kept: software pipelining of the decode (one group ahead: slower,
 //! 3.39 → 3.86 ms at 16 tokens with the previous lanes; the out-of-order core already overlaps
@@ -177,6 +180,10 @@ impl<const M: usize, const B8: bool> Books<'_, M, B8> {
     #[inline(always)]
     fn group_dup<S: Lanes16>(&self, s: S, c: &[u16]) -> S::V {
         let c = &c[..self.m()];
+        if B8 && M == 2 {
+            // The low byte is the code (see `AqlmLayer::byte_tables`).
+            return s.table_sum_dup(self.tables[0], c[0] as u8, self.tables[1], c[1] as u8);
+        }
         let mut w = s.load_dup(self.entry(0, c[0]));
         for (mm, &cm) in c.iter().enumerate().skip(1) {
             w = s.add(w, s.load_dup(self.entry(mm, cm)));

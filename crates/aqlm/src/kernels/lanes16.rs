@@ -28,6 +28,15 @@ pub(crate) trait Lanes16: Copy {
     fn load_dup(self, a: &[f32; 8]) -> Self::V;
     /// `a + b` per lane (one rounding).
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `load_dup(&t0[c0]) + load_dup(&t1[c1])` (one rounding per lane): a decoded group of two
+    /// byte-indexed codebooks, in both halves.
+    #[inline(always)]
+    fn table_sum_dup(self, t0: &[[f32; 8]; 256], c0: u8, t1: &[[f32; 8]; 256], c1: u8) -> Self::V {
+        self.add(
+            self.load_dup(&t0[usize::from(c0)]),
+            self.load_dup(&t1[usize::from(c1)]),
+        )
+    }
     /// Sixteen lanes read from memory.
     fn load(self, p: &[f32; 16]) -> Self::V;
     /// Sixteen lanes written to memory.
@@ -180,6 +189,39 @@ mod x86 {
         }
     }
 
+    /// `Avx512::table_sum_dup` in assembly: two `vbroadcastf64x4` loads addressed by table and
+    /// byte offset, one 512-bit addition. Written with intrinsics, LLVM turns the two broadcasts
+    /// and the addition into a 256-bit load, a 256-bit addition whose memory operand (indexed)
+    /// issues as two micro-ops, and a `vinsertf64x4` on the port the multiply-adds use; one
+    /// micro-op more per decoded group, which the few-token forward measured (see its notes).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn sum_dup_asm(t0: &[[f32; 8]; 256], c0: u8, t1: &[[f32; 8]; 256], c1: u8) -> __m512 {
+        let w: __m512;
+        let _tmp: __m512;
+        // SAFETY: the CPU has AVX-512F (the contract). Each load reads the 32 bytes of entry
+        // `c < 256` of a table of 256 entries of 32 bytes (`byte offset = c·32`), borrowed for
+        // the call; nothing is written but the two output registers, no flags, no stack.
+        unsafe {
+            std::arch::asm!(
+                "vbroadcastf64x4 {w}, ymmword ptr [{t0} + {i0}]",
+                "vbroadcastf64x4 {tmp}, ymmword ptr [{t1} + {i1}]",
+                "vaddps {w}, {w}, {tmp}",
+                w = out(zmm_reg) w,
+                tmp = out(zmm_reg) _tmp,
+                t0 = in(reg) t0.as_ptr(),
+                i0 = in(reg) usize::from(c0) << 5,
+                t1 = in(reg) t1.as_ptr(),
+                i1 = in(reg) usize::from(c1) << 5,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        w
+    }
+
     /// The AVX-512 backend: one 512-bit register. Only [`Avx512::detect`] makes one.
     #[derive(Clone, Copy)]
     pub(crate) struct Avx512(());
@@ -207,7 +249,7 @@ mod x86 {
             }
         }
         /// A `vbroadcastf64x4` from memory (LLVM may instead load 256 bits and shuffle once
-        /// after an addition of two of these, which is what it does in the forward's decode).
+        /// after an addition of two of these: [`sum_dup_asm`]).
         #[inline(always)]
         fn load_dup(self, a: &[f32; 8]) -> __m512 {
             unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(a.as_ptr().cast()))) }
@@ -215,6 +257,17 @@ mod x86 {
         #[inline(always)]
         fn add(self, a: __m512, b: __m512) -> __m512 {
             unsafe { _mm512_add_ps(a, b) }
+        }
+        /// The same additions in assembly ([`sum_dup_asm`]): one micro-op fewer.
+        #[inline(always)]
+        fn table_sum_dup(
+            self,
+            t0: &[[f32; 8]; 256],
+            c0: u8,
+            t1: &[[f32; 8]; 256],
+            c1: u8,
+        ) -> __m512 {
+            unsafe { sum_dup_asm(t0, c0, t1, c1) }
         }
         #[inline(always)]
         fn load(self, p: &[f32; 16]) -> __m512 {
