@@ -41,9 +41,11 @@
 //! additions, the pointer steps): at four per cycle, 14 cycles against 12 for the multiply-adds
 //! alone.
 //!
-//! Measured before and not kept: software pipelining of the decode (one group ahead: slower,
-//! 3.39 → 3.86 ms at 16 tokens with the previous lanes; the out-of-order core already overlaps
-//! the decode), and look-up tables at 16 tokens ([`lut`](super::lut)'s notes).
+//! Measured and not kept: software pipelining of the decode (one group ahead: slower, 3.39 →
+//! 3.86 ms at 16 tokens with the previous lanes; the out-of-order core already overlaps the
+//! decode); the codes of 32 groups turned into byte offsets by vector instructions ahead of the
+//! loop, so a look-up loads its offset instead of loading and shifting its code (2.86–3.02 →
+//! 3.19–3.30 ms, 4 alternating runs); look-up tables at 16 tokens ([`lut`](super::lut)'s notes).
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
