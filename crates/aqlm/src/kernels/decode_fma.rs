@@ -30,7 +30,8 @@
 //! 2.80 → 2.67–2.71 (24 accumulators, no spills); each row's codes read through a pointer instead
 //! of checked indices 2.71–2.90 → 2.59–2.60; the 64 rows of a task as 20 blocks of three and two of
 //! two instead of 21 and a row alone 2.70–2.79 → 2.64–2.73 (3 alternating runs). The blocks of `x`:
-//! 8, 16, 32, 64 KiB gave 3.68, 2.89–3.10, 2.83–2.94, 3.82 ms. LLVM turns two broadcast loads and a
+//! 8, 16, 32, 64 KiB gave 3.68, 2.89–3.10, 2.83–2.94, 3.82 ms with two-row blocks; 24, 32, 40 KiB
+//! 2.52–2.73, 2.57–2.74, 2.78–3.22 ms with three (3 alternating runs). LLVM turns two broadcast loads and a
 //! 512-bit addition into a 256-bit addition (its indexed memory operand two micro-ops) and a
 //! `vinsertf64x4`; one broadcast in inline assembly, its address computed outside, was no faster
 //! (2.72–2.85 against 2.66–2.72 ms: an address addition per look-up instead); the whole decode of a
@@ -110,7 +111,7 @@ macro_rules! by_codebooks {
     }};
 }
 
-/// Where the codes of unit `u` of row `o` are, and its decoder.
+/// Where the codes of unit `u` of row `o` are, and its decoder (the input gradient's tiles).
 trait Units {
     /// The decoded unit `u` of row `o`: `Σ_m cb_m[c]` per group (codebooks ascending, starting
     /// from the first entry: [`AqlmLayer::group_sum_fixed`]'s value up to the sign of a zero,
@@ -119,8 +120,8 @@ trait Units {
 }
 
 /// The codebooks, `M` of them (`M = 0`: `m` read at run time). With `B8` (set by
-/// `by_codebooks!` exactly when [`AqlmLayer::byte_tables`] has them, `1 ≤ M ≤ 4`) each codebook is a fixed-size table indexed by the code's byte
-/// ([`AqlmLayer::byte_tables`]), so the look-ups need no bounds checks.
+/// `by_codebooks!` exactly when [`AqlmLayer::byte_tables`] has them, `1 ≤ M ≤ 4`) each codebook
+/// is a fixed-size table indexed by the code's byte, so the look-ups need no bounds checks.
 #[derive(Clone, Copy)]
 struct Books<'a, const M: usize, const B8: bool> {
     cb: &'a [[f32; 8]],
@@ -194,7 +195,7 @@ impl<const M: usize, const B8: bool> Books<'_, M, B8> {
     }
 }
 
-/// Codes row-major `[o][j][m]` (the forward's order).
+/// Codes row-major `[o][j][m]` (the forward's order), and the codebooks.
 struct ByRow<'a, const M: usize, const B8: bool> {
     books: Books<'a, M, B8>,
     n_ig: usize,
@@ -253,13 +254,13 @@ impl<'a, const M: usize, const B8: bool> ByInput<'a, M, B8> {
 const TOKENS_AVX512: usize = 16;
 /// See [`TOKENS_AVX512`].
 const TOKENS_AVX2: usize = 4;
-/// Token pairs held in registers at once by the forward (for each of two rows), at most:
-/// sixteen 512-bit accumulators with AVX-512, four pairs of 256-bit ones with AVX2, four arrays
-/// otherwise.
+/// Token pairs per row of the forward's register blocks, at most: with [`ROWS_AVX512`] rows,
+/// 24 512-bit accumulators (of 32 registers) with AVX-512; with [`ROWS_AVX2`], four pairs of
+/// 256-bit ones (of 16) with AVX2, four arrays otherwise.
 const PAIRS_AVX512: usize = 8;
 /// See [`PAIRS_AVX512`].
 const PAIRS_AVX2: usize = 2;
-/// Rows of the forward's register blocks, at most.
+/// Rows of the forward's register blocks, at most (see [`PAIRS_AVX512`]).
 const ROWS_AVX512: usize = 3;
 /// See [`ROWS_AVX512`].
 const ROWS_AVX2: usize = 2;
@@ -295,9 +296,10 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     from_feature_major(&out, t, layer.out_features)
 }
 
-/// `x [T, 8·n_ig]` group-major, `[j][pair][lane]`: lanes `0..8` of pair `p` hold inputs `8j..8j + 8`
-/// of token `2p`, lanes `8..16` those of token `2p + 1` (zeros past the last token). The token
-/// pairs of a block of groups are contiguous, and each pair of one group is one 64-byte load.
+/// `x [T, 8·n_ig]` group-major, `[j][pair][lane]`: lanes `0..8` of pair `p` hold inputs
+/// `8j..8j + 8` of token `2p`, lanes `8..16` those of token `2p + 1` (zeros past the last token).
+/// The token pairs of a block of groups are contiguous, and each pair of one group is one
+/// 64-byte load (the buffer starts at a cache line).
 fn by_group_and_pair(x: MatRef<'_, f32>) -> AlignedF32 {
     let pairs = x.nrows().div_ceil(2);
     let mut store = AlignedF32::zeroed(x.ncols().div_ceil(8) * pairs * L);
@@ -373,10 +375,10 @@ fn forward_m<S: Lanes16>(
     })
 }
 
-/// The forward loop nest: blocks of input groups whose `x` fits L1, then rows two at a time (a
-/// last one alone), then blocks of at most `pb_max` token pairs held in registers; the lanes of
-/// every (row, token pair) carry over between group blocks in memory, which keeps the order of
-/// each lane's sum.
+/// The forward loop nest: blocks of input groups whose `x` fits L1, then blocks of `rb_max` rows
+/// (at most 3; four rows left are two blocks of two), then blocks of at most `pb_max` token pairs
+/// (at most 8) held in registers; the lanes of every (row, token pair) carry over between group
+/// blocks in memory, which keeps the order of each lane's sum.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_rows<S: Lanes16, const M: usize, const B8: bool>(
@@ -391,6 +393,8 @@ fn forward_rows<S: Lanes16, const M: usize, const B8: bool>(
     chunk: &mut [f32],
 ) {
     let (n_ig, pairs) = (tiles.n_ig, t.div_ceil(2));
+    // The register blocks below exist for up to 3 rows and 8 pairs.
+    let (rb_max, pb_max) = (rb_max.clamp(1, 3), pb_max.clamp(1, 8));
     let rows = chunk.len() / t;
     let per_block = (X_BLOCK_BYTES / (pairs * L * 4)).max(1);
     let mut lanes_store = AlignedF32::zeroed(rows * pairs * L);
