@@ -217,6 +217,11 @@ fn fmt_count(n: f64) -> String {
     format!("{v:.digits$}{unit}")
 }
 
+/// Python's rounds of one work this many times apart (slowest over fastest) or more mark its
+/// verdict as unsure in the vs-Python table: the reference was disturbed while it ran (the
+/// fastest round of a quiet run is within a few tens of percent of the slowest).
+const PYTHON_DISTURBED_SPREAD: f64 = 2.0;
+
 fn met_cell(m: Option<bool>) -> String {
     match m {
         Some(true) => "yes".into(),
@@ -494,7 +499,9 @@ fn vs_python(md: &mut String, run: &Run) {
                  `ref_train_step.py {threads}`), alternating with oftq's benches of the same \
                  work in {} (oftq first in even rounds, Python first in odd ones); each column \
                  is the median over the rounds (min – max), and the ratio of round r is \
-                 Python's time over oftq's in that round.\n",
+                 Python's time over oftq's in that round. A verdict is marked unsure when \
+                 Python's rounds of that work are {PYTHON_DISTURBED_SPREAD}× or more apart (the \
+                 reference was disturbed while it ran).\n",
                 rounds_text(*rounds)
             );
         }
@@ -513,8 +520,21 @@ fn vs_python(md: &mut String, run: &Run) {
     ]);
     for s in python::summaries(&run.python) {
         let ratio = s.ratio.as_ref();
+        // Python's slowest round over its fastest, when the spread says the reference was
+        // disturbed while it ran: the verdict then stands on a median that is no reading.
+        let disturbed = s
+            .python
+            .as_ref()
+            .map(|p| p.max / p.min)
+            .filter(|&x| x >= PYTHON_DISTURBED_SPREAD);
         let met = match (s.pair.target, ratio) {
-            (Some(t), Some(r)) => met_cell(Some(r.median >= t)),
+            (Some(t), Some(r)) => {
+                let cell = met_cell(Some(r.median >= t));
+                match disturbed {
+                    Some(x) => format!("{cell} (unsure: Python's rounds {x:.1}× apart)"),
+                    None => cell,
+                }
+            }
             (Some(_), None) => "n/a (oftq bench not run)".into(),
             (None, _) => String::new(),
         };
@@ -1135,6 +1155,14 @@ mod tests {
             "{gemv}"
         );
         assert!(md.contains("in 19, 19 of 20 identical calls"));
+        // A disturbed reference (rounds 2× apart or more): the verdict is flagged.
+        r.python = vec![round(25e-3, 1e-3), round(9e-3, 1e-3)];
+        let md = markdown(&r, &[]);
+        let gemv = row(&md, "| AQLM 2x8 4096², 1 token");
+        assert!(
+            gemv.ends_with("| ≥ 10× | yes (unsure: Python's rounds 2.8× apart) |"),
+            "{gemv}"
+        );
         let step = row(&md, "| training step");
         assert!(
             step.ends_with("| ≥ 6× | n/a (oftq bench not run) |"),
