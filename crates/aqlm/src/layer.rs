@@ -43,12 +43,22 @@ pub struct AqlmLayer {
     /// Codebooks transposed to `[M, og, ig, K]`, built on first use by the LUT kernel.
     pub(crate) codebooks_by_entry: OnceLock<Vec<f32>>,
     /// Codes as bytes (only for `2^B ≤ 256`) interleaved by blocks of eight output groups,
-    /// built on first use by the LUT kernel (see [`AqlmLayer::codes_u8_interleaved`]).
+    /// built on first use by the LUT kernel for token counts that are multiples of 8 (see
+    /// [`AqlmLayer::codes_u8_interleaved`]).
     pub(crate) codes_u8: OnceLock<Vec<u8>>,
+    /// Codes as bytes (only for `2^B ≤ 256`) in passes of tables and groups of rows, built on
+    /// first use by the one-token LUT kernel (see [`AqlmLayer::codes_u8_by_pass`]).
+    pub(crate) codes_u8_by_pass: OnceLock<Vec<u8>>,
 }
 
 /// Output groups per block of [`AqlmLayer::codes_u8_interleaved`].
 pub(crate) const ROW_INTERLEAVE: usize = 8;
+
+/// Tables per pass of [`AqlmLayer::codes_u8_by_pass`].
+pub(crate) const PASS_TABLES: usize = 32;
+
+/// Output groups per row group of [`AqlmLayer::codes_u8_by_pass`].
+pub(crate) const PASS_ROWS: usize = 32;
 
 fn checked_product(what: &str, dims: &[usize]) -> Result<usize, AqlmError> {
     dims.iter()
@@ -162,6 +172,7 @@ impl AqlmLayer {
             codes_by_input: OnceLock::new(),
             codebooks_by_entry: OnceLock::new(),
             codes_u8: OnceLock::new(),
+            codes_u8_by_pass: OnceLock::new(),
         })
     }
 
@@ -273,6 +284,30 @@ impl AqlmLayer {
                 let (b, r) = (o / ROW_INTERLEAVE, o % ROW_INTERLEAVE);
                 for (i, &c) in row.iter().enumerate() {
                     t[(b * n_tab + i) * ROW_INTERLEAVE + r] = c as u8;
+                }
+            }
+            t
+        })
+    }
+
+    /// Codes as bytes in passes (built once, then cached): with `n = Ig·M` tables per row and
+    /// `G = ⌈Og/32⌉` groups of 32 rows, pass `p` holds tables `32p .. 32p + len_p` (`len_p =
+    /// min(32, n − 32p)`) and starts at byte `32p·G·32`; in it, row group `g` starts at
+    /// `g·len_p·32`, and entry `(i, r)` at `i·32 + r` is code `32p + i` of output group `32g + r`
+    /// (0 past the last group). One 32-byte load gives the codes of 32 rows for one table, and
+    /// a pass's codes for consecutive row groups are contiguous, so the one-token gather reads
+    /// them front to back. Only meaningful when `2^B ≤ 256`.
+    pub(crate) fn codes_u8_by_pass(&self) -> &[u8] {
+        self.codes_u8_by_pass.get_or_init(|| {
+            let n_tab = self.in_groups() * self.scheme.num_codebooks;
+            let groups = self.out_groups().div_ceil(PASS_ROWS);
+            let mut t = vec![0u8; groups * PASS_ROWS * n_tab];
+            for (o, row) in self.codes.chunks_exact(n_tab).enumerate() {
+                let (g, r) = (o / PASS_ROWS, o % PASS_ROWS);
+                for (i, &c) in row.iter().enumerate() {
+                    let first = i / PASS_TABLES * PASS_TABLES;
+                    let len = (n_tab - first).min(PASS_TABLES);
+                    t[(first * groups + g * len + i - first) * PASS_ROWS + r] = c as u8;
                 }
             }
             t

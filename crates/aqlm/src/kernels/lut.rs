@@ -16,6 +16,17 @@
 //! 44 → 34 ms at 64; each thread keeping one input group's tables in L1 and streaming its rows'
 //! sums through them (codes regrouped by input group), 4.1–4.3 ms and 19–21 ms. A look-up of a
 //! 64-byte table entry from L2 (1 MiB of tables, one thread) took about 5 cycles on this machine.
+//!
+//! One token (`2^B = 256`, `og = 1`, the 2x8 GEMV): the codes are read in the pass layout of
+//! [`AqlmLayer::codes_u8_by_pass`], front to back, two 16-byte loads per table and 32 rows.
+//! With the earlier layout (blocks of 8 rows × all tables, four 8-byte loads per table and 32
+//! rows, 256-byte runs 8 KiB apart, hence a software prefetch two row groups ahead) the 4096²
+//! forward took 776–811 µs on 2 threads and 1.42–1.48 ms on one; in passes, 693–739 µs and
+//! 1.25–1.26 ms (medians of 200 calls, three alternating runs), without any software prefetch:
+//! generating with SmolLM2-135M 2x8 (128 greedy tokens, codes cold), 57.2–60.0 tokens/s before,
+//! 56.4–61.1 after (four alternating runs), the hardware prefetchers following the sequential
+//! runs. A microbenchmark of the bare gather loop (4.2 M look-ups, one thread) reads 0.80–0.86
+//! ms: the 16-lane gather, about ten cycles per sixteen look-ups here, is the limit.
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
@@ -23,25 +34,16 @@ use rayon::prelude::*;
 use super::layout::{by_input_groups, feature_major, from_feature_major};
 use super::simd::multiversion;
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Isa, Level, prefetch_range};
-use crate::layer::{AqlmLayer, ROW_INTERLEAVE};
+use super::simd::{Isa, Level};
+use crate::layer::{AqlmLayer, PASS_ROWS, PASS_TABLES, ROW_INTERLEAVE};
 
 /// Target size of one block of tables, in `f32` (1 MiB, half an L2).
 const LUT_BLOCK_FLOATS: usize = 1 << 18;
 /// Output rows per gather task (rounded to whole output groups).
 const ROWS_PER_TASK: usize = 128;
-/// Output rows per task of the one-token `2^B = 256` gather (a multiple of
-/// [`ROW_INTERLEAVE`]): each block of tables is reused by this many rows.
+/// Output rows per task of the one-token `2^B = 256` gather (a multiple of [`PASS_ROWS`]):
+/// each block of tables is reused by this many rows.
 const T1_ROWS_PER_TASK: usize = 512;
-/// Tables (of 256 `f32`) per pass of the one-token gather: 32 KiB, within L1.
-const T1_TABLES_PER_PASS: usize = 32;
-/// Groups of 32 rows ahead whose codes the AVX-512 one-token gather prefetches. While generating,
-/// a layer's codes come from memory once per token, in chunks of 256 bytes per row block and pass
-/// (one every `8·n_tab` bytes), which the hardware prefetchers do not follow: SmolLM2-135M 2x8,
-/// 128 greedy tokens, 2 threads, alternating runs, 53.2–56.4 tokens/s without, 58.2–62.0 one
-/// group ahead, 59.7–61.4 two (the 4096² bench, whose codes stay in cache: 694–739 against
-/// 711–724 µs).
-const T1_PREFETCH_GROUPS: usize = 2;
 /// Input groups per scatter task.
 const GROUPS_PER_TASK: usize = 4;
 
@@ -60,9 +62,24 @@ pub(crate) fn lut_floats_per_group(layer: &AqlmLayer, tokens: usize) -> usize {
     s.num_codebooks * s.out_group_size * s.codebook_size() * tokens
 }
 
-/// Input groups per block of tables (at least 1).
+/// Input groups per block of tables (at least 1). For the one-token gather (`2^B = 256`,
+/// `og = 1`) a block holds whole passes: its `M` tables per group add up to a multiple of
+/// [`PASS_TABLES`] (or it is the whole layer).
 pub(crate) fn block_groups(layer: &AqlmLayer, tokens: usize) -> usize {
-    (LUT_BLOCK_FLOATS / lut_floats_per_group(layer, tokens).max(1)).clamp(1, layer.in_groups())
+    let jb = LUT_BLOCK_FLOATS / lut_floats_per_group(layer, tokens).max(1);
+    let s = &layer.scheme;
+    let step = if tokens == 1 && s.out_group_size == 1 && s.codebook_size() == 256 {
+        // The smallest group count whose tables fill whole passes.
+        PASS_TABLES / gcd(s.num_codebooks, PASS_TABLES)
+    } else {
+        1
+    };
+    (jb / step * step).max(step).min(layer.in_groups()).max(1)
+}
+
+/// The greatest common divisor (`gcd(a, 0) = a`).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 multiversion! {
@@ -205,180 +222,183 @@ fn gather(
 }
 }
 
-multiversion! {
-max = avx2;
-/// One-token fast path for `2^B = 256`, `og = 1`: adds the contributions of the tables
-/// `tables[i − i0]` (`i = j·M + m`) to `acc` (output rows `o0..`, `o0` a multiple of 8).
-///
-/// Codes come from [`AqlmLayer::codes_u8_interleaved`] (`n_tab` tables per row). The tables
-/// are visited in blocks of [`T1_TABLES_PER_PASS`] (32 KiB, so they stay in L1) and, per
-/// block, eight rows at a time so eight independent sums interleave. Per row the tables are
-/// still added in ascending `i`, the order of [`gather`].
-fn gather_t1_k256(
-    codes: &[u8],
-    tables: &[[f32; 256]],
+/// Where the one-token gather finds its codes: [`AqlmLayer::codes_u8_by_pass`] (`n_tab` tables
+/// per row, `n_groups` groups of [`PASS_ROWS`] rows).
+#[derive(Clone, Copy)]
+struct PassCodes<'a> {
+    codes: &'a [u8],
     n_tab: usize,
+    n_groups: usize,
+}
+
+impl<'a> PassCodes<'a> {
+    fn new(layer: &'a AqlmLayer) -> Self {
+        Self {
+            codes: layer.codes_u8_by_pass(),
+            n_tab: layer.in_groups() * layer.scheme.num_codebooks,
+            n_groups: layer.out_groups().div_ceil(PASS_ROWS),
+        }
+    }
+
+    /// The codes of row group `g` in the pass that starts at table `first` (a multiple of
+    /// [`PASS_TABLES`]): entry `i` holds table `first + i`'s codes of the group's 32 rows.
+    fn group(&self, first: usize, g: usize) -> &'a [[u8; PASS_ROWS]] {
+        debug_assert!(first.is_multiple_of(PASS_TABLES) && first < self.n_tab);
+        let len = (self.n_tab - first).min(PASS_TABLES);
+        let start = (first * self.n_groups + g * len) * PASS_ROWS;
+        self.codes[start..start + len * PASS_ROWS].as_chunks().0
+    }
+}
+
+/// The passes of the one-token gather over the tables `tables[i − i0]`: each pass is
+/// [`PASS_TABLES`] consecutive tables (32 KiB, so they stay in L1), from `i0` (a multiple of
+/// [`PASS_TABLES`]), paired with the first table's index.
+fn passes(tables: &[[f32; 256]], i0: usize) -> impl Iterator<Item = (usize, &[[f32; 256]])> {
+    assert!(
+        i0.is_multiple_of(PASS_TABLES),
+        "a block of tables starts at a pass"
+    );
+    tables
+        .chunks(PASS_TABLES)
+        .enumerate()
+        .map(move |(p, tabs)| (i0 + p * PASS_TABLES, tabs))
+}
+
+/// Runs `add(sums, codes)` for every pass and every group of [`PASS_ROWS`] rows of `acc`
+/// (output rows `o0..`, `o0` a multiple of [`PASS_ROWS`]), `sums` holding the group's running
+/// sums (a partial last group is padded; its padding is dropped).
+#[inline(always)]
+fn by_pass_and_group(
+    codes: PassCodes<'_>,
+    tables: &[[f32; 256]],
     i0: usize,
     o0: usize,
     acc: &mut [f32],
+    mut add: impl FnMut(&mut [f32; PASS_ROWS], &[[f32; 256]], &[[u8; PASS_ROWS]]),
 ) {
-    const R: usize = ROW_INTERLEAVE;
-    let (c8, _) = codes.as_chunks::<R>();
-    for (p, tabs) in tables.chunks(T1_TABLES_PER_PASS).enumerate() {
-        let first = i0 + p * T1_TABLES_PER_PASS;
-        for (bi, accr) in acc.chunks_mut(R).enumerate() {
-            let rows = &c8[(o0 / R + bi) * n_tab + first..][..tabs.len()];
-            let mut sum = [0f32; R];
-            sum[..accr.len()].copy_from_slice(accr);
-            for (tab, c) in tabs.iter().zip(rows) {
-                for r in 0..R {
-                    sum[r] += tab[usize::from(c[r])];
-                }
-            }
+    debug_assert!(o0.is_multiple_of(PASS_ROWS));
+    for (first, tabs) in passes(tables, i0) {
+        for (gi, accr) in acc.chunks_mut(PASS_ROWS).enumerate() {
+            let rows = codes.group(first, o0 / PASS_ROWS + gi);
+            let mut sums = [0f32; PASS_ROWS];
+            sums[..accr.len()].copy_from_slice(accr);
+            add(&mut sums, tabs, rows);
             let n = accr.len();
-            accr.copy_from_slice(&sum[..n]);
+            accr.copy_from_slice(&sums[..n]);
         }
     }
 }
+
+multiversion! {
+max = avx2;
+/// One-token fast path for `2^B = 256`, `og = 1`: adds the contributions of the tables
+/// `tables[i − i0]` (`i = j·M + m`) to `acc` (output rows `o0..`, `o0` a multiple of
+/// [`PASS_ROWS`]).
+///
+/// The tables are visited in passes of [`PASS_TABLES`] (32 KiB, so they stay in L1) and, per
+/// pass, 32 rows at a time, so 32 independent sums interleave; the codes are those of
+/// [`AqlmLayer::codes_u8_by_pass`], read front to back. Per row the tables are still added in
+/// ascending `i`, the order of [`gather`].
+fn gather_t1_portable(codes: PassCodes<'_>, tables: &[[f32; 256]], i0: usize, o0: usize, acc: &mut [f32]) {
+    by_pass_and_group(codes, tables, i0, o0, acc, |sums, tabs, rows| {
+        for (tab, c) in tabs.iter().zip(rows) {
+            for r in 0..PASS_ROWS {
+                sums[r] += tab[usize::from(c[r])];
+            }
+        }
+    });
+}
 }
 
-/// [`gather_t1_k256`], with AVX2's hardware gather when the CPU has it: one `vgatherdps` adds
-/// table `i` to the eight sums of a row block (lane `r` = row `r`), the same additions in the
-/// same order as the portable loop, so the same bits. (LLVM vectorizes the portable loop into
-/// eight scalar loads and shuffles per table, which saturates the shuffle port.)
-fn gather_t1(
-    codes: &[u8],
-    tables: &[[f32; 256]],
-    n_tab: usize,
-    i0: usize,
-    o0: usize,
-    acc: &mut [f32],
-) {
+/// [`gather_t1_portable`], with the hardware gather when the CPU has it: one `vgatherdps` adds
+/// table `i` to the sums of 16 (AVX-512) or 8 (AVX2) rows of a group, lane `r` = row `r`; the
+/// same additions in the same order as the portable loop, so the same bits. (LLVM vectorizes
+/// the portable loop into scalar loads and shuffles per table, which saturates the shuffle port.)
+fn gather_t1(codes: PassCodes<'_>, tables: &[[f32; 256]], i0: usize, o0: usize, acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match Isa::detect().level() {
         Level::Avx512 => {
             // SAFETY: the token proves the CPU supports AVX-512F and AVX2.
-            unsafe { gather_t1_avx512(codes, tables, n_tab, i0, o0, acc) };
+            unsafe { gather_t1_avx512(codes, tables, i0, o0, acc) };
             return;
         }
         Level::Avx2 => {
             // SAFETY: the token proves the CPU supports AVX2.
-            unsafe { gather_t1_avx2(codes, tables, n_tab, i0, o0, acc) };
+            unsafe { gather_t1_avx2(codes, tables, i0, o0, acc) };
             return;
         }
         Level::Portable => {}
     }
-    gather_t1_k256(codes, tables, n_tab, i0, o0, acc);
+    gather_t1_portable(codes, tables, i0, o0, acc);
 }
 
-/// The AVX-512 body of [`gather_t1`]: one 16-lane `vgatherdps` adds table `i` to the sums of two
-/// row blocks (lanes 0–7 the first block's rows, 8–15 the second's), and two such chains run
-/// side by side, so 32 rows advance per table (four row blocks' codes in flight: the codes of a
-/// layer come from memory once per token while generating, and with two row blocks per table
-/// the gather waited on them — 37 vs 22 µs for a cold 576 × 576 layer). Rows that do not fill
-/// 32 go through [`gather_t1_avx2`]. Per row, the same additions in the same order: the same
-/// bits.
+/// The AVX-512 body of [`gather_t1`]: per table, two 16-byte loads of codes and two 16-lane
+/// gathers advance the 32 rows of a group (two independent chains of additions).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
 fn gather_t1_avx512(
-    codes: &[u8],
+    codes: PassCodes<'_>,
     tables: &[[f32; 256]],
-    n_tab: usize,
     i0: usize,
     o0: usize,
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::{
-        _mm_set_epi64x, _mm512_add_ps, _mm512_cvtepu8_epi32, _mm512_i32gather_ps, _mm512_loadu_ps,
-        _mm512_storeu_ps,
+        __m128i, _mm_loadu_si128, _mm512_add_ps, _mm512_cvtepu8_epi32, _mm512_i32gather_ps,
+        _mm512_loadu_ps, _mm512_storeu_ps,
     };
-    const R: usize = ROW_INTERLEAVE;
-    const ROWS: usize = 4 * R;
-    let full = acc.len() / ROWS * ROWS;
-    let (acc, tail) = acc.split_at_mut(full);
-    let (c8, _) = codes.as_chunks::<R>();
-    for (p, tabs) in tables.chunks(T1_TABLES_PER_PASS).enumerate() {
-        let first = i0 + p * T1_TABLES_PER_PASS;
-        for (bi, accr) in acc.chunks_exact_mut(ROWS).enumerate() {
-            let ob = o0 / R + 4 * bi;
-            let rows: [&[[u8; R]]; 4] =
-                std::array::from_fn(|q| &c8[(ob + q) * n_tab + first..][..tabs.len()]);
-            // The codes of row block `q` for table `i` as one little-endian `i64`.
-            let code = |q: usize, i: usize| i64::from_le_bytes(rows[q][i]);
-            for q in 0..4 {
-                // This pass's codes of the row blocks `T1_PREFETCH_GROUPS` groups ahead (past the
-                // end of the codes too: a hint never faults).
-                let ahead = c8
-                    .as_ptr()
-                    .wrapping_add((ob + 4 * T1_PREFETCH_GROUPS + q) * n_tab + first);
-                prefetch_range(ahead.cast(), tabs.len() * R);
+    by_pass_and_group(codes, tables, i0, o0, acc, |sums, tabs, rows| {
+        // SAFETY: `sums` holds 32 f32 and each code entry 32 bytes; every index is a byte, so
+        // `< 256 = tab.len()`.
+        unsafe {
+            let mut v0 = _mm512_loadu_ps(sums.as_ptr());
+            let mut v1 = _mm512_loadu_ps(sums.as_ptr().add(16));
+            for (tab, c) in tabs.iter().zip(rows) {
+                let c = c.as_ptr().cast::<__m128i>();
+                let i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(c));
+                let i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(c.add(1)));
+                v0 = _mm512_add_ps(v0, _mm512_i32gather_ps::<4>(i0, tab.as_ptr()));
+                v1 = _mm512_add_ps(v1, _mm512_i32gather_ps::<4>(i1, tab.as_ptr()));
             }
-            // SAFETY: `accr` holds 32 f32; every index is a byte, so `< 256 = tab.len()`.
-            unsafe {
-                let mut v0 = _mm512_loadu_ps(accr.as_ptr());
-                let mut v1 = _mm512_loadu_ps(accr.as_ptr().add(2 * R));
-                for (i, tab) in tabs.iter().enumerate() {
-                    let i01 = _mm512_cvtepu8_epi32(_mm_set_epi64x(code(1, i), code(0, i)));
-                    let i23 = _mm512_cvtepu8_epi32(_mm_set_epi64x(code(3, i), code(2, i)));
-                    v0 = _mm512_add_ps(v0, _mm512_i32gather_ps::<4>(i01, tab.as_ptr()));
-                    v1 = _mm512_add_ps(v1, _mm512_i32gather_ps::<4>(i23, tab.as_ptr()));
-                }
-                _mm512_storeu_ps(accr.as_mut_ptr(), v0);
-                _mm512_storeu_ps(accr.as_mut_ptr().add(2 * R), v1);
-            }
+            _mm512_storeu_ps(sums.as_mut_ptr(), v0);
+            _mm512_storeu_ps(sums.as_mut_ptr().add(16), v1);
         }
-    }
-    if !tail.is_empty() {
-        gather_t1_avx2(codes, tables, n_tab, i0, o0 + full, tail);
-    }
+    });
 }
 
-/// The AVX2 body of [`gather_t1`].
+/// The AVX2 body of [`gather_t1`]: per table, four 8-lane gathers advance the 32 rows of a
+/// group (four independent chains of additions).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn gather_t1_avx2(
-    codes: &[u8],
+    codes: PassCodes<'_>,
     tables: &[[f32; 256]],
-    n_tab: usize,
     i0: usize,
     o0: usize,
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::{
-        __m128i, _mm_loadl_epi64, _mm256_add_ps, _mm256_cvtepu8_epi32, _mm256_i32gather_ps,
+        __m128i, __m256, _mm_loadl_epi64, _mm256_add_ps, _mm256_cvtepu8_epi32, _mm256_i32gather_ps,
         _mm256_loadu_ps, _mm256_storeu_ps,
     };
-    const R: usize = ROW_INTERLEAVE;
-    let (c8, _) = codes.as_chunks::<R>();
-    for (p, tabs) in tables.chunks(T1_TABLES_PER_PASS).enumerate() {
-        let first = i0 + p * T1_TABLES_PER_PASS;
-        // Two row blocks at a time: two independent chains of additions.
-        for (bi, accr) in acc.chunks_mut(2 * R).enumerate() {
-            let ob = o0 / R + 2 * bi;
-            let rows0 = &c8[ob * n_tab + first..][..tabs.len()];
-            // A lone last block reuses its own codes for the second chain (its sums are dropped).
-            let ob1 = if accr.len() > R { ob + 1 } else { ob };
-            let rows1 = &c8[ob1 * n_tab + first..][..tabs.len()];
-            let mut sum = [0f32; 2 * R];
-            sum[..accr.len()].copy_from_slice(accr);
-            // SAFETY: `sum` holds 16 f32; each code row holds 8 bytes; every index is a byte,
-            // so `< 256 = tab.len()`.
-            unsafe {
-                let mut v0 = _mm256_loadu_ps(sum.as_ptr());
-                let mut v1 = _mm256_loadu_ps(sum.as_ptr().add(R));
-                for ((tab, c0), c1) in tabs.iter().zip(rows0).zip(rows1) {
-                    let i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(c0.as_ptr().cast::<__m128i>()));
-                    let i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(c1.as_ptr().cast::<__m128i>()));
-                    v0 = _mm256_add_ps(v0, _mm256_i32gather_ps::<4>(tab.as_ptr(), i0));
-                    v1 = _mm256_add_ps(v1, _mm256_i32gather_ps::<4>(tab.as_ptr(), i1));
+    by_pass_and_group(codes, tables, i0, o0, acc, |sums, tabs, rows| {
+        // SAFETY: `sums` holds 32 f32 and each code entry 32 bytes; every index is a byte, so
+        // `< 256 = tab.len()`.
+        unsafe {
+            let mut v: [__m256; 4] =
+                std::array::from_fn(|q| _mm256_loadu_ps(sums.as_ptr().add(8 * q)));
+            for (tab, c) in tabs.iter().zip(rows) {
+                for (q, vq) in v.iter_mut().enumerate() {
+                    let cq = _mm_loadl_epi64(c.as_ptr().add(8 * q).cast::<__m128i>());
+                    let iq = _mm256_cvtepu8_epi32(cq);
+                    *vq = _mm256_add_ps(*vq, _mm256_i32gather_ps::<4>(tab.as_ptr(), iq));
                 }
-                _mm256_storeu_ps(sum.as_mut_ptr(), v0);
-                _mm256_storeu_ps(sum.as_mut_ptr().add(R), v1);
             }
-            let n = accr.len();
-            accr.copy_from_slice(&sum[..n]);
+            for (q, vq) in v.iter().enumerate() {
+                _mm256_storeu_ps(sums.as_mut_ptr().add(8 * q), *vq);
+            }
         }
-    }
+    });
 }
 
 multiversion! {
@@ -437,11 +457,12 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
     let k256 = og == 1 && layer.scheme.codebook_size() == 256;
     let fast = k256 && t == 1;
     let fast8 = k256 && t.is_multiple_of(8);
-    let codes_u8: &[u8] = if fast || fast8 {
+    let codes_u8: &[u8] = if fast8 {
         layer.codes_u8_interleaved()
     } else {
         &[]
     };
+    let pass_codes = fast.then(|| PassCodes::new(layer));
     let m = layer.scheme.num_codebooks;
     let n_tab = n_ig * m;
     let mut acc = vec![0f32; layer.out_features * t];
@@ -459,13 +480,11 @@ pub(crate) fn forward(layer: &AqlmLayer, x: MatRef<'_, f32>) -> Mat<f32> {
             .enumerate()
             .for_each(|(dj, lj)| build(layer, &xf, t, j0 + dj, lj));
         let block = &*block;
-        if fast {
+        if let Some(pc) = pass_codes {
             let (tables, _) = block.as_chunks::<256>();
             acc.par_chunks_mut(T1_ROWS_PER_TASK)
                 .enumerate()
-                .for_each(|(ci, a)| {
-                    gather_t1(codes_u8, tables, n_tab, j0 * m, ci * T1_ROWS_PER_TASK, a)
-                });
+                .for_each(|(ci, a)| gather_t1(pc, tables, j0 * m, ci * T1_ROWS_PER_TASK, a));
         } else if fast8 {
             let span = (j1 - j0) * m;
             acc.par_chunks_mut(groups * t)
@@ -572,8 +591,8 @@ fn scatter_task(
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
 
     use super::*;
     use crate::kernels::tests::random_layer;
@@ -614,57 +633,88 @@ mod tests {
         }
     }
 
-    /// The hardware-gather one-token path adds exactly what the portable loop adds, in the same
-    /// order: identical bits, including a partial last block of rows and several passes.
+    /// The pass layout holds every code where the documentation puts it, 0 past the last row.
     #[test]
-    fn t1_gather_matches_the_portable_loop_bit_for_bit() {
-        // Fewer rows than one AVX-512 block, whole blocks, whole blocks and a tail.
-        for n_og in [21usize, 64, 77] {
-            let n_tab = 70usize;
-            let mut s = 7u64;
-            let mut next = move || {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 33) as u32
-            };
-            let mut codes = vec![0u8; n_og.div_ceil(ROW_INTERLEAVE) * n_tab * ROW_INTERLEAVE];
-            for (i, c) in codes.iter_mut().enumerate() {
-                // Rows past n_og stay 0, as in the layer's cache.
-                if (i % ROW_INTERLEAVE) + (i / (n_tab * ROW_INTERLEAVE)) * ROW_INTERLEAVE < n_og {
-                    *c = next() as u8;
+    fn codes_by_pass_follow_the_documented_layout() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for (m, n_ig, n_og) in [(2, 35, 77), (1, 32, 32), (3, 11, 5)] {
+            let layer = random_layer(&mut rng, m, 8, 8, 1, n_ig, n_og, false);
+            let (n, groups) = (n_ig * m, n_og.div_ceil(PASS_ROWS));
+            let codes = layer.codes_u8_by_pass();
+            assert_eq!(codes.len(), groups * PASS_ROWS * n);
+            for o in 0..groups * PASS_ROWS {
+                for i in 0..n {
+                    let (p, g, r) = (i / PASS_TABLES, o / PASS_ROWS, o % PASS_ROWS);
+                    let len = (n - PASS_TABLES * p).min(PASS_TABLES);
+                    let at = PASS_TABLES * p * groups * PASS_ROWS
+                        + g * len * PASS_ROWS
+                        + (i % PASS_TABLES) * PASS_ROWS
+                        + r;
+                    let want = if o < n_og {
+                        layer.codes[o * n + i] as u8
+                    } else {
+                        0
+                    };
+                    assert_eq!(codes[at], want, "{m} codebooks, row {o}, table {i}");
                 }
             }
-            let tables: Vec<[f32; 256]> = (0..n_tab)
-                .map(|_| std::array::from_fn(|_| next() as f32 / u32::MAX as f32 - 0.5))
+        }
+    }
+
+    /// The hardware-gather one-token path adds exactly what the portable loop adds, in the same
+    /// order: identical bits, including a partial last group of rows, a partial last pass and a
+    /// block of tables that starts at a later pass.
+    #[test]
+    fn t1_gather_matches_the_portable_loop_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(7);
+        // Fewer rows than one group, whole groups, whole groups and a partial one.
+        for n_og in [21usize, 64, 77] {
+            // 70 tables: passes of 32, 32 and 6.
+            let layer = random_layer(&mut rng, 2, 8, 8, 1, 35, n_og, false);
+            let pc = PassCodes::new(&layer);
+            let tables: Vec<[f32; 256]> = (0..pc.n_tab)
+                .map(|_| std::array::from_fn(|_| rng.random_range(-0.5f32..0.5)))
                 .collect();
             let start: Vec<f32> = (0..n_og).map(|i| i as f32 * 0.25).collect();
+            for i0 in [0, PASS_TABLES] {
+                let tabs = &tables[i0..];
+                let mut want = start.clone();
+                gather_t1_portable(pc, tabs, i0, 0, &mut want);
+                let same = |got: &[f32]| {
+                    got.iter()
+                        .zip(&want)
+                        .all(|(x, y)| x.to_bits() == y.to_bits())
+                };
+                let mut got = start.clone();
+                gather_t1(pc, tabs, i0, 0, &mut got);
+                assert!(same(&got), "dispatched, {n_og} rows, from table {i0}");
+                // Every build this CPU runs, each from its own entry point.
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let level = Isa::detect().level();
+                    if level >= Level::Avx2 {
+                        let mut got = start.clone();
+                        // SAFETY: the CPU supports AVX2 (checked).
+                        unsafe { gather_t1_avx2(pc, tabs, i0, 0, &mut got) };
+                        assert!(same(&got), "AVX2, {n_og} rows, from table {i0}");
+                    }
+                    if level >= Level::Avx512 {
+                        let mut got = start.clone();
+                        // SAFETY: the CPU supports AVX-512F and AVX2 (checked).
+                        unsafe { gather_t1_avx512(pc, tabs, i0, 0, &mut got) };
+                        assert!(same(&got), "AVX-512, {n_og} rows, from table {i0}");
+                    }
+                }
+            }
+            // The portable loop is the documented order: table by table, ascending.
             let mut want = start.clone();
-            gather_t1_k256(&codes, &tables, n_tab, 0, 0, &mut want);
-            let same = |got: &[f32]| {
-                got.iter()
-                    .zip(&want)
-                    .all(|(x, y)| x.to_bits() == y.to_bits())
-            };
-            let mut got = start.clone();
-            gather_t1(&codes, &tables, n_tab, 0, 0, &mut got);
-            assert!(same(&got), "dispatched, {n_og} rows");
-            // Every build this CPU runs, each from its own entry point.
-            #[cfg(target_arch = "x86_64")]
-            {
-                let level = Isa::detect().level();
-                if level >= Level::Avx2 {
-                    let mut got = start.clone();
-                    // SAFETY: the CPU supports AVX2 (checked).
-                    unsafe { gather_t1_avx2(&codes, &tables, n_tab, 0, 0, &mut got) };
-                    assert!(same(&got), "AVX2, {n_og} rows");
+            gather_t1_portable(pc, &tables, 0, 0, &mut want);
+            for (o, w) in want.iter().enumerate() {
+                let mut sum = start[o];
+                for (i, tab) in tables.iter().enumerate() {
+                    sum += tab[usize::from(layer.codes[o * pc.n_tab + i] as u8)];
                 }
-                if level >= Level::Avx512 {
-                    let mut got = start.clone();
-                    // SAFETY: the CPU supports AVX-512F and AVX2 (checked).
-                    unsafe { gather_t1_avx512(&codes, &tables, n_tab, 0, 0, &mut got) };
-                    assert!(same(&got), "AVX-512, {n_og} rows");
-                }
+                assert_eq!(w.to_bits(), sum.to_bits(), "row {o}");
             }
         }
     }

@@ -135,22 +135,3 @@ macro_rules! multiversion {
 }
 
 pub(crate) use multiversion;
-
-/// Hints the CPU to bring every cache line holding one of the `len` bytes from `p` into L1 (the
-/// first line is the one holding `p`, wherever `p` sits in it). Never faults, whatever the range:
-/// a prefetch is only a hint. (oftq-ortho has the same single-line helper: the two crates share
-/// no code by design.)
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) fn prefetch_range(p: *const u8, len: usize) {
-    let first = p.wrapping_sub(p as usize % 64);
-    for line in 0..(p as usize % 64 + len).div_ceil(64) {
-        // SAFETY: a prefetch does not access memory architecturally and never faults, for any
-        // address; SSE is part of the x86-64 baseline.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                first.wrapping_add(64 * line).cast(),
-            );
-        }
-    }
-}
