@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use crate::codebook_buf::CodebookBuf;
 use crate::error::AqlmError;
 use crate::scheme::AqlmScheme;
 use crate::storage::Storage;
@@ -33,7 +34,7 @@ pub struct AqlmLayer {
     pub(crate) out_features: usize,
     pub(crate) scheme: AqlmScheme,
     pub(crate) codes: Vec<u16>,
-    pub(crate) codebooks: Vec<f32>,
+    pub(crate) codebooks: CodebookBuf,
     pub(crate) scales: Vec<f32>,
     pub(crate) bias: Option<Vec<f32>>,
     pub(crate) storage: Storage,
@@ -165,7 +166,7 @@ impl AqlmLayer {
             out_features,
             scheme,
             codes,
-            codebooks,
+            codebooks: CodebookBuf::new(codebooks),
             scales,
             bias,
             storage: Storage::hf_default(scheme.nbits),

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod checkpoint;
+mod codebook_buf;
 pub mod decode;
 pub mod encode;
 pub mod error;
