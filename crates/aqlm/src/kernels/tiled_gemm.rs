@@ -13,12 +13,23 @@
 //!   10.8–10.9, 9.5–9.8 and 9.7–9.9; input gradient 10.1–10.6 against 12.2–12.6, 10.4–10.8 and
 //!   11.3–11.4.
 
+use std::cell::Cell;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::simd::clear_upper_simd_state;
 use crate::layer::AqlmLayer;
+
+thread_local! {
+    /// A decoded block of `W` and the forward's column-major scratch, kept between tasks and
+    /// calls on this thread. (With rayon's `for_each_init` they were allocated and zero-filled
+    /// once per split of the work, several MiB per product: `memset` took 2.8% of the samples of
+    /// `layer.train_step`.) A task takes them out and puts them back, so a task nested on the
+    /// same thread (rayon may run another while one waits) allocates its own.
+    static TILE_SCRATCH: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
 
 /// Target number of `f32` in one decoded block (1 MiB).
 const TILE_FLOATS: usize = 1 << 18;
@@ -76,26 +87,31 @@ pub(crate) fn forward_into(layer: &AqlmLayer, x: MatRef<'_, f32>, y: MatMut<'_, 
     let (og, n_in) = (layer.scheme.out_group_size, layer.in_features);
     let groups = row_groups(layer);
     let through_scratch = y.row_stride() != 1 && x.nrows() < DIRECT_MIN_TOKENS;
-    y.par_col_chunks_mut(groups * og).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(w, scratch), (ci, mut dst)| {
+    y.par_col_chunks_mut(groups * og)
+        .enumerate()
+        .for_each(|(ci, mut dst)| {
+            let (mut w, mut scratch) = TILE_SCRATCH.take();
             let o0 = ci * groups;
             let rows = dst.ncols();
             // Every element is overwritten by the decode: no zeroing beyond the first growth.
             w.resize(rows * n_in, 0.0);
-            layer.decode_rows_into(o0, o0 + rows / og, w);
-            let w = MatRef::from_row_major_slice(w, rows, n_in);
+            layer.decode_rows_into(o0, o0 + rows / og, &mut w);
+            let wm = MatRef::from_row_major_slice(&w[..rows * n_in], rows, n_in);
             if through_scratch {
                 scratch.resize(dst.nrows() * rows, 0.0);
-                let mut t = MatMut::from_column_major_slice_mut(scratch, dst.nrows(), rows);
-                matmul(t.as_mut(), Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
+                let mut t = MatMut::from_column_major_slice_mut(
+                    &mut scratch[..dst.nrows() * rows],
+                    dst.nrows(),
+                    rows,
+                );
+                matmul(t.as_mut(), Accum::Replace, x, wm.transpose(), 1.0, Par::Seq);
                 dst.copy_from(t);
             } else {
-                matmul(dst, Accum::Replace, x, w.transpose(), 1.0, Par::Seq);
+                matmul(dst, Accum::Replace, x, wm.transpose(), 1.0, Par::Seq);
             }
             clear_upper_simd_state();
-        },
-    );
+            TILE_SCRATCH.set((w, scratch));
+        });
 }
 
 /// `dy·W`, blocks of input columns, each task writing its columns of the result.
@@ -106,14 +122,16 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
     dx.as_mut()
         .par_col_chunks_mut(groups * ig)
         .enumerate()
-        .for_each_init(Vec::new, |w, (ci, dst)| {
+        .for_each(|(ci, dst)| {
+            let (mut w, scratch) = TILE_SCRATCH.take();
             let j0 = ci * groups;
             let cols = dst.ncols();
             w.resize(n_out * cols, 0.0);
-            layer.decode_cols_into(j0, j0 + cols / ig, w);
-            let w = MatRef::from_row_major_slice(w, n_out, cols);
-            matmul(dst, Accum::Replace, dy, w, 1.0, Par::Seq);
+            layer.decode_cols_into(j0, j0 + cols / ig, &mut w);
+            let wm = MatRef::from_row_major_slice(&w[..n_out * cols], n_out, cols);
+            matmul(dst, Accum::Replace, dy, wm, 1.0, Par::Seq);
             clear_upper_simd_state();
+            TILE_SCRATCH.set((w, scratch));
         });
     dx
 }
