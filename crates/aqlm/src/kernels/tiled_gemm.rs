@@ -96,14 +96,10 @@ pub(crate) fn forward_into(layer: &AqlmLayer, x: MatRef<'_, f32>, y: MatMut<'_, 
             // Every element is overwritten by the decode: no zeroing beyond the first growth.
             w.resize(rows * n_in, 0.0);
             layer.decode_rows_into(o0, o0 + rows / og, &mut w);
-            let wm = MatRef::from_row_major_slice(&w[..rows * n_in], rows, n_in);
+            let wm = MatRef::from_row_major_slice(&w, rows, n_in);
             if through_scratch {
                 scratch.resize(dst.nrows() * rows, 0.0);
-                let mut t = MatMut::from_column_major_slice_mut(
-                    &mut scratch[..dst.nrows() * rows],
-                    dst.nrows(),
-                    rows,
-                );
+                let mut t = MatMut::from_column_major_slice_mut(&mut scratch, dst.nrows(), rows);
                 matmul(t.as_mut(), Accum::Replace, x, wm.transpose(), 1.0, Par::Seq);
                 dst.copy_from(t);
             } else {
@@ -128,7 +124,7 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
             let cols = dst.ncols();
             w.resize(n_out * cols, 0.0);
             layer.decode_cols_into(j0, j0 + cols / ig, &mut w);
-            let wm = MatRef::from_row_major_slice(&w[..n_out * cols], n_out, cols);
+            let wm = MatRef::from_row_major_slice(&w, n_out, cols);
             matmul(dst, Accum::Replace, dy, wm, 1.0, Par::Seq);
             clear_upper_simd_state();
             TILE_SCRATCH.set((w, scratch));
