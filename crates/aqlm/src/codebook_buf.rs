@@ -41,8 +41,8 @@ enum Inner {
 }
 
 impl CodebookBuf {
-    /// Takes `values`, moving them onto huge pages when they fill at least one and the OS
-    /// provides the mapping (else keeps the `Vec`).
+    /// Takes `values`, moving them into a mapping advised onto huge pages when they fill at least
+    /// one and the OS provides the mapping (else keeps the `Vec`).
     pub(crate) fn new(values: Vec<f32>) -> Self {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         if let Some(huge) = Self::on_huge_pages(&values) {
@@ -53,8 +53,8 @@ impl CodebookBuf {
         }
     }
 
-    /// Whether the values sit in a mapping advised onto huge pages (for tests and reports; the
-    /// OS decides whether it actually backs them with huge pages).
+    /// Whether the values sit in the mapping (for tests; whether the OS backs it with huge pages
+    /// is its decision).
     #[cfg(test)]
     pub(crate) fn is_mapped(&self) -> bool {
         !matches!(self.inner, Inner::Heap(_))
@@ -72,13 +72,14 @@ impl CodebookBuf {
             .map_anon()
             .ok()?;
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
-        // Only whole huge pages are advised, so no page is committed beyond the data.
-        map.advise_range(
+        // Only whole huge pages are advised, so no page is committed beyond the data. A kernel
+        // without transparent huge pages refuses the advice: the mapping is then ordinary memory,
+        // as good as a `Vec`, so the refusal is not an error.
+        let _ = map.advise_range(
             memmap2::Advice::HugePage,
             offset,
             bytes / HUGE_PAGE * HUGE_PAGE,
-        )
-        .ok()?;
+        );
         let dst: &mut [f32] =
             bytemuck::try_cast_slice_mut(&mut map[offset..offset + bytes]).ok()?;
         dst.copy_from_slice(values);
