@@ -69,17 +69,14 @@ pub(crate) fn block_groups(layer: &AqlmLayer, tokens: usize) -> usize {
     let jb = LUT_BLOCK_FLOATS / lut_floats_per_group(layer, tokens).max(1);
     let s = &layer.scheme;
     let step = if tokens == 1 && s.out_group_size == 1 && s.codebook_size() == 256 {
-        // The smallest group count whose tables fill whole passes.
-        PASS_TABLES / gcd(s.num_codebooks, PASS_TABLES)
+        // The smallest group count whose tables fill whole passes (at most `PASS_TABLES`).
+        (1..PASS_TABLES)
+            .find(|g| (g * s.num_codebooks).is_multiple_of(PASS_TABLES))
+            .unwrap_or(PASS_TABLES)
     } else {
         1
     };
     (jb / step * step).max(step).min(layer.in_groups()).max(1)
-}
-
-/// The greatest common divisor (`gcd(a, 0) = a`).
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 multiversion! {
@@ -595,7 +592,7 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-    use crate::kernels::tests::random_layer;
+    use crate::kernels::tests::{random_layer, random_mat, rel_err};
 
     /// The one-token tables (register tiles of entries) are the documented sums bit for bit:
     /// `lut[m][a][c] = Σ_{b asc} cb[m][c][a][b]·x[j·ig + b]` from 0, for codebooks narrower and
@@ -631,6 +628,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A one-token forward over several blocks of tables, with `M = 3` (so a block's groups are
+    /// rounded to whole passes: 341 → 320), matches the decoded product.
+    #[test]
+    fn one_token_blocks_start_at_passes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let layer = random_layer(&mut rng, 3, 8, 8, 1, 700, 45, false);
+        assert_eq!(block_groups(&layer, 1), 320);
+        let x = random_mat(&mut rng, 1, layer.in_features);
+        let want = &x * layer.decode().transpose();
+        let y = forward(&layer, x.as_ref());
+        assert!(rel_err(&y, &want) < 2e-6);
     }
 
     /// The pass layout holds every code where the documentation puts it, 0 past the last row.

@@ -33,11 +33,11 @@ pub(crate) fn random_layer(
     AqlmLayer::new(n_ig * ig, n_og * og, s, codes, cb, scales, bias).unwrap()
 }
 
-fn random_mat(rng: &mut StdRng, r: usize, c: usize) -> Mat<f32> {
+pub(crate) fn random_mat(rng: &mut StdRng, r: usize, c: usize) -> Mat<f32> {
     Mat::from_fn(r, c, |_, _| rng.random_range(-1.0f32..1.0))
 }
 
-fn rel_err(a: &Mat<f32>, b: &Mat<f32>) -> f32 {
+pub(crate) fn rel_err(a: &Mat<f32>, b: &Mat<f32>) -> f32 {
     assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
     (a - b).norm_l2() / b.norm_l2().max(1e-30)
 }
