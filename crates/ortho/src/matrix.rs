@@ -44,8 +44,40 @@ pub(crate) fn zeroed_storage_padded<T: Real, U>(
 /// Writes zeros into `s` and returns it initialised.
 pub(crate) fn init_zeroed<T: Real>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
     s.fill(MaybeUninit::new(T::zero()));
-    // SAFETY: every element was just written; `MaybeUninit<T>` has the layout of `T`.
+    // SAFETY: every element was just written.
+    unsafe { assume_init_mut(s) }
+}
+
+/// Writes zeros into rows `rows .. ld` of every column of the column-major storage `s` (column
+/// stride `ld`, `s.len()` a multiple of it): the padding between columns, so that `s` is
+/// initialised once its `rows × s.len()/ld` entries are written. Nothing when `ld == rows`.
+pub(crate) fn zero_padding<T: Real>(s: &mut [MaybeUninit<T>], rows: usize, ld: usize) {
+    if ld > rows {
+        for col in s.chunks_mut(ld) {
+            col.get_mut(rows..)
+                .unwrap_or_default()
+                .fill(MaybeUninit::new(T::zero()));
+        }
+    }
+}
+
+/// `s` as initialised storage.
+///
+/// # Safety
+/// Every element of `s` is initialised.
+pub(crate) unsafe fn assume_init_mut<T: Real>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: the caller's contract; `MaybeUninit<T>` has the layout of `T`.
     unsafe { &mut *(std::ptr::from_mut(s) as *mut [T]) }
+}
+
+/// Initialised storage as `MaybeUninit`, for the writers of uninitialised storage.
+///
+/// # Safety
+/// Only initialised values may be written through the result (it aliases `s`, which stays
+/// initialised).
+pub(crate) unsafe fn as_uninit_mut<T: Real>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`; the caller writes initialised values only.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [MaybeUninit<T>]) }
 }
 
 /// The storage of a `rows × cols` matrix (column stride [`ld`](Self::ld) `≥ rows`) before it is

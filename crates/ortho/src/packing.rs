@@ -11,7 +11,7 @@ use faer::{Mat, MatRef};
 
 use crate::error::{OrthoError, Result, shape_err};
 use crate::kernels::transpose::{self, Store as TileStore, TILE, transpose_tile};
-use crate::matrix::{par_col_blocks_uninit, zeroed_storage_with};
+use crate::matrix::{as_uninit_mut, par_col_blocks_uninit, zeroed_storage_with};
 use crate::real::Real;
 
 /// Number of packed parameters of one `b × b` skew block: `b(b−1)/2`.
@@ -187,38 +187,55 @@ pub(crate) fn skew_from_slice<T: Real>(v: &[T], b: usize) -> Mat<T> {
 
 /// Writes `Q = U − Uᵀ` (`U[i][j] = v[packed_index(b, i, j)]`, `i < j`) column-major with column
 /// stride `ld` into `out` (column `j` is `out[j·ld .. j·ld + b]`; other entries are untouched).
-/// Read as row-major with row stride `ld`, that is `Qᵀ = −Q`.
-///
-/// First every column's zero diagonal and, below it, its negated run of the packed row
-/// (`Q[i][j] = −v[k(j, i)]` for `i > j`: contiguous on both sides); then the strict upper
-/// triangle as the negated transpose of the lower one, `Q[i][j] = −Q[j][i]`, by 16 × 16 register
-/// tiles where the machine has them ([`transpose_tile`]: `f32` with AVX-512) and element by
-/// element for the rest. The values are the same either way, bit for bit.
+/// Read as row-major with row stride `ld`, that is `Qᵀ = −Q`. See [`fill_skew_uninit`].
 ///
 /// # Panics
 /// If `out` is shorter than `(b − 1)·ld + b` or `v` than `b(b−1)/2`.
 #[inline(always)]
 pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
+    // SAFETY: `fill_skew_uninit` writes initialised values only.
+    fill_skew_uninit(v, b, unsafe { as_uninit_mut(out) }, ld);
+}
+
+/// [`fill_skew`] into storage that need not be initialised: on return the `b × b` entries
+/// `out[i + j·ld]` are, and nothing else was written.
+///
+/// First every column's zero diagonal and, below it, its negated run of the packed row
+/// (`Q[i][j] = −v[k(j, i)]` for `i > j`: contiguous on both sides); then the strict upper
+/// triangle as the negated transpose of the lower one, `Q[i][j] = −Q[j][i]`, by 16 × 16 register
+/// tiles where the machine has them ([`transpose_tile`]: `f32` with AVX-512) and element by
+/// element for the rest. A diagonal tile's loads include its strict upper triangle, which it
+/// does not store: those entries are zeroed first, so that nothing uninitialised is read. The
+/// values are the same either way, bit for bit.
+///
+/// # Panics
+/// If `out` is shorter than `(b − 1)·ld + b` or `v` than `b(b−1)/2`.
+#[inline(always)]
+pub(crate) fn fill_skew_uninit<T: Real>(v: &[T], b: usize, out: &mut [MaybeUninit<T>], ld: usize) {
     assert!(
         b == 0 || out.len() >= (b - 1) * ld + b,
         "fill_skew: storage too short"
     );
-    for j in 0..b {
-        let col = &mut out[j * ld..j * ld + b];
-        col[j] = T::zero();
-        if j + 1 < b {
-            let k0 = packed_index(b, j, j + 1);
-            for (x, &y) in col[j + 1..].iter_mut().zip(&v[k0..k0 + b - j - 1]) {
-                *x = -y;
-            }
-        }
-    }
     let full = if transpose::available::<T>() {
         b / TILE * TILE
     } else {
         0
     };
-    let p = out.as_mut_ptr();
+    for j in 0..b {
+        let col = &mut out[j * ld..j * ld + b];
+        if j < full {
+            // The strict upper part of the diagonal tile, which its transpose loads.
+            col[j / TILE * TILE..j].fill(MaybeUninit::new(T::zero()));
+        }
+        col[j] = MaybeUninit::new(T::zero());
+        if j + 1 < b {
+            let k0 = packed_index(b, j, j + 1);
+            for (x, &y) in col[j + 1..].iter_mut().zip(&v[k0..k0 + b - j - 1]) {
+                *x = MaybeUninit::new(-y);
+            }
+        }
+    }
+    let p = out.as_mut_ptr().cast::<T>();
     for i0 in (0..full).step_by(TILE) {
         for j0 in (i0..full).step_by(TILE) {
             let store = if i0 == j0 {
@@ -228,13 +245,17 @@ pub(crate) fn fill_skew<T: Real>(v: &[T], b: usize, out: &mut [T], ld: usize) {
             };
             // SAFETY: the tile reads rows `j0 ..` of columns `i0 + r` and writes rows `i0 ..` of
             // columns `j0 + c` (`r, c < 16`, all indices below `b`), inside the first
-            // `(b − 1)·ld + b` elements of `out` (asserted), which is initialised.
+            // `(b − 1)·ld + b` elements of `out` (asserted). What it reads is initialised: the
+            // lower triangle and diagonal, written above, and for a diagonal tile (`j0 = i0`)
+            // its strict upper triangle, zeroed above.
             unsafe { transpose_tile(p.add(i0 * ld + j0), ld, p.add(j0 * ld + i0), ld, store) };
         }
     }
     for j in full..b {
         for i in 0..j {
-            out[j * ld + i] = -out[i * ld + j];
+            // SAFETY: `i < j < b`: entry `(j, i)` of the lower triangle, written above.
+            let lower = unsafe { out[i * ld + j].assume_init() };
+            out[j * ld + i] = MaybeUninit::new(-lower);
         }
     }
 }

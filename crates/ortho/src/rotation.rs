@@ -122,14 +122,14 @@ impl<T: Real> BlockRotation<T> {
                         block,
                     });
                 }
-                let r = init_zeroed(&mut rc[l * r_len..(l + 1) * r_len]);
+                let r = &mut rc[l * r_len..(l + 1) * r_len];
                 match parameterization {
                     Parameterization::Exact(conv) => {
-                        cayley_exact_packed_into(v, b, conv, r, ldr)
+                        cayley_exact_packed_into(v, b, conv, init_zeroed(r), ldr)
                             .map_err(|_| OrthoError::Singular { block })?;
                     }
                     Parameterization::Neumann { .. } => {
-                        let t = init_zeroed(&mut tc[l * t_len..(l + 1) * t_len]);
+                        let t = &mut tc[l * t_len..(l + 1) * t_len];
                         neumann_packed_into(v, b, &coeffs, t, ldt, r, ldr);
                     }
                 }
@@ -139,7 +139,8 @@ impl<T: Real> BlockRotation<T> {
         // The first failing block, whatever the thread count.
         status.into_iter().collect::<Result<()>>()?;
         // SAFETY: every task succeeded, so each wrote all of its rows' packed copy (columns of
-        // `copy`), blocks and tapes (zeroed, then filled).
+        // `copy`), blocks and tapes (zeroed, then filled by the exact transform; written whole,
+        // padding included, by `neumann_packed_into`).
         let (packed_rows, blocks, tapes) = unsafe {
             (
                 copy.assume_init(),
