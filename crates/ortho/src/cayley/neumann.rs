@@ -10,9 +10,9 @@
 //! block 1 is `A` and block `1 + j` is `Kⱼ` for `j = 1 … m` (`… m − 1` when `p` is even:
 //! `Kₘ = c_p·I` is not stored).
 
-use faer::{Mat, MatRef};
-
 use std::mem::MaybeUninit;
+
+use faer::{Mat, MatRef};
 
 use crate::kernels::block_gemm::{gemm_acc, gemm_uninit};
 use crate::kernels::transpose::transpose_into;
@@ -110,8 +110,9 @@ fn coeff(coeffs: &[f64], k: usize) -> f64 {
 /// Writes `Bⱼ = c₂ⱼI + c₂ⱼ₊₁Q`, plus `s·A` when `plus` is `Some((A, s))`, into the `b × b` block
 /// at the start of `dst` (column stride `ldd`; `Q` and `A` column stride `ld`), each entry once:
 /// `((0 + c₂ⱼ₊₁·q) + c₂ⱼ·δ) + s·a`, where a term with a zero factor (`c₂ⱼ₊₁`, `s`) is left out
-/// and `δ` is 1 on the diagonal only — the order in which accumulating the terms onto a zeroed
-/// block rounds, so the bits do not depend on which is done.
+/// and `δ` is 1 on the diagonal only. The leading `0 +` turns the `−0` of `c·(−0)` into `+0`
+/// (`Q`'s lower triangle is `−v`, so zero parameters give `−0` there), so that zero parameters
+/// give the identity bit for bit.
 #[inline(always)]
 fn write_linear<T: Real>(
     dst: &mut [MaybeUninit<T>],
