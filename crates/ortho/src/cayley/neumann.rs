@@ -51,6 +51,9 @@ pub(crate) fn neumann_with_tape<T: Real>(q: MatRef<'_, T>, coeffs: &[f64]) -> (M
 /// went from 305–343 to 264–283 µs on one thread and from 220–286 to 166–219 µs on two
 /// (alternating runs) when the zero-filled tapes (a 2 MiB `memset` per build, then adds onto the
 /// zeros) gave way to this. The caller checked `v`'s length.
+///
+/// # Panics
+/// If `t` is shorter than one `b × b` block of stride `ldt` (the whole tape is written).
 pub(crate) fn neumann_packed_into<T: Real>(
     v: &[T],
     b: usize,
@@ -62,7 +65,7 @@ pub(crate) fn neumann_packed_into<T: Real>(
 ) {
     zero_padding(t, b, ldt);
     zero_padding(r, b, ldr);
-    let (q, rest) = t.split_at_mut((b * ldt).min(t.len()));
+    let (q, rest) = t.split_at_mut(b * ldt);
     fill_skew_uninit(v, b, q, ldt);
     // SAFETY: `fill_skew_uninit` wrote the `b × b` entries, `zero_padding` the rest.
     let q = unsafe { assume_init_mut(q) };
