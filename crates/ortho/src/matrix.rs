@@ -195,10 +195,24 @@ pub(crate) unsafe fn par_col_blocks_uninit<T: Real, U: Send>(
     width: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<T>], usize, usize) -> U + Sync + Send,
 ) -> (Mat<T>, Vec<U>) {
+    // SAFETY: forwarded contract.
+    unsafe { col_blocks_uninit(rows * cols >= PAR_MIN_ELEMENTS, rows, cols, width, fill) }
+}
+
+/// [`par_col_blocks_uninit`], in parallel only if `parallel` (else on the calling thread).
+///
+/// # Safety
+/// As [`par_col_blocks_uninit`].
+pub(crate) unsafe fn col_blocks_uninit<T: Real, U: Send>(
+    parallel: bool,
+    rows: usize,
+    cols: usize,
+    width: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>], usize, usize) -> U + Sync + Send,
+) -> (Mat<T>, Vec<U>) {
     let width = width.max(1);
     let mut m = UninitMat::new(rows, cols, rows);
     let ld = m.ld();
-    let parallel = rows * cols >= PAR_MIN_ELEMENTS;
     let out = map_items_if(
         parallel,
         m.chunks(width, cols.div_ceil(width)),

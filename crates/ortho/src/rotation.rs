@@ -1,6 +1,7 @@
 //! [`BlockRotation`]: rotation blocks built from packed parameters, applied forward and backward.
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
@@ -17,7 +18,7 @@ use crate::diagnostics::{
 };
 use crate::error::{OrthoError, Result, shape_err};
 use crate::kernels::gauss_jordan::padded_stride;
-use crate::matrix::{UninitMat, init_zeroed, map_items, par_col_blocks_uninit, slice_finite};
+use crate::matrix::{UninitMat, init_zeroed, map_items, slice_finite};
 use crate::packing::{
     packed_grad_from_skew_grad, rows_per_task, skew_from_slice, transpose_rows_into, transposed,
 };
@@ -55,6 +56,9 @@ pub struct BlockRotation<T: Real> {
     /// Per stored block (Neumann only): `Q` and the Paterson–Stockmeyer intermediates, see
     /// [`neumann_packed_into`] (for the exact transform, `len` empty items).
     tapes: BlockStack<T>,
+    /// [`skew_norm_bounds`](Self::skew_norm_bounds), computed on first use: a training step asks
+    /// twice (the adapter's convergence check after building, then the step's statistics).
+    skew_bounds: OnceLock<Vec<T>>,
 }
 
 /// Gradients returned by [`BlockRotation::backward`].
@@ -153,6 +157,7 @@ impl<T: Real> BlockRotation<T> {
             packed_rows,
             blocks: BlockStack::from_parts(blocks, rows, b),
             tapes: BlockStack::from_parts(tapes, rows, tape_cols),
+            skew_bounds: OnceLock::new(),
         })
     }
 
@@ -167,6 +172,7 @@ impl<T: Real> BlockRotation<T> {
                 packed_rows: Mat::zeros(cols, rows),
                 blocks: BlockStack::from_parts(Mat::zeros(0, 0), 0, 0),
                 tapes: BlockStack::from_parts(Mat::zeros(0, 0), 0, 0),
+                skew_bounds: OnceLock::new(),
             },
         }
     }
@@ -289,29 +295,40 @@ impl<T: Real> BlockRotation<T> {
             ));
         }
         let b = self.spec.block_size();
-        let (dx, dr) = apply_blocks_backward(x, dy, &self.blocks, b, self.spec.block_share(), keep);
-        let dr = if self.spec.block_share() {
-            let mut acc = Mat::<T>::zeros(b, b);
-            for g in &dr {
-                acc += g;
-            }
-            BlockStack::from_parts(acc, 1, b)
-        } else {
-            dr
-        };
+        let shared = self.spec.block_share();
         let (rows, cols) = self.spec.param_shape();
-        // Column i of `by_block` [cols, rows] is the packed gradient of block i.
         let coeffs = self
             .spec
             .parameterization()
             .neumann_coefficients()
             .unwrap_or_default();
-        let fill = |i: usize, col: &mut [MaybeUninit<T>], _: usize, _: usize| {
-            let out = init_zeroed(&mut col[..cols]);
-            self.packed_grad(i, dr.block(i), &coeffs, out);
+        // Column `i` of `by_block` [cols, rows] is the packed gradient of stored block `i`:
+        // without sharing, written by position `i`'s task right after its `∂L/∂R_i`.
+        let mut by_block = UninitMat::new(cols, rows, cols);
+        let columns = if shared {
+            Vec::new()
+        } else {
+            by_block.chunks(1, rows)
         };
-        // SAFETY: `fill` initialises all `cols` entries of its column.
-        let (by_block, _) = unsafe { par_col_blocks_uninit(cols, rows, 1, fill) };
+        let packed_grad = |i: usize, g: MatRef<'_, T>, col: Option<&mut [MaybeUninit<T>]>| {
+            if let Some(col) = col {
+                self.packed_grad(i, g, &coeffs, init_zeroed(&mut col[..cols]));
+            }
+        };
+        let (dx, dr) =
+            apply_blocks_backward(x, dy, &self.blocks, b, shared, keep, columns, packed_grad);
+        if shared {
+            let mut acc = Mat::<T>::zeros(b, b);
+            for g in &dr {
+                acc += g;
+            }
+            if let Some(col) = by_block.chunks(1, rows).into_iter().next() {
+                self.packed_grad(0, acc.as_ref(), &coeffs, init_zeroed(&mut col[..cols]));
+            }
+        }
+        // SAFETY: every column `i < rows` was written: by position `i`'s task without sharing
+        // (one stored block per position, `rows` of them), else (`rows = 1`) just above.
+        let by_block = unsafe { by_block.assume_init() };
         let params = transposed(by_block.as_ref());
         Ok(RotationGrad { input: dx, params })
     }
@@ -354,7 +371,15 @@ impl<T: Real> BlockRotation<T> {
     ///
     /// A Neumann rotation reads each `Q` from its tape (this runs on every training step through
     /// [`check_convergence`](Self::check_convergence)); an exact one unpacks the parameters.
+    /// Computed once per rotation (the blocks never change) and copied on later calls.
     pub fn skew_norm_bounds(&self) -> Vec<T> {
+        self.skew_bounds
+            .get_or_init(|| self.compute_skew_norm_bounds())
+            .clone()
+    }
+
+    /// [`skew_norm_bounds`](Self::skew_norm_bounds), computed (in parallel over blocks).
+    fn compute_skew_norm_bounds(&self) -> Vec<T> {
         let b = self.spec.block_size();
         match self.spec.parameterization() {
             // The tape holds `Q` and, past one term, `A = Q²` (see `cayley::neumann`).
@@ -387,7 +412,10 @@ impl<T: Real> BlockRotation<T> {
         match self.spec.parameterization() {
             Parameterization::Exact(_) => Ok(None),
             Parameterization::Neumann { .. } => {
-                check_neumann_convergence(&self.skew_norm_bounds(), policy)
+                let bounds = self
+                    .skew_bounds
+                    .get_or_init(|| self.compute_skew_norm_bounds());
+                check_neumann_convergence(bounds, policy)
             }
         }
     }
@@ -682,6 +710,14 @@ mod tests {
             .collect();
         assert_eq!(neumann.skew_norm_bounds(), from_params);
         assert_eq!(exact.skew_norm_bounds(), from_params);
+        // Kept after the first call: the same values again, in a clone too, and the convergence
+        // check reads them (under 1 here: converges).
+        assert_eq!(neumann.skew_norm_bounds(), from_params);
+        assert_eq!(neumann.clone().skew_norm_bounds(), from_params);
+        assert_eq!(
+            neumann.check_convergence(DivergencePolicy::Error).unwrap(),
+            None
+        );
     }
 
     #[test]
