@@ -217,6 +217,14 @@ pub(crate) fn apply_blocks_backward<T: Real, E: Send>(
             crate::kernels::isa::clear_upper_simd_state();
         }
     };
+    // In parallel when the products are large enough, or when the per-block steps are (about
+    // `b²/2` outputs each, a packed gradient): with a few tokens they are most of the work.
+    let steps = if extra.is_empty() {
+        0
+    } else {
+        positions * b * b / 2
+    };
+    let parallel = x.nrows() * x.ncols() >= PAR_MIN_ELEMENTS || steps >= PAR_MIN_ELEMENTS;
     let mut extra = extra.into_iter();
     let chunks: Vec<_> = dx
         .chunks(b, positions)
@@ -224,19 +232,14 @@ pub(crate) fn apply_blocks_backward<T: Real, E: Send>(
         .zip(dr.chunks(b, positions))
         .map(|(dxj, drj)| (dxj, drj, extra.next()))
         .collect();
-    map_items_if(
-        x.nrows() * x.ncols() >= PAR_MIN_ELEMENTS,
-        chunks,
-        |j, (dxj, drj, e)| {
-            write(j, dxj, drj);
-            // SAFETY: `write` initialised the `b × b` entries of `drj` (column stride `ldr ≥ b`,
-            // `b` columns); the view reads only those (never the padding rows), while `drj` is
-            // borrowed and no longer written.
-            let g =
-                unsafe { MatRef::from_raw_parts(drj.as_ptr().cast::<T>(), b, b, 1, ldr as isize) };
-            per_block(j, g, e);
-        },
-    );
+    map_items_if(parallel, chunks, |j, (dxj, drj, e)| {
+        write(j, dxj, drj);
+        // SAFETY: `write` initialised the `b × b` entries of `drj` (column stride `ldr ≥ b`,
+        // `b` columns); the view reads only those (never the padding rows), while `drj` is
+        // borrowed and no longer written.
+        let g = unsafe { MatRef::from_raw_parts(drj.as_ptr().cast::<T>(), b, b, 1, ldr as isize) };
+        per_block(j, g, e);
+    });
     // SAFETY: the chunks cover all `positions·b = x.ncols()` columns of `dx` and `dr` (asserted
     // above); every position's task wrote its `rows × b` columns of `dx` (`copy_uninit`, or
     // `gemm_uninit` of `dy_j` with `dy.nrows() = rows` rows, asserted) and its `b × b` block of
