@@ -310,13 +310,13 @@ impl<T: Real> BlockRotation<T> {
         } else {
             by_block.chunks(1, rows)
         };
-        let packed_grad = |i: usize, g: MatRef<'_, T>, col: Option<&mut [MaybeUninit<T>]>| {
+        let grad_column = |i: usize, g: MatRef<'_, T>, col: Option<&mut [MaybeUninit<T>]>| {
             if let Some(col) = col {
                 self.packed_grad(i, g, &coeffs, init_zeroed(&mut col[..cols]));
             }
         };
         let (dx, dr) =
-            apply_blocks_backward(x, dy, &self.blocks, b, shared, keep, columns, packed_grad);
+            apply_blocks_backward(x, dy, &self.blocks, b, shared, keep, columns, grad_column);
         if shared {
             let mut acc = Mat::<T>::zeros(b, b);
             for g in &dr {
@@ -373,9 +373,13 @@ impl<T: Real> BlockRotation<T> {
     /// [`check_convergence`](Self::check_convergence)); an exact one unpacks the parameters.
     /// Computed once per rotation (the blocks never change) and copied on later calls.
     pub fn skew_norm_bounds(&self) -> Vec<T> {
+        self.kept_skew_norm_bounds().to_vec()
+    }
+
+    /// The bounds kept in `skew_bounds`, computed on the first call.
+    fn kept_skew_norm_bounds(&self) -> &[T] {
         self.skew_bounds
             .get_or_init(|| self.compute_skew_norm_bounds())
-            .clone()
     }
 
     /// [`skew_norm_bounds`](Self::skew_norm_bounds), computed (in parallel over blocks).
@@ -412,10 +416,7 @@ impl<T: Real> BlockRotation<T> {
         match self.spec.parameterization() {
             Parameterization::Exact(_) => Ok(None),
             Parameterization::Neumann { .. } => {
-                let bounds = self
-                    .skew_bounds
-                    .get_or_init(|| self.compute_skew_norm_bounds());
-                check_neumann_convergence(bounds, policy)
+                check_neumann_convergence(self.kept_skew_norm_bounds(), policy)
             }
         }
     }
