@@ -1,6 +1,7 @@
 //! Losses: value and gradient with respect to the model output.
 
 use faer::{Mat, MatRef};
+use multiversion::multiversion;
 
 use crate::error::{Result, shape};
 
@@ -40,21 +41,13 @@ impl Loss {
                     if let (Some(yc), Some(tc)) = (yc, tc)
                         && let Some(gc) = g.col_mut(j).try_as_col_major_mut()
                     {
-                        let (gs, ys, ts) = (gc.as_slice_mut(), yc.as_slice(), tc.as_slice());
-                        let mut term = |k: usize, l: usize| {
-                            let d = f64::from(ys[k]) - f64::from(ts[k]);
-                            acc[l] += d * d;
-                            gs[k] = (2.0 * d * scale) as f32;
-                        };
-                        let full = n / 8 * 8;
-                        for k0 in (0..full).step_by(8) {
-                            for l in 0..8 {
-                                term(k0 + l, l);
-                            }
-                        }
-                        for k in full..n {
-                            term(k, k - full);
-                        }
+                        mse_column(
+                            yc.as_slice(),
+                            tc.as_slice(),
+                            scale,
+                            &mut acc,
+                            gc.as_slice_mut(),
+                        );
                         continue;
                     }
                     for i in 0..n {
@@ -94,6 +87,31 @@ impl Loss {
     }
 }
 
+/// One contiguous column of the MSE: element `k` of every full group of eight adds `(y − t)²`
+/// to `acc[k mod 8]`, the tail's element `full + l` to `acc[l]` (the order of the strided
+/// path), and `g = 2·(y − t)·scale` is written, all in `f64`. Dispatched to the widest vectors
+/// the CPU has (the same bits: no fused multiply-add): the scalar loop was 0.4 ms of a
+/// 64 × 4096 training step.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn mse_column(y: &[f32], t: &[f32], scale: f64, acc: &mut [f64; 8], g: &mut [f32]) {
+    let term = |y: f32, t: f32, acc: &mut f64, g: &mut f32| {
+        let d = f64::from(y) - f64::from(t);
+        *acc += d * d;
+        *g = (2.0 * d * scale) as f32;
+    };
+    let (y8, y_tail) = y.as_chunks::<8>();
+    let (t8, t_tail) = t.as_chunks::<8>();
+    let (g8, g_tail) = g.as_chunks_mut::<8>();
+    for ((y, t), g) in y8.iter().zip(t8).zip(g8) {
+        for l in 0..8 {
+            term(y[l], t[l], &mut acc[l], &mut g[l]);
+        }
+    }
+    for (l, ((&y, &t), g)) in y_tail.iter().zip(t_tail).zip(g_tail).enumerate() {
+        term(y, t, &mut acc[l], g);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +132,22 @@ mod tests {
             .value_and_grad(wide.transpose().to_owned().as_ref())
             .unwrap();
         assert!((lv - lo).abs() <= 1e-12 * lo && gv == go);
+        // Columns long enough for the vector body (21 rows: two groups of eight and a tail):
+        // the contiguous kernel gives the bits of the strided path, and the value is the mean.
+        let tall = Mat::<f32>::from_fn(6, 21, |i, j| (i * 21 + j) as f32 * 0.07 - 3.0);
+        let target = Mat::<f32>::from_fn(21, 6, |i, j| (i + 3 * j) as f32 * 0.02);
+        let mse = Loss::Mse(target.clone());
+        let (lv, gv) = mse.value_and_grad(tall.transpose()).unwrap();
+        let (lo, go) = mse
+            .value_and_grad(tall.transpose().to_owned().as_ref())
+            .unwrap();
+        assert!(lv.to_bits() == lo.to_bits() && gv == go);
+        let direct: f64 = (0..21)
+            .flat_map(|i| (0..6).map(move |j| (i, j)))
+            .map(|(i, j)| (f64::from(tall[(j, i)]) - f64::from(target[(i, j)])).powi(2))
+            .sum::<f64>()
+            / (21.0 * 6.0);
+        assert!((lo - direct).abs() <= 1e-12 * direct);
         let ce = Loss::CrossEntropy(vec![1, 0]);
         let (l, g) = ce.value_and_grad(y.as_ref()).unwrap();
         let h = 1e-3f32;
