@@ -312,7 +312,7 @@ impl AqlmLayer {
     /// - DecodeDot: a copy of `x` (or scaled `dy`) + one tile per thread; for `og = 1`, `ig = 8`
     ///   from two tokens on (input gradient: from one) the decode-and-FMA kernel's padded copy,
     ///   its output buffer and per thread the lanes of 64 rows (forward) or 128 decoded rows;
-    /// - TiledGemm: `threads ×` one decoded tile (≤ 1 MiB, at least one group);
+    /// - TiledGemm: `threads ×` one decoded tile (≤ 512 KiB, at least one group);
     /// - Reference: the whole `W` (`out·in·4` bytes).
     pub fn workspace_bytes(&self, kernel: Kernel, tokens: usize, threads: usize) -> usize {
         let f = std::mem::size_of::<f32>();

@@ -227,6 +227,62 @@ fn identical_bits_for_1_2_4_threads() {
     }
 }
 
+/// The tiled product over several contraction chunks in both directions (1 040 inputs: three
+/// forward chunks, the last one shorter; 2 100 outputs: three input-gradient chunks; `og = 2`
+/// as well): the decode-then-matmul result to rounding, the same bits on 1, 2 and 3 threads,
+/// and the same bits into a row-major output (the scratch path) as into a column-major one.
+#[test]
+fn tiled_gemm_sums_contraction_chunks_deterministically() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let pools: Vec<rayon::ThreadPool> = [1, 2, 3]
+        .iter()
+        .map(|&n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for &(m, nbits, ig, og) in &[(2usize, 8u32, 8usize, 1usize), (2, 4, 4, 2)] {
+        let layer = random_layer(&mut rng, m, nbits, ig, og, 1040 / ig, 2100 / og, false);
+        let x = random_mat(&mut rng, 40, layer.in_features());
+        let dy = random_mat(&mut rng, 40, layer.out_features());
+        let run = |p: &rayon::ThreadPool| {
+            p.install(|| {
+                (
+                    layer.forward_with(x.as_ref(), Kernel::TiledGemm).unwrap(),
+                    layer
+                        .backward_input_with(dy.as_ref(), Kernel::TiledGemm)
+                        .unwrap(),
+                )
+            })
+        };
+        let (y1, dx1) = run(&pools[0]);
+        let w = layer.decode();
+        assert!(
+            rel_err(&y1, &(&x * w.transpose())) < 1e-5,
+            "{m}x{nbits} forward"
+        );
+        assert!(rel_err(&dx1, &(&dy * &w)) < 1e-5, "{m}x{nbits} backward");
+        for p in &pools[1..] {
+            let (y, dx) = run(p);
+            assert!(same_bits(&y, &y1) && same_bits(&dx, &dx1), "{m}x{nbits}");
+        }
+        let mut row_major = Mat::<f32>::zeros(layer.out_features(), x.nrows());
+        layer
+            .forward_into_with(
+                x.as_ref(),
+                row_major.as_mut().transpose_mut(),
+                Kernel::TiledGemm,
+            )
+            .unwrap();
+        assert!(
+            same_bits(&row_major.transpose().to_owned(), &y1),
+            "{m}x{nbits}"
+        );
+    }
+}
+
 #[test]
 fn workspace_is_small_on_fast_paths() {
     let mut rng = StdRng::seed_from_u64(5);
