@@ -58,12 +58,13 @@ const BACKWARD_CHUNK: usize = 1024;
 const MIN_BLOCKS: usize = 4;
 
 /// `groups` split into blocks of about `per_group` floats each: the group count per block of
-/// the fewest blocks of at most [`TILE_FLOATS`] and at least [`MIN_BLOCKS`], in equal sizes (the
-/// last one possibly smaller). Depends on the shape only, never on the thread count.
+/// the fewest blocks of at most [`TILE_FLOATS`], at least [`MIN_BLOCKS`] and a multiple of it
+/// (so that 2 or 4 threads get equal shares), in equal sizes (the last one possibly smaller).
+/// Depends on the shape only, never on the thread count.
 fn groups_per_block(groups: usize, per_group: usize) -> usize {
     let blocks = (groups * per_group)
         .div_ceil(TILE_FLOATS)
-        .max(MIN_BLOCKS)
+        .next_multiple_of(MIN_BLOCKS)
         .clamp(1, groups.max(1));
     groups.div_ceil(blocks).max(1)
 }
@@ -214,6 +215,9 @@ mod tests {
         // Large groups: never above the target unless one group already is.
         let g = groups_per_block(1000, 5000);
         assert!(g * 5000 <= 1 << 17 && 1000usize.div_ceil(g) >= 4);
+        // A multiple of four blocks: SmolLM2's down projection by columns (192 groups of
+        // 4608 floats, 6.75 blocks' worth) in 8 blocks of 24, not 7 (4 + 3 on two threads).
+        assert_eq!(groups_per_block(192, 4608), 24);
     }
 
     /// Contraction chunks: the fewest of at most the target, in equal sizes, at least one group.
