@@ -673,9 +673,18 @@ impl Checkpoint {
             if adam_steps == 0 {
                 continue;
             }
+            let shape = var.dims2()?;
             let m64 = |s: &str| -> Result<Mat<f64>> {
                 let t = mt.get(&format!("{name}.{s}")).ok_or_else(missing)?;
                 let (r, c) = t.dims2()?;
+                if (r, c) != shape {
+                    return Err(LlmError::malformed(
+                        &self.dir,
+                        format!(
+                            "checkpoint {step}: moment {name}.{s} is [{r}, {c}], its parameter {shape:?}"
+                        ),
+                    ));
+                }
                 let v = t.flatten_all()?.to_vec1::<f64>()?;
                 Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
             };

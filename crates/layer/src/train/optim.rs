@@ -131,6 +131,10 @@ impl AdamW {
     /// Computes the updated parameters for one step at rate `lr` without touching anything:
     /// `p ← p − lr·(wd·p + m̂/(√v̂ + ε))`. The caller applies them (all or none) and then
     /// [`commit`](Self::commit)s the new moments.
+    ///
+    /// A parameter without a gradient of its shape is left out of the result (not updated);
+    /// moments of another shape than their parameter (a [`restore`](Self::restore) of another
+    /// model's) are not used: that parameter starts from zero moments.
     pub fn propose(
         &self,
         params: &BTreeMap<ParamKey, Mat<f32>>,
@@ -143,13 +147,20 @@ impl AdamW {
         let mut new_params = BTreeMap::new();
         let mut new_state = BTreeMap::new();
         for (key, p) in params {
-            let Some(g) = grads.get(key) else { continue };
             let (r, c) = (p.nrows(), p.ncols());
+            let same_shape = |a: usize, b: usize| (a, b) == (r, c);
+            let Some(g) = grads.get(key).filter(|g| same_shape(g.nrows(), g.ncols())) else {
+                continue;
+            };
             // The moments are read in place (cloning them was a copy of 16 bytes per parameter).
             let fresh;
             let (m0, v0) = match self.state.get(key) {
-                Some((m0, v0)) => (m0, v0),
-                None => {
+                Some((m0, v0))
+                    if same_shape(m0.nrows(), m0.ncols()) && same_shape(v0.nrows(), v0.ncols()) =>
+                {
+                    (m0, v0)
+                }
+                _ => {
                     fresh = Mat::<f64>::zeros(r, c);
                     (&fresh, &fresh)
                 }
@@ -299,6 +310,22 @@ mod tests {
             p = np[&key].clone();
             opt.commit(st);
         }
+    }
+
+    /// A gradient of another shape leaves its parameter out; moments of another shape (restored
+    /// from another model) are replaced by zeros: no panic, no partial update.
+    #[test]
+    fn adamw_skips_mismatched_shapes() {
+        let key = ParamKey::new("l", "a");
+        let p = BTreeMap::from([(key.clone(), faer::mat![[1.0f32, -1.0]])]);
+        let g = BTreeMap::from([(key.clone(), faer::mat![[0.5f32, -2.0]])]);
+        let wrong = BTreeMap::from([(key.clone(), faer::mat![[0.5f32]])]);
+        let opt = AdamW::new(0.1);
+        assert!(opt.propose(&p, &wrong, 0.1).0.is_empty());
+        let mut restored = AdamW::new(0.1);
+        let tiny = Mat::<f64>::zeros(1, 1);
+        restored.restore(BTreeMap::from([(key.clone(), (tiny.clone(), tiny))]), 0);
+        assert_eq!(restored.propose(&p, &g, 0.1).0, opt.propose(&p, &g, 0.1).0);
     }
 
     #[test]
