@@ -63,34 +63,17 @@ impl AqlmLayer {
 
     /// Decodes output groups `o0..o1` into `out`, row-major `[(o1−o0)·og, in_features]`.
     pub(crate) fn decode_rows_into(&self, o0: usize, o1: usize, out: &mut [f32]) {
-        self.decode_block_into(o0, o1, 0, self.in_groups(), out);
-    }
-
-    /// Decodes output groups `o0..o1` × input groups `j0..j1` into `out`, row-major
-    /// `[(o1−o0)·og, (j1−j0)·ig]`, as [`AqlmLayer::decode_block_into`] but reading the codes
-    /// by input group: for `og = 1`, `ig = 8` from [`AqlmLayer::codes_by_input`], where the
-    /// codes of one input group are contiguous (row-major codes would be read with a stride of
-    /// a whole row per tile).
-    pub(crate) fn decode_cols_into(
-        &self,
-        o0: usize,
-        o1: usize,
-        j0: usize,
-        j1: usize,
-        out: &mut [f32],
-    ) {
-        let s = &self.scheme;
-        if s.out_group_size == 1 && s.in_group_size == 8 {
-            decode_block_g8(self, CodeOrder::ByInput, o0, o1, j0, j1, out);
-            return;
-        }
-        self.decode_block_into(o0, o1, j0, j1, out);
+        self.decode_block_into(CodeOrder::ByRow, o0, o1, 0, self.in_groups(), out);
     }
 
     /// Decodes the block of output groups `o0..o1` × input groups `j0..j1` into `out`,
-    /// row-major `[(o1−o0)·og, (j1−j0)·ig]`, bit-identical to [`AqlmLayer::decode`].
+    /// row-major `[(o1−o0)·og, (j1−j0)·ig]`, bit-identical to [`AqlmLayer::decode`], reading
+    /// the codes in `order` where the layer has the `og = 1`, `ig = 8` decoder (the others read
+    /// a row's codes): [`CodeOrder::ByInput`] for blocks of few input groups and many rows,
+    /// whose codes would be read with a stride of a whole row per tile in the layer's order.
     pub(crate) fn decode_block_into(
         &self,
+        order: CodeOrder,
         o0: usize,
         o1: usize,
         j0: usize,
@@ -99,7 +82,7 @@ impl AqlmLayer {
     ) {
         let s = &self.scheme;
         if s.out_group_size == 1 && s.in_group_size == 8 {
-            decode_block_g8(self, CodeOrder::ByRow, o0, o1, j0, j1, out);
+            decode_block_g8(self, order, o0, o1, j0, j1, out);
             return;
         }
         let (og, ig) = (s.out_group_size, s.in_group_size);
@@ -155,7 +138,7 @@ impl AqlmLayer {
 
 /// Where the `og = 1`, `ig = 8` block decoder reads its codes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum CodeOrder {
+pub(crate) enum CodeOrder {
     /// The layer's `[Og, Ig, M]` codes (a row's codes contiguous).
     ByRow,
     /// [`AqlmLayer::codes_by_input`], `[Ig, Og, M]` (an input group's codes contiguous).
@@ -312,6 +295,7 @@ fn decode_block_g8_any(
 mod tests {
     use rand::{SeedableRng, rngs::StdRng};
 
+    use super::CodeOrder;
     use crate::kernels::tests::random_layer;
     use crate::{AqlmLayer, AqlmScheme};
 
@@ -353,7 +337,7 @@ mod tests {
             let (j0, j1) = (2, 5);
             let width = (j1 - j0) * ig;
             let mut got = vec![0f32; rows * width];
-            layer.decode_cols_into(0, layer.out_groups(), j0, j1, &mut got);
+            layer.decode_block_into(CodeOrder::ByInput, 0, layer.out_groups(), j0, j1, &mut got);
             for r in 0..rows {
                 for c in 0..width {
                     let v = want[r * cols + j0 * ig + c];

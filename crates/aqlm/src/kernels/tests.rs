@@ -42,6 +42,19 @@ pub(crate) fn rel_err(a: &Mat<f32>, b: &Mat<f32>) -> f32 {
     (a - b).norm_l2() / b.norm_l2().max(1e-30)
 }
 
+/// One rayon pool per thread count.
+fn pools(threads: &[usize]) -> Vec<rayon::ThreadPool> {
+    threads
+        .iter()
+        .map(|&n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn same_bits(a: &Mat<f32>, b: &Mat<f32>) -> bool {
     a.nrows() == b.nrows()
         && a.ncols() == b.ncols()
@@ -184,15 +197,7 @@ fn forward_into_any_layout_matches_forward() {
 #[test]
 fn identical_bits_for_1_2_4_threads() {
     let mut rng = StdRng::seed_from_u64(11);
-    let pools: Vec<rayon::ThreadPool> = [1, 2, 4]
-        .iter()
-        .map(|&n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let pools = pools(&[1, 2, 4]);
     for &(m, nbits, ig, og) in &[(2usize, 8u32, 8usize, 1usize), (1, 16, 8, 1), (4, 6, 4, 2)] {
         // Big enough for several tasks per kernel and several table blocks.
         let layer = random_layer(&mut rng, m, nbits, ig, og, 96, 300 / og, true);
@@ -234,15 +239,7 @@ fn identical_bits_for_1_2_4_threads() {
 #[test]
 fn tiled_gemm_sums_contraction_chunks_deterministically() {
     let mut rng = StdRng::seed_from_u64(23);
-    let pools: Vec<rayon::ThreadPool> = [1, 2, 3]
-        .iter()
-        .map(|&n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let pools = pools(&[1, 2, 3]);
     for &(m, nbits, ig, og) in &[(2usize, 8u32, 8usize, 1usize), (2, 4, 4, 2)] {
         let layer = random_layer(&mut rng, m, nbits, ig, og, 1040 / ig, 2100 / og, false);
         let x = random_mat(&mut rng, 40, layer.in_features());

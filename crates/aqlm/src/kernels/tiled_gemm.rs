@@ -32,6 +32,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::simd::clear_upper_simd_state;
+use crate::decode::CodeOrder::{ByInput, ByRow};
 use crate::layer::AqlmLayer;
 
 thread_local! {
@@ -138,7 +139,7 @@ pub(crate) fn forward_into(layer: &AqlmLayer, x: MatRef<'_, f32>, y: MatMut<'_, 
                     // Every element is overwritten by the decode: no zeroing beyond the first
                     // growth.
                     w.resize(len, 0.0);
-                    layer.decode_block_into(o0, o0 + rows / og, j0, j1, &mut w[..len]);
+                    layer.decode_block_into(ByRow, o0, o0 + rows / og, j0, j1, &mut w[..len]);
                     let wm = MatRef::from_row_major_slice(&w[..len], rows, (j1 - j0) * ig);
                     let xs = x.subcols(j0 * ig, (j1 - j0) * ig);
                     matmul(acc.as_mut(), accum(j0), xs, wm.transpose(), 1.0, Par::Seq);
@@ -177,7 +178,7 @@ pub(crate) fn backward(layer: &AqlmLayer, dy: MatRef<'_, f32>) -> Mat<f32> {
                 let g1 = (g0 + chunk).min(n_og);
                 let len = (g1 - g0) * og * cols;
                 w.resize(len, 0.0);
-                layer.decode_cols_into(g0, g1, j0, j0 + cols / ig, &mut w[..len]);
+                layer.decode_block_into(ByInput, g0, g1, j0, j0 + cols / ig, &mut w[..len]);
                 let wm = MatRef::from_row_major_slice(&w[..len], (g1 - g0) * og, cols);
                 let dys = dy.subcols(g0 * og, (g1 - g0) * og);
                 matmul(dst.as_mut(), accum(g0), dys, wm, 1.0, Par::Seq);
